@@ -1,0 +1,144 @@
+"The `mes_mtl` command: subcommands as a user runs them (a real subprocess), exit code 2 on bad input."
+import json, subprocess, sys
+import pytest
+
+
+def run(*args, cwd=None):
+    return subprocess.run(['mes_mtl', *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_and_version():
+    r = run('--help')
+    assert r.returncode == 0 and 'prepare' in r.stdout and 'demo-data' in r.stdout
+    assert run('--version').stdout.startswith('mes_mtl ')
+
+
+def test_demo_data(tmp_path):
+    r = run('demo-data', tmp_path/'d', '--n-images', 60, '--patients', 10)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path/'d').rglob('*.bmp'))) == 60
+    r = run('demo-data', tmp_path/'d', '--n-images', 60)
+    assert r.returncode == 2 and '--overwrite' in r.stderr.replace('overwrite=True', '--overwrite') and 'Traceback' not in r.stderr
+
+
+def test_prepare_end_to_end(tmp_path):
+    out = tmp_path/'run'
+    r = run('prepare', '--out', out, '--size', 64, '--bs', 8, '--folds', 5)
+    assert r.returncode == 0, r.stderr
+    assert 'A training batch: x (8, 3, 64, 64)' in r.stdout and 'MES 3' in r.stdout
+    for f in ('config.json', 'split.csv', 'image_sums.csv', 'batch.png'): assert (out/f).is_file(), f
+    split = (out/'split.csv').read_text()
+    r = run('prepare', '--out', out, '--size', 64, '--bs', 8, '--folds', 5, '--fold', 2)   # same run: split reused
+    assert r.returncode == 0, r.stderr
+    assert (out/'split.csv').read_text() == split
+    r = run('prepare', '--out', out, '--folds', 4)                                         # other settings: refused
+    assert r.returncode == 2 and 'already holds a run' in r.stderr and 'Traceback' not in r.stderr
+
+
+@pytest.mark.parametrize('args,msg', [
+    (('--data', 'missing_dir'), 'no such folder'),
+    (('--fold', 12), 'fold 12 does not exist'),
+])
+def test_prepare_bad_input(tmp_path, args, msg):
+    r = run('prepare', '--out', tmp_path/'o', *args, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert msg in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_prepare_not_limuc(tmp_path):
+    (tmp_path/'photos'/'holiday').mkdir(parents=True)
+    r = run('prepare', '--out', tmp_path/'o', '--data', tmp_path/'photos')
+    assert r.returncode == 2 and 'Is this a LIMUC folder?' in r.stderr
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "One short demo training run (the README's main job with fewer epochs and smaller images), shared below."
+    out = tmp_path_factory.mktemp('train')/'run'
+    r = run('train', '--out', out, '--size', 64, '--epochs', 2, '--folds', 5, '--bs', 16)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return out, r
+
+
+def test_train_writes_results(trained):
+    out, r = trained
+    assert 'MES accuracy' in r.stdout and '| mes | MES 3 |' in r.stdout
+    for f in ('metrics.json', 'predictions.csv', 'confusion_matrices.png', 'history.csv', 'split.csv', 'config.json',
+              'model/model.safetensors', 'model/config.json'):
+        assert (out/f).is_file(), f
+    m = json.loads((out/'metrics.json').read_text())
+    assert set(m) == {'mes', 'remission_vs_active', 'primary', 'remission', 'active'}
+    assert {'accuracy', 'macro_f1', 'qwk', 'per_class'} <= set(m['mes']) and set(m['mes']['per_class']) == {'0', '1', '2', '3'}
+    assert set(m['mes']['per_class']['2']) >= {'precision', 'recall', 'f1', 'specificity', 'support'}
+    assert 'qwk' not in m['primary'] and set(m['remission_vs_active']) == {'f1', 'kappa'}
+
+
+def test_metrics_agree_with_predictions(trained):
+    "metrics.json is what scikit-learn computes from predictions.csv."
+    import pandas as pd
+    from sklearn.metrics import accuracy_score, f1_score, cohen_kappa_score, precision_recall_fscore_support
+    out, _ = trained
+    m, p = json.loads((out/'metrics.json').read_text()), pd.read_csv(out/'predictions.csv')
+    y, yhat = p.mes_true, p.mes_pred
+    assert m['mes']['accuracy'] == pytest.approx(accuracy_score(y, yhat))
+    assert m['mes']['macro_f1'] == pytest.approx(f1_score(y, yhat, average='macro', labels=[0, 1, 2, 3], zero_division=0))
+    assert m['mes']['qwk'] == pytest.approx(cohen_kappa_score(y, yhat, weights='quadratic', labels=[0, 1, 2, 3]))
+    prec, rec, f1, sup = precision_recall_fscore_support(y, yhat, labels=[0, 1, 2, 3], zero_division=0)
+    for k in range(4):
+        c = m['mes']['per_class'][str(k)]
+        assert (c['precision'], c['recall'], c['f1'], c['support']) == pytest.approx((prec[k], rec[k], f1[k], sup[k]))
+    assert m['remission_vs_active']['f1'] == pytest.approx(f1_score(y >= 2, yhat >= 2))
+    act = y >= 2                                                        # the active head, on active images only
+    assert m['active']['accuracy'] == pytest.approx(((p.p_active[act] > 0.5).astype(int) == (y[act] == 3)).mean())
+    assert len(p) == pd.read_csv(out/'split.csv').is_test.sum()
+
+
+def test_predict_csv_and_json(trained, tmp_path):
+    import pandas as pd
+    out, _ = trained
+    folder = out/'demo_data'/'patient_based_classified_images'/'1'
+    r = run('predict', '--model', out/'model', folder)
+    assert r.returncode == 0, r.stderr
+    from io import StringIO
+    df = pd.read_csv(StringIO(r.stdout))
+    assert len(df) == len(list(folder.rglob('*.bmp'))) and set(df.mes) <= {0, 1, 2, 3}
+    assert df.filter(like='p_mes').sum(axis=1).to_numpy() == pytest.approx(1)
+    r = run('predict', '--model', out/'model', '--json', '--output', tmp_path/'p.json', next(folder.rglob('*.bmp')))
+    assert r.returncode == 0 and len(json.loads((tmp_path/'p.json').read_text())) == 1
+
+
+def test_predict_bad_input(trained, tmp_path):
+    out, _ = trained
+    (tmp_path/'broken.bmp').write_text('not an image')
+    r = run('predict', '--model', out/'model', tmp_path/'broken.bmp')
+    assert r.returncode == 2 and 'broken.bmp: cannot read this image' in r.stderr
+    r = run('predict', '--model', tmp_path, out/'demo_data')
+    assert r.returncode == 2 and 'not a mes_mtl model folder' in r.stderr
+    (tmp_path/'m').mkdir()
+    (tmp_path/'m'/'model.safetensors').write_bytes((out/'model'/'model.safetensors').read_bytes())
+    cfg = json.loads((out/'model'/'config.json').read_text())
+    (tmp_path/'m'/'config.json').write_text(json.dumps({**cfg, 'arch': 'mobilenetv3_large_100'}))
+    r = run('predict', '--model', tmp_path/'m', out/'demo_data')
+    assert r.returncode == 2 and 'does not match architecture' in r.stderr
+    r = run('predict', '--model', out/'model', tmp_path/'nothing_here')
+    assert r.returncode == 2 and 'no such image or folder' in r.stderr
+
+
+def test_train_bad_input(trained, tmp_path):
+    out, _ = trained
+    r = run('train', '--out', tmp_path/'x', '--arch', 'resnet-18')
+    assert r.returncode == 2 and "did you mean 'resnet18'" in r.stderr and not (tmp_path/'x').exists()
+    r = run('train', '--out', out, '--size', 64, '--epochs', 3, '--folds', 5, '--bs', 16)          # other settings
+    assert r.returncode == 2 and 'already holds a run' in r.stderr
+    assert (out/'metrics.json').is_file()                                                       # the old run is intact
+    (tmp_path/'photos'/'a').mkdir(parents=True)
+    r = run('train', '--out', tmp_path/'y', '--data', tmp_path/'photos')
+    assert r.returncode == 2 and 'Is this a LIMUC folder?' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_download_refuses_a_file(tmp_path):
+    "Checked before any network access (the download itself is tested against a local server in test_download.py)."
+    (tmp_path/'f').write_text('x')
+    r = run('download', tmp_path/'f')
+    assert r.returncode == 2 and 'is a file' in r.stderr
+    assert 'Zenodo' in run('download', '--help').stdout

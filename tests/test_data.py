@@ -1,0 +1,81 @@
+"Reading LIMUC-shaped folders, and every bad input the reader must explain."
+import shutil, warnings
+import pytest
+from PIL import Image
+from mes_mtl.data import limuc_items, limuc_summary
+
+
+def test_reads_patient_layout(demo_root):
+    items = limuc_items(demo_root)
+    assert len(items) == 200 and items.key.is_unique
+    assert set(items.mes) == {0, 1, 2, 3}
+    assert items.patient.nunique() == 20
+    assert limuc_summary(items).loc['total', 'total'] == 200
+
+
+def test_official_split_layout_and_repeated_names(demo_root, tmp_path):
+    "Class folders directly under train_and_validation_sets/test_set; one file name under two classes."
+    items = limuc_items(demo_root)
+    for r in items.itertuples():
+        sub = 'test_set' if r.patient in ('1', '2') else 'train_and_validation_sets'
+        to = tmp_path/sub/f'mayo{r.mes}'/r.key.split('/')[-1]          # tolerant folder name: 'mayo0'
+        to.parent.mkdir(parents=True, exist_ok=True); shutil.copy(r.path, to)
+    twin = tmp_path/'test_set'/'mayo3'/items[items.patient == '1'].key.iloc[0].split('/')[-1]
+    twin.parent.mkdir(exist_ok=True); shutil.copy(items.path[0], twin)   # same name, other class
+    official = limuc_items(tmp_path)
+    assert len(official) == 201 and official.key.is_unique
+    assert set(official[official.source == 'test_set'].patient) == {'1', '2'}
+    assert set(official.source) == {'test_set', 'train_and_validation_sets'}
+
+
+def test_other_extensions(tmp_path):
+    (tmp_path/'Mayo 1').mkdir()
+    Image.new('RGB', (35, 29), 'red').save(tmp_path/'Mayo 1'/'UC_patient_4_1.png')
+    Image.new('RGB', (35, 29), 'red').save(tmp_path/'Mayo 1'/'UC_patient_4_2.jpg')
+    items = limuc_items(tmp_path)
+    assert items.mes.tolist() == [1, 1] and items.patient.tolist() == ['4', '4']
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r'nope: no such folder'): limuc_items(tmp_path/'nope')
+
+
+def test_no_images(tmp_path):
+    (tmp_path/'Mayo 0').mkdir()
+    with pytest.raises(FileNotFoundError, match='no images'): limuc_items(tmp_path)
+
+
+def test_bad_class_folder(tmp_path):
+    (tmp_path/'Mayo 0').mkdir(); (tmp_path/'Mayo 4').mkdir()
+    with pytest.raises(ValueError, match=r"Mayo 4.*'Mayo 0' .. 'Mayo 3'|'Mayo 0' .. 'Mayo 3'.*Mayo 4"): limuc_items(tmp_path)
+
+
+def test_patient_folder_without_classes(tmp_path):
+    (tmp_path/'1'/'Mayo 0').mkdir(parents=True); (tmp_path/'2'/'pictures').mkdir(parents=True)
+    with pytest.raises(ValueError, match='inside each patient folder'): limuc_items(tmp_path)
+
+
+def test_unreadable_and_truncated_images(demo_root, tmp_path):
+    root = tmp_path/'LIMUC'; shutil.copytree(demo_root, root)
+    paths = limuc_items(root).path
+    trunc, junk = paths[0], paths[1]
+    open(trunc, 'r+b').truncate(4000)
+    open(junk, 'w').write('not an image')
+    with pytest.raises(ValueError) as e: limuc_items(root)
+    msg = str(e.value)
+    assert '2 of 200 images cannot be read' in msg and trunc in msg and junk in msg and 'skip_bad' in msg
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        kept = limuc_items(root, skip_bad=True)
+    assert len(kept) == 198 and trunc not in set(kept.path)
+    assert any('left out' in str(o.message) for o in w)
+
+
+def test_non_rgb_images_are_converted(tmp_path):
+    from fastai.vision.core import PILImage
+    (tmp_path/'Mayo 2').mkdir()
+    for mode in ('L', 'P', 'RGBA', 'I;16'):
+        Image.new(mode, (35, 29)).save(tmp_path/'Mayo 2'/f"UC_patient_1_{mode.replace(';', '')}.png")
+    items = limuc_items(tmp_path)
+    assert len(items) == 4
+    assert {PILImage.create(p).mode for p in items.path} == {'RGB'}
