@@ -14,6 +14,7 @@ from fastai.callback.tracker import ReduceLROnPlateau, EarlyStoppingCallback, Sa
 from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.progress import CSVLogger
+import fastai.callback.schedule  # patches `Learner.lr_find`, `fit_one_cycle` and friends onto the Learner
 from .model import create_mtl_model, mtl_splitter
 from .losses import JointLoss
 from .labels import mes_probs

@@ -1,0 +1,99 @@
+"`mes_mtl cv`: the cross-validation study run as a user runs it, interrupted and resumed, and its bad input."
+import json, signal, subprocess, time
+import pandas as pd
+import pytest
+
+TINY = ('--arch', 'resnet18', '--folds', 3, '--epochs', 2, '--f1-epochs', 1, '--size', 32, '--bs', 16,
+        '--no-pretrained', '--lr', 1e-3, '--quiet')
+
+
+def cv(*args):
+    return subprocess.run(['mes_mtl', 'cv', *map(str, args)], capture_output=True, text=True)
+
+
+def fold_files(out):
+    "Every result file of a study except the timings (compute), which differ from run to run."
+    files = sorted(p for p in (out/'folds').rglob('*') if p.is_file() and p.name != 'compute.json')
+    files += sorted(p for p in (out/'results').glob('*.csv') if p.stem != 'compute')
+    return {str(p.relative_to(out)): p for p in files}
+
+
+def same(a, b) -> bool:
+    "Equal result files: byte for byte, but for the epoch times in the training histories."
+    if a.name.startswith('history'): return pd.read_csv(a).drop(columns='time').equals(pd.read_csv(b).drop(columns='time'))
+    return a.read_bytes() == b.read_bytes()
+
+
+@pytest.fixture(scope='module')
+def study(demo_root, tmp_path_factory):
+    "A tiny study that ran straight through."
+    out = tmp_path_factory.mktemp('cv')/'study'
+    r = cv('--data', demo_root, '--out', out, *TINY)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, r
+
+
+def test_cv_outputs(study):
+    out, r = study
+    assert 'Table 1' in r.stdout and 'fold ensemble' in r.stdout
+    assert r.stdout.count('resnet18 fold') == 3
+    for k in range(3):
+        d = out/'folds'/'resnet18'/f'fold{k}'
+        assert sorted(p.name for p in d.iterdir()) == ['compute.json', 'history_stage1.csv', 'history_stage2.csv',
+                                                       'metrics.json', 'model', 'predictions.csv']
+        m = json.loads((d/'metrics.json').read_text())
+        assert set(m['stage1']) == set(m['stage2']) == {'valid', 'test'}
+        w = m['f1_weights']['class_weights']
+        assert all(abs(sum(row) / 2 - 1) < 1e-5 for row in w)   # normalised within each task
+    res = out/'results'
+    for name in ('table1_cv_accuracy', 'classwise', 'before_after', 'table2_peer', 'test_results', 'compute'):
+        assert (res/f'{name}.csv').is_file() and (res/f'{name}.md').is_file(), name
+    for name in ('fig2_classwise', 'fig3_before_after', 'f1_weights', 'test_ensemble_confusion_resnet18'):
+        assert (res/f'{name}.png').stat().st_size > 10_000, name
+    t1 = pd.read_csv(res/'table1_cv_accuracy.csv')
+    assert set(t1.column) == {'primary accuracy', 'remission accuracy', 'active accuracy', 'MES accuracy', 'MES macro F1', 'MES QWK'}
+    assert (t1.n == 3).all() and t1['mean'].between(0, 1).all()
+    test = pd.read_csv(res/'test_results.csv')
+    assert test.model.tolist() == ['fold 0', 'fold 1', 'fold 2', 'mean', 'sd', 'ensemble', 'ensemble (stage 1)']
+    compute = pd.read_csv(res/'compute.csv')
+    assert len(compute) == 6 and (compute.seconds > 0).all() and (compute.images_per_s > 0).all()
+
+
+def test_cv_interrupted_and_resumed_equals_uninterrupted(study, demo_root, tmp_path):
+    "A study killed in the middle (like a Colab disconnect) and resumed ends with the same result files."
+    ref, _ = study
+    out = tmp_path/'study'
+    p = subprocess.Popen(['mes_mtl', 'cv', '--data', str(demo_root), '--out', str(out), *map(str, TINY)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    between_stages = out/'folds'/'resnet18'/'fold1'/'stage1.json'
+    t0 = time.time()
+    while not between_stages.is_file() and p.poll() is None and time.time() - t0 < 300: time.sleep(0.05)
+    p.send_signal(signal.SIGKILL); p.wait()
+    assert between_stages.is_file(), 'the study never reached stage 2 of fold 1'
+    assert not (out/'folds'/'resnet18'/'fold2'/'metrics.json').exists(), 'killed too late to test resuming'
+    r = cv('--data', demo_root, '--out', out, *TINY)                 # no --resume: refused, nothing touched
+    assert r.returncode == 2 and '--resume' in r.stderr
+    r = cv('--data', demo_root, '--out', out, *TINY, '--resume')
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert '1 done, 2 to run' in r.stdout
+    mine, theirs = fold_files(out), fold_files(ref)
+    assert mine.keys() == theirs.keys()
+    for name in mine: assert same(mine[name], theirs[name]), name
+
+
+@pytest.mark.parametrize('args,msg', [
+    (('--arch', 'resnet-18'), "'resnet18'"),
+    (('--run-folds', 7), 'folds [7] are not in the split'),
+    (('--peer', 'missing.csv'), '--peer missing.csv: no such file'),
+    (('--epochs', 0), 'epochs must be at least 1'),
+])
+def test_cv_bad_input(demo_root, tmp_path, args, msg):
+    r = cv('--data', demo_root, '--out', tmp_path/'o', '--folds', 3, '--no-pretrained', *args)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert msg in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_cv_resume_with_other_settings(study, demo_root):
+    out, _ = study
+    r = cv('--data', demo_root, '--out', out, *TINY[:-3], '--lr', 0.01, '--quiet', '--resume')
+    assert r.returncode == 2 and 'lr: 0.001 -> 0.01' in r.stderr
