@@ -234,7 +234,7 @@ def test_download_limuc_offline_fails_fast_with_manual_instructions(tmp_path):
     t0 = time.time()
     with pytest.raises(ZenodoUnavailable) as e:
         download_limuc(tmp_path, base_url=f'{closed}/files', api_url=f'{closed}/api', timeout=2, progress=False)
-    assert time.time() - t0 < 5
+    assert time.time() - t0 < 15  # no retries: refused at once (the bound is loose for busy CI machines)
     msg = str(e.value)
     for s in ['Connection refused', f'{closed}/files/patient_based_classified_images.zip?download=1',
               f'{closed}/files/train_and_validation_sets.zip?download=1',

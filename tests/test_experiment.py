@@ -86,6 +86,7 @@ def test_cv_interrupted_and_resumed_equals_uninterrupted(study, demo_root, tmp_p
     (('--run-folds', 7), 'folds [7] are not in the split'),
     (('--peer', 'missing.csv'), '--peer missing.csv: no such file'),
     (('--epochs', 0), 'epochs must be at least 1'),
+    (('--method', 'regression', '--focal-gamma', 2), "focal_gamma applies to the cross-entropy methods"),
 ])
 def test_cv_bad_input(demo_root, tmp_path, args, msg):
     r = cv('--data', demo_root, '--out', tmp_path/'o', '--folds', 3, '--no-pretrained', *args)
@@ -97,3 +98,39 @@ def test_cv_resume_with_other_settings(study, demo_root):
     out, _ = study
     r = cv('--data', demo_root, '--out', out, *TINY[:-3], '--lr', 0.01, '--quiet', '--resume')
     assert r.returncode == 2 and 'lr: 0.001 -> 0.01' in r.stderr
+
+
+@pytest.fixture(scope='module')
+def baseline(demo_root, tmp_path_factory):
+    "A tiny single-task baseline study (CDW-CE) on the same data and folds as `study`."
+    out = tmp_path_factory.mktemp('cv')/'cdw'
+    r = cv('--data', demo_root, '--out', out, *TINY, '--method', 'cdw-ce')
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, r
+
+
+def test_cv_baseline_outputs(baseline, study):
+    out, r = baseline
+    assert r.stdout.count('resnet18 fold') == 3 and '->' not in r.stdout.split('resnet18 fold 0')[1].splitlines()[0]
+    d = out/'folds'/'resnet18'/'fold0'
+    assert sorted(p.name for p in d.iterdir()) == ['compute.json', 'history_stage1.csv', 'metrics.json', 'model', 'predictions.csv']
+    m = json.loads((d/'metrics.json').read_text())
+    assert m['method'] == 'cdw-ce' and 'stage2' not in m and set(m['stage1']) == {'valid', 'test'}
+    assert list(pd.read_csv(d/'history_stage1.csv').columns) == list(pd.read_csv(study[0]/'folds'/'resnet18'/'fold0'/'history_stage1.csv').columns)
+    test = pd.read_csv(out/'results'/'test_results.csv')
+    assert test.model.tolist() == ['fold 0', 'fold 1', 'fold 2', 'mean', 'sd', 'ensemble']
+    assert not (out/'results'/'fig3_before_after.png').exists() and (out/'results'/'fig2_classwise.png').is_file()
+    preds = subprocess.run(['mes_mtl', 'predict', '--model', d/'model', *pd.read_csv(d/'predictions.csv').path[:2]],
+                           capture_output=True, text=True)
+    assert preds.returncode == 0, preds.stderr[-2000:]
+
+
+def test_compare_methods(study, baseline, tmp_path):
+    r = subprocess.run(['mes_mtl', 'compare', f'mtl={study[0]}', f'cdw={baseline[0]}', '--out', tmp_path/'m'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert '| mtl |' in r.stdout and '| cdw |' in r.stdout
+    t = pd.read_csv(tmp_path/'m'/'methods.csv')
+    assert set(t.method) == {'mtl', 'cdw'} and (t.n == 3).all() and t[t.method == 'cdw'].p.between(0, 1).all()
+    assert (tmp_path/'m'/'methods.png').stat().st_size > 10_000
+    bad = subprocess.run(['mes_mtl', 'compare', f'mtl={study[0]}', f'x={tmp_path}', '--out', tmp_path/'m2'], capture_output=True, text=True)
+    assert bad.returncode == 2 and 'not a study folder' in bad.stderr

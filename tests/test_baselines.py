@@ -1,0 +1,147 @@
+import json, math
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from mes_mtl.labels import mes_to_tasks, mes_probs, heads_from_mes
+from mes_mtl.metrics import MTL_METRICS, report_from_predictions
+from mes_mtl.learner import DEFAULT_METRICS, evaluate_learner
+from mes_mtl.baselines import (METHODS, BASELINES, MES_THRESHOLDS, MESModel, create_mes_model, mes_targets, MESCrossEntropy,
+                               CDWCELoss, MESRegressionLoss, baseline_loss, baseline_metrics, baseline_learner)
+
+MES = torch.tensor([0, 1, 2, 3, 3])
+TASKS_T = torch.as_tensor(mes_to_tasks(MES.numpy()))  # (5, 3)
+LOGITS = torch.tensor([[2., 0., -1., 0.], [0., 1., 0., 0.], [0., 0., 3., 1.], [1., 0., 0., 2.], [0., 0., 0., 0.]])
+
+
+def test_methods():
+    assert METHODS == ('mtl', 'ce', 'regression', 'cdw-ce') and BASELINES == METHODS[1:]
+
+
+def test_model_shapes():
+    torch.manual_seed(0)
+    for n_out in (4, 1):
+        m = create_mes_model('resnet18', n_out, pretrained=False)
+        assert isinstance(m, MESModel) and len(m.heads) == 1 and m.n_features == 512
+        assert m(torch.randn(2, 3, 32, 32)).shape == (2, n_out)
+    with pytest.raises(ValueError, match="'resnet18'"): create_mes_model('resnet-18', 4, pretrained=False)
+
+
+def test_mes_targets():
+    assert torch.equal(mes_targets(*TASKS_T.T), MES)
+    assert torch.equal(mes_targets(TASKS_T), MES)
+    with pytest.raises(ValueError, match='label table'): mes_targets(torch.tensor([1]), torch.tensor([0]), torch.tensor([-1]))
+
+
+def test_cross_entropy():
+    assert torch.allclose(MESCrossEntropy()(LOGITS, *TASKS_T.T), F.cross_entropy(LOGITS, MES))
+    w = torch.tensor([1., 2., 3., 4.])
+    assert torch.allclose(MESCrossEntropy(class_weights=w)(LOGITS, TASKS_T), F.cross_entropy(LOGITS, MES, weight=w))
+    assert MESCrossEntropy(focal_gamma=2.)(LOGITS, TASKS_T) < MESCrossEntropy()(LOGITS, TASKS_T)
+    assert MESCrossEntropy(reduction='none')(LOGITS, TASKS_T).shape == (5,)
+    with pytest.raises(ValueError, match='4 logits per image'): MESCrossEntropy()(LOGITS[:, :1], TASKS_T)
+    with pytest.raises(ValueError, match='one output tensor'): MESCrossEntropy()((LOGITS,) * 3, TASKS_T)
+
+
+def cdw_direct(logits, mes, power):
+    p = logits.softmax(-1)
+    return -(torch.log(1 - p) * (torch.arange(4) - mes[:, None]).abs().float() ** power).sum(-1).mean()
+
+
+@pytest.mark.parametrize('power', [1., 2., 5.])
+def test_cdw_ce_formula(power):
+    assert torch.allclose(CDWCELoss(power)(LOGITS, *TASKS_T.T), cdw_direct(LOGITS, MES, power), atol=1e-5)
+
+
+def test_cdw_ce_hand_and_stable():
+    p = LOGITS[0].softmax(-1)  # MES 0
+    hand = -(torch.log(1 - p[1]) + 4 * torch.log(1 - p[2]) + 9 * torch.log(1 - p[3]))
+    assert torch.allclose(CDWCELoss(reduction='none')(LOGITS, TASKS_T)[0], hand, atol=1e-5)
+    x = torch.tensor([[100., 0., 0., 0.]], requires_grad=True)
+    loss = CDWCELoss()(x, torch.tensor([[1, -1, 1]]))  # MES 3, confidently called MES 0
+    loss.backward()
+    assert math.isclose(loss.item(), 9 * (100 - math.log(3)), rel_tol=1e-5) and torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match='power must be > 0'): CDWCELoss(0.)
+
+
+def test_regression():
+    reg = MESRegressionLoss()
+    out = torch.tensor([[0.2], [1.4], [1.9], [2.5], [3.3]])
+    assert math.isclose(reg(out, TASKS_T).item(), float(((out[:, 0] - MES.float()) ** 2).mean()), rel_tol=1e-6)
+    scores = torch.tensor([-1., 0.49, 0.5, 1.5, 2.49, 2.5, 9.])
+    assert reg.decodes(scores).tolist() == [0, 0, 1, 2, 2, 3, 3] == np.digitize(scores.numpy(), MES_THRESHOLDS).tolist()
+    assert np.array_equal(reg.mes_probs(out), np.eye(4)[[0, 1, 2, 3, 3]])
+    with pytest.raises(ValueError, match='one output per image'): reg(LOGITS, TASKS_T)
+
+
+def test_classifier_probs():
+    loss = CDWCELoss()
+    p = loss.mes_probs(loss.activation(LOGITS))
+    assert p.dtype == np.float64 and np.allclose(p.sum(1), 1)
+    assert np.allclose(mes_probs(*heads_from_mes(p)), p)
+    assert torch.equal(loss.decodes(loss.activation(LOGITS)), LOGITS.argmax(1))
+
+
+def test_baseline_loss_errors():
+    with pytest.raises(ValueError, match='use `mtl_learner`'): baseline_loss('mtl')
+    with pytest.raises(ValueError, match=r"choose from \('mtl', 'ce', 'regression', 'cdw-ce'\)"): baseline_loss('svm')
+    with pytest.raises(ValueError, match="focal_gamma applies to method 'ce' only"): baseline_loss('regression', focal_gamma=1.)
+    with pytest.raises(ValueError, match='cdw_power must be > 0'): baseline_loss('cdw-ce', cdw_power=-1.)
+    assert baseline_loss('ce', focal_gamma=2.).focal_gamma == 2. and baseline_loss('cdw-ce', cdw_power=3.).power == 3.
+
+
+def test_metrics_names_and_values():
+    assert [m.name for m in baseline_metrics(DEFAULT_METRICS)] == list(DEFAULT_METRICS)
+    with pytest.raises(ValueError, match='unknown metric'): baseline_metrics(['kappa'])
+
+    class Fake:
+        def __init__(self, pred, mes): self.pred, self.yb, self.loss_func = pred, tuple(torch.as_tensor(mes_to_tasks(mes)).T), MESRegressionLoss()
+        def to_detach(self, b): return b
+    rng = np.random.default_rng(0)
+    mes = rng.integers(0, 4, 50)
+    scores = torch.tensor(mes + rng.normal(0, 0.7, 50), dtype=torch.float32)[:, None]
+    mets = baseline_metrics()
+    for m in mets:
+        m.reset(); m.accumulate(Fake(scores[:20], mes[:20])); m.accumulate(Fake(scores[20:], mes[20:]))
+    report = report_from_predictions(mes, np.digitize(scores[:, 0].numpy(), MES_THRESHOLDS))
+    assert {m.name: m.value for m in mets} == pytest.approx({n: report[b][k] for n, (b, k) in MTL_METRICS.items()})
+
+
+@pytest.fixture(scope='module')
+def demo(demo_root):
+    from mes_mtl.data import limuc_items
+    from mes_mtl.splits import split_items
+    from mes_mtl.dataloaders import mtl_dataloaders, mtl_test_dl
+    split = split_items(limuc_items(demo_root), n_folds=4, seed=0)
+    dls = mtl_dataloaders(split, fold=0, size=32, bs=16, num_workers=0)
+    dls.train.n = 16  # one training batch per epoch
+    return split, dls, mtl_test_dl(dls, split)
+
+
+def test_learner_errors(demo):
+    _, dls, _ = demo
+    with pytest.raises(ValueError, match='use `mtl_learner`'): baseline_learner(dls, 'mtl', pretrained=False)
+    with pytest.raises(ValueError, match='unknown method'): baseline_learner(dls, 'ordinal', pretrained=False)
+    with pytest.raises(ValueError, match="'ce' only"): baseline_learner(dls, 'cdw-ce', pretrained=False, focal_gamma=2.)
+
+
+@pytest.mark.parametrize('method', BASELINES)
+def test_fit_evaluate_save_load(demo, method, tmp_path):
+    from mes_mtl.inference import save_mtl_model, load_mtl_model, MESPredictor
+    split, dls, test_dl = demo
+    torch.manual_seed(0)
+    learn = baseline_learner(dls, method, pretrained=False, lr=1e-3, path=tmp_path, metrics=['mes_macro_f1', 'primary_acc'])
+    assert (learn.method, learn.arch, learn.model.n_out) == (method, 'resnet18', 1 if method == 'regression' else 4)
+    with learn.no_bar(), learn.no_logging(): learn.fit_mtl(1)
+    assert learn.recorder.metric_names[3:-1] == ['mes_macro_f1', 'primary_acc'] and np.isfinite(learn.recorder.values[-1][0])
+    report, table = evaluate_learner(learn, test_dl)
+    assert list(report) == ['mes', 'remission_vs_active', 'primary', 'remission', 'active']
+    assert np.allclose(table.filter(like='p_mes').sum(axis=1), 1) and (table.mes_pred == table.filter(like='p_mes').to_numpy().argmax(1)).all()
+    save_mtl_model(learn, tmp_path/'model')
+    cfg = json.loads((tmp_path/'model'/'config.json').read_text())
+    assert (cfg['method'], cfg['n_out']) == (method, learn.model.n_out)
+    model, _ = load_mtl_model(tmp_path/'model')
+    assert isinstance(model, MESModel)
+    df = MESPredictor.from_folder(tmp_path/'model', device='cpu').predict(split[split.is_test].path.tolist())
+    assert np.allclose(df.filter(like='p_').to_numpy(), table.filter(like='p_').to_numpy(), atol=1e-4)
+    assert (df.mes.to_numpy() == table.mes_pred.to_numpy()).all()
