@@ -53,3 +53,13 @@ def test_stats_cache_is_reused(items, tmp_path):
     shutil.rmtree(tmp_path/'copy')
     np.testing.assert_allclose(channel_stats(copy.iloc[::-1], cache=cache, progress=False), first, rtol=1e-6)
     assert not np.allclose(channel_stats(copy.iloc[:50], cache=cache, progress=False), first, rtol=1e-6)
+
+
+def test_patient_folds_are_the_same_on_every_scikit_learn():
+    "The folds of a seed, pinned: CI runs this on scikit-learn 1.9 (stage 1) and 1.6 (stage 2), whose shuffles differ."
+    from mes_mtl.demo import demo_layout
+    items = demo_layout(400, 40, seed=0).assign(path=lambda d: d.patient.astype(str) + '_' + d.number.astype(str))
+    split = split_items(items, n_folds=5, seed=0)
+    assert {int(k): sorted(map(int, g.patient.unique())) for k, g in split.groupby('fold')} == {
+        -1: [4, 24, 27, 29], 0: [19, 20, 22, 23, 30, 31, 38], 1: [10, 13, 16, 17, 21, 33, 37], 2: [3, 5, 7, 28, 32, 34, 35],
+        3: [6, 9, 11, 14, 25, 39, 40], 4: [1, 2, 8, 12, 15, 18, 26, 36]}
