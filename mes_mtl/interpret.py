@@ -5,7 +5,9 @@
 # %% ../nbs/16_interpret.ipynb #a21676d1
 from __future__ import annotations
 from pathlib import Path
+import warnings
 import numpy as np, pandas as pd, torch
+from torch import nn
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from PIL import Image, UnidentifiedImageError
@@ -15,8 +17,8 @@ from .model import MTLModel
 from .inference import MESPredictor
 
 # %% auto #0
-__all__ = ['TARGETS', 'PRED_COLUMNS', 'target_classes', 'describe_target', 'target_score', 'gradcam', 'plot_gradcam',
-           'worst_cases', 'plot_worst_cases']
+__all__ = ['TARGETS', 'MIN_CAM_CELLS', 'PRED_COLUMNS', 'target_classes', 'describe_target', 'target_score', 'cam_layers',
+           'cam_layer', 'gradcam', 'plot_gradcam', 'worst_cases', 'plot_worst_cases']
 
 # %% ../nbs/16_interpret.ipynb #2af370b3
 TARGETS = ('mes', *TASKS)
@@ -49,6 +51,30 @@ def target_score(logits: tuple[torch.Tensor, ...], target: str, cls: torch.Tenso
     branch, sub = cls // 2, cls % 2
     sub_logits = torch.where((branch == 0)[:, None], logits[1], logits[2])
     return _log_p(logits[0], branch) + _log_p(sub_logits, sub)
+
+# %% ../nbs/16_interpret.ipynb #e93f2a8a
+MIN_CAM_CELLS = 7  # a Grad-CAM map with fewer cells than this along a side cannot localise: warn
+
+def cam_layers(body: nn.Module) -> list[tuple[str, int]]:
+    "(module name, stride) of the feature stages of a timm `body`, shallow to deep (timm's `feature_info`)."
+    info = getattr(body, 'feature_info', None)
+    if not info:
+        raise ValueError(f"{type(body).__name__} lists no feature stages (timm's `feature_info`): "
+                         "pass `layer=` with the name of one of its modules (see `dict(body.named_modules())`)")
+    return [(f['module'], f['reduction']) for f in info]
+
+def cam_layer(body: nn.Module, size, layer: str | None = None) -> tuple[str, nn.Module]:
+    "Name and module of the Grad-CAM layer: `layer`, or the deepest stage keeping `MIN_CAM_CELLS` cells at `size` (h, w)."
+    if layer is None:
+        stages = cam_layers(body)
+        fits = [name for name, stride in stages if min(size) / stride >= MIN_CAM_CELLS]
+        layer = fits[-1] if fits else stages[0][0]
+    modules = dict(body.named_modules())
+    if layer not in modules:
+        known = [n for n, _ in cam_layers(body)] if getattr(body, 'feature_info', None) else sorted(modules)[:20]
+        raise ValueError(f"layer {layer!r} is not a module of the {type(body).__name__} backbone; "
+                         f"its feature stages: {known}")
+    return layer, modules[layer]
 
 # %% ../nbs/16_interpret.ipynb #6ef0edcb
 def _resolve(obj) -> tuple[MTLModel, Learner | MESPredictor | None]:
@@ -94,55 +120,73 @@ class _EvalMode:
     def __exit__(self, *exc):
         for m, training in self.modes: m.training = training
 
-def _check_body(model: MTLModel):
-    if not (hasattr(model.body, 'forward_features') and hasattr(model.body, 'forward_head')):
-        raise ValueError(f"Grad-CAM needs a backbone with `forward_features` and `forward_head` (every timm model); "
-                         f"{type(model.body).__name__} has not")
-
 def _classes(cls, target: str, n: int, default: torch.Tensor) -> torch.Tensor:
     "Class per image: `default` (the predicted one) if `cls` is None, else `cls` (an int or one per image), checked."
     if cls is None: return default
     c, k = np.asarray(cls), len(target_classes(target))
     if c.dtype.kind not in 'iu' or c.size not in (1, n) or ((c < 0) | (c >= k)).any():
-        raise ValueError(f"class for target {target!r} must be an integer 0..{k - 1} ({', '.join(target_classes(target))}), "
-                         f"one for all images or one per image; got {cls!r}")
+        raise ValueError(f"class for target {target!r} must be an integer 0..{k - 1} "
+                         f"({', '.join(target_classes(target))}), one for all images or one per image; got {cls!r}")
     return torch.as_tensor(np.broadcast_to(c, (n,)).astype(np.int64), device=default.device)
 
-def _gradcam_batch(model: MTLModel, x: torch.Tensor, target: str, cls, rule: str) -> tuple[np.ndarray, np.ndarray, list]:
-    "Maps (n, h, w), explained classes (n,) and the heads' probabilities for one batch; `model` already in eval mode."
-    with torch.no_grad(): feats = model.body.forward_features(x)
-    feats = feats.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = tuple(head(model.drop(model.body.forward_head(feats, pre_logits=True))) for head in model.heads)
-        probs = [F.softmax(z.detach().float(), 1).cpu().numpy() for z in logits]
-        pred = mes_decode(*probs, rule=rule) if target == 'mes' else probs[TASKS.index(target)].argmax(1)
-        c = _classes(cls, target, len(x), torch.as_tensor(pred, device=x.device))
-        grad, = torch.autograd.grad(target_score(logits, target, c).sum(), feats)
+def _forward_keeping(model: MTLModel, x: torch.Tensor, module: nn.Module) -> tuple[tuple, torch.Tensor]:
+    "The heads' logits of `model(x)` and the output of `module` in it, detached there so gradients stop at it."
+    kept = []
+    def keep(mod, inputs, out):
+        kept.append(out.detach().requires_grad_(True))
+        return kept[-1]
+    handle = module.register_forward_hook(keep)
+    try:
+        with torch.enable_grad(): logits = model(x)
+    finally: handle.remove()
+    if kept[-1].ndim != 4:
+        raise ValueError(f"the Grad-CAM layer returns shape {tuple(kept[-1].shape)}, not a spatial feature map "
+                         "(n, C, h, w): choose a convolutional stage with `layer=`")
+    return logits, kept[-1]
+
+def _gradcam_batch(model: MTLModel, x: torch.Tensor, target: str, cls, rule: str,
+                   module: nn.Module) -> tuple[np.ndarray, np.ndarray, list, tuple]:
+    "Maps (n, h, w), explained classes (n,), the heads' probabilities and the map's cells (h, w) for one batch."
+    logits, feats = _forward_keeping(model, x, module)
+    probs = [F.softmax(z.detach().float(), 1).cpu().numpy() for z in logits]
+    pred = mes_decode(*probs, rule=rule) if target == 'mes' else probs[TASKS.index(target)].argmax(1)
+    c = _classes(cls, target, len(x), torch.as_tensor(pred, device=x.device))
+    grad, = torch.autograd.grad(target_score(logits, target, c).sum(), feats)
     cam = F.relu((grad.mean((2, 3), keepdim=True) * feats.detach()).sum(1, keepdim=True))
     cam = F.interpolate(cam.float(), size=x.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
     top = cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
-    return (cam / top).cpu().numpy(), c.cpu().numpy(), probs
+    return (cam / top).cpu().numpy(), c.cpu().numpy(), probs, tuple(feats.shape[-2:])
 
-def _gradcam(obj, images, target: str = 'mes', cls=None, bs: int = 16) -> tuple[np.ndarray, np.ndarray, list, np.ndarray | None]:
+def _gradcam(obj, images, target: str = 'mes', cls=None, bs: int = 16, layer: str | None = None):
     "Maps (n, h, w), explained classes (n,), the heads' probabilities [(n, 2)] * 3 and the shown images (None for tensors)."
     target_classes(target)
     model, src = _resolve(obj)
-    _check_body(model)
     p = next(model.parameters())
     with _EvalMode(model):
         x, shown = _inputs(src, model, images)
         x = x.to(p.device, p.dtype)
+        name, module = cam_layer(model.body, x.shape[-2:], layer)
         if cls is not None: cls = _classes(cls, target, len(x), torch.zeros(0)).numpy()
-        out = [_gradcam_batch(model, x[i:i + bs], target, None if cls is None else cls[i:i + bs], _decode_rule(src))
+        out = [_gradcam_batch(model, x[i:i + bs], target, None if cls is None else cls[i:i + bs], _decode_rule(src), module)
                for i in range(0, len(x), bs)]
+    if min(cells := out[0][3]) < MIN_CAM_CELLS:
+        warnings.warn(f"Grad-CAM at layer {name!r} has a {cells[0]}x{cells[1]} map for {x.shape[-2]}x{x.shape[-1]} inputs: "
+                      f"too coarse to localise (every pixel gets nearly the same evidence). Use larger images or an "
+                      f"earlier layer (`layer=`, e.g. one of {[n for n, _ in cam_layers(model.body)][:-1]})")
     maps, classes = np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
     heads = [np.concatenate([o[2][t] for o in out]) for t in range(len(TASKS))]
     return maps, classes, heads, shown
 
 # %% ../nbs/16_interpret.ipynb #b2f0308a
-def gradcam(model, images, target: str = 'mes', cls=None, bs: int = 16) -> np.ndarray:
-    "Grad-CAM maps (n, h, w) in [0, 1] at input size for `target` ('mes' or a head) and class `cls` (default: the predicted one)."
-    return _gradcam(model, images, target, cls, bs)[0]
+def gradcam(model,  # an `MTLModel`, a `Learner` of `mtl_learner` or an `MESPredictor`
+            images,  # image files, PIL images or arrays (with a Learner or predictor), or a normalised tensor
+            target: str = 'mes',  # 'mes' (the decoded Mayo score) or a head: 'primary', 'remission', 'active'
+            cls=None,  # the class to explain, one for all or one per image; default: the predicted one
+            bs: int = 16,  # images per forward pass
+            layer: str | None = None,  # backbone module to explain; default: `cam_layer`'s choice
+           ) -> np.ndarray:
+    "Grad-CAM maps (n, h, w) in [0, 1] at input size for class `cls` of `target`."
+    return _gradcam(model, images, target, cls, bs, layer)[0]
 
 # %% ../nbs/16_interpret.ipynb #e21f2672
 def _overlay(ax, img: np.ndarray, cam: np.ndarray | None, alpha: float, cmap: str):
@@ -170,10 +214,16 @@ def _stats(obj):
     return None
 
 # %% ../nbs/16_interpret.ipynb #741a4d83
-def plot_gradcam(model, images, target: str = 'mes', cls=None, mes_true=None, titles=None, alpha: float = 0.45,
-                 cmap: str = 'jet', size: float = 2.4) -> plt.Figure:
+def plot_gradcam(model, images, target: str = 'mes', cls=None,  # as in `gradcam`
+                 mes_true=None,  # true Mayo score(s), outlined in the probability bars
+                 titles=None,  # one title per image; default: the file names
+                 alpha: float = 0.45,  # opacity of the map over the image
+                 cmap: str = 'jet',  # colour map of the maps
+                 size: float = 2.4,  # inches per panel
+                 layer: str | None = None,  # as in `gradcam`
+                ) -> plt.Figure:
     "Per image: the image, its Grad-CAM map, the overlay and the MES probabilities (true class outlined); see `gradcam`."
-    maps, classes, heads, shown = _gradcam(model, images, target, cls)
+    maps, classes, heads, shown = _gradcam(model, images, target, cls, layer=layer)
     n, p, pred = len(maps), mes_probs(*heads), mes_decode(*heads, rule=_decode_rule(model))
     imgs = _display(shown, images if shown is None else None, _stats(model))
     true = None if mes_true is None else np.broadcast_to(np.asarray(mes_true), (n,))

@@ -1,4 +1,4 @@
-"Tests of mes_mtl.interpret: timm's forward split, Grad-CAM maps for every target, model state, worst cases, errors."
+"Tests of mes_mtl.interpret: the Grad-CAM layer, maps for every target, model state, worst cases, errors."
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt
@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mes_mtl.inference import MESPredictor
-from mes_mtl.interpret import (TARGETS, gradcam, plot_gradcam, plot_worst_cases, target_score, worst_cases)
+import warnings
+from mes_mtl.interpret import (TARGETS, MIN_CAM_CELLS, cam_layer, gradcam, plot_gradcam, plot_worst_cases, target_score,
+                               worst_cases)
 from mes_mtl.labels import TASKS, mes_decode, mes_probs
 from mes_mtl.model import PAPER_ARCHS, create_mtl_model
 
@@ -36,14 +38,17 @@ def _predictor(model, rule='prob'):
 
 
 @pytest.mark.parametrize('arch', list(PAPER_ARCHS))
-def test_forward_split_and_maps_for_paper_backbones(arch):
+def test_default_layer_and_maps_for_paper_backbones(arch):
     torch.manual_seed(0)
     m = create_mtl_model(arch, pretrained=False).eval()
     size = 80 if arch == 'inception_v3' else 64  # inception_v3 needs >= 75 px
     x = torch.randn(2, 3, size, size)
-    with torch.no_grad():
-        torch.testing.assert_close(m.body.forward_head(m.body.forward_features(x), pre_logits=True), m.body(x))
-    cam = gradcam(m, x, target='mes')
+    name, _ = cam_layer(m.body, (size, size))
+    stride = dict((f['module'], f['reduction']) for f in m.body.feature_info)[name]
+    assert size / stride >= MIN_CAM_CELLS and cam_layer(m.body, (288, 352))[0] == m.body.feature_info[-1]['module']
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # the default layer never warns
+        cam = gradcam(m, x, target='mes')
     assert cam.shape == (2, size, size) and cam.dtype == np.float32
     assert np.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1
 
@@ -148,3 +153,14 @@ def test_gradcam_errors(model, tmp_path):
     with pytest.raises(ValueError, match='n > 0'): gradcam(model, torch.randn(0, 3, 64, 64))
     with pytest.raises(ValueError, match='no images given'): gradcam(_predictor(model), [])
     with pytest.raises(TypeError, match='expected an MTLModel'): gradcam(model.body, x)
+
+
+def test_coarse_layer_warns_and_names_earlier_layers(model):
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.warns(UserWarning, match=r"'layer4' has a 1x1 map for 32x32 inputs.*earlier layer"):
+        flat = gradcam(model, x, layer='layer4')
+    assert np.allclose(flat[:, 0, 0][:, None, None], flat)  # one cell: the same evidence everywhere, as the warning says
+    sharp = gradcam(model, x)  # default: layer1 (8x8 cells)
+    assert not np.allclose(sharp[:, :1, :1], sharp)
+    with pytest.raises(ValueError, match="feature stages: \\['act1'"):
+        gradcam(model, x, layer='layer9')
