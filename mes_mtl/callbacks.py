@@ -11,6 +11,7 @@ from fastai.callback.core import Callback
 from fastai.learner import ValueMetric
 from .labels import TASKS
 from .losses import JointLoss
+from .model import eval_mode
 from .metrics import task_report
 
 # %% auto #0
@@ -74,14 +75,11 @@ class F1WeightedLoss(Callback):
 
     def _predict(self, dl) -> tuple[list[np.ndarray], np.ndarray]:
         "Heads' probabilities and task targets of `dl` from a plain forward pass (no Learner events fire)."
-        model, was_training = self.learn.model, self.learn.model.training
-        model.eval()
-        probs, targs = [], []
-        with torch.no_grad():
+        model, probs, targs = self.learn.model, [], []
+        with torch.no_grad(), eval_mode(model):
             for xb, *yb in dl:
                 probs.append([F.softmax(p.float(), -1).cpu() for p in model(xb.as_subclass(torch.Tensor))])
                 targs.append(torch.stack([y.as_subclass(torch.Tensor) for y in yb], -1).cpu())
-        model.train(was_training)
         return [torch.cat(h).numpy() for h in zip(*probs)], torch.cat(targs).numpy()
 
     def before_validate(self): self.probs, self.targs = [], []

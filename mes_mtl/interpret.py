@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 from PIL import Image, UnidentifiedImageError
 from fastai.learner import Learner
 from .labels import TASKS, TASK_CLASSES, MES_CLASSES, mes_probs, mes_decode
-from .model import MTLModel
+from .model import MTLModel, eval_mode
 from .inference import MESPredictor
 
 # %% auto #0
@@ -111,15 +111,6 @@ def _inputs(obj, model: MTLModel, images) -> tuple[torch.Tensor, np.ndarray | No
     return pred.preprocess(shown), shown
 
 # %% ../nbs/16_interpret.ipynb #cc88490e
-class _EvalMode:
-    "Context: `model` in eval mode, every module's train/eval flag restored on exit."
-    def __init__(self, model): self.model = model
-    def __enter__(self):
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-    def __exit__(self, *exc):
-        for m, training in self.modes: m.training = training
-
 def _classes(cls, target: str, n: int, default: torch.Tensor) -> torch.Tensor:
     "Class per image: `default` (the predicted one) if `cls` is None, else `cls` (an int or one per image), checked."
     if cls is None: return default
@@ -162,7 +153,7 @@ def _gradcam(obj, images, target: str = 'mes', cls=None, bs: int = 16, layer: st
     target_classes(target)
     model, src = _resolve(obj)
     p = next(model.parameters())
-    with _EvalMode(model):
+    with eval_mode(model):
         x, shown = _inputs(src, model, images)
         x = x.to(p.device, p.dtype)
         name, module = cam_layer(model.body, x.shape[-2:], layer)

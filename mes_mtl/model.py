@@ -5,6 +5,7 @@
 # %% ../nbs/10_model.ipynb #4bc228ac
 from __future__ import annotations
 import difflib
+from contextlib import contextmanager
 import torch
 from torch import nn
 import timm
@@ -13,7 +14,7 @@ from fastai.torch_core import params
 from .labels import TASKS, TASK_CLASSES
 
 # %% auto #0
-__all__ = ['PAPER_ARCHS', 'LIMUC_SIZE', 'default_size', 'check_arch', 'feature_width', 'MTLModel', 'create_body',
+__all__ = ['PAPER_ARCHS', 'LIMUC_SIZE', 'default_size', 'check_arch', 'eval_mode', 'feature_width', 'MTLModel', 'create_body',
            'create_mtl_model', 'mtl_splitter']
 
 # %% ../nbs/10_model.ipynb #f20363d0
@@ -38,14 +39,20 @@ def check_arch(arch: str) -> str:
     return arch
 
 # %% ../nbs/10_model.ipynb #b360f6a1
+@contextmanager
+def eval_mode(model: nn.Module):
+    "Context: `model` in eval mode (BatchNorm statistics, no dropout); every module's own train/eval flag restored on exit."
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try: yield model
+    finally:
+        for m, training in modes: m.training = training
+
 def _probe(body: nn.Module, in_chans: int, size) -> torch.Tensor:
     h, w = (size, size) if isinstance(size, int) else size
     p = next(body.parameters(), None)
     x = torch.zeros(1, in_chans, h, w, device=p.device if p is not None else 'cpu', dtype=p.dtype if p is not None else None)
-    training = body.training
-    try:
-        with torch.no_grad(): return body.eval()(x)
-    finally: body.train(training)
+    with torch.no_grad(), eval_mode(body): return body(x)
 
 def feature_width(body: nn.Module, in_chans: int = 3, size: int | tuple[int, int] | None = None) -> int:
     "Width of the feature vectors `body` really returns, from a forward pass of one zero image (96 px or its native size)."
