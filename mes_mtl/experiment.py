@@ -18,7 +18,7 @@ from .splits import save_split, MANIFEST_COLS
 from .dataloaders import mtl_dataloaders, mtl_test_dl
 from .learner import mtl_learner, evaluate_learner, predictions_table
 import mes_mtl.callbacks  # patches `Learner.fit_f1` (stage 2) onto the Learner
-from .baselines import METHODS, baseline_learner
+from .baselines import METHODS, baseline_learner, baseline_loss
 from .inference import save_mtl_model
 from .metrics import CLASS_NAMES, mtl_report, markdown_table, plot_confusion_matrices
 
@@ -53,7 +53,7 @@ class CVConfig:
     stop_patience: int = 25  # epochs without improvement before training stops
     decode_rule: str = 'prob'  # Mayo score from the heads: 'prob' (product rule) or 'hier' (branch first)
     focal_gamma: float = 0.  # > 0: focal loss in every task of the joint loss (the paper's suggested next step), or in 'ce'
-    method: str = 'mtl'  # 'mtl' (the paper), or a single-task baseline: 'ce', 'regression', 'cdw-ce' (one stage each)
+    method: str = 'mtl'  # 'mtl' (the paper), or a one-stage baseline: 'ce', 'regression', 'cdw-ce', 'coral', 'corn'
     cdw_power: float = 2.  # 'cdw-ce': the power of the class distance
 
     def __post_init__(self):
@@ -537,7 +537,8 @@ def collect_results(out, peer=None, test: str = 'ranksum') -> dict:
     res = out/'results'; res.mkdir(exist_ok=True)
     long = study_metrics(out)
     config = json.loads((out/'config.json').read_text())
-    rule, method = config.get('decode_rule', 'prob'), config.get('method', 'mtl')
+    method = config.get('method', 'mtl')
+    rule = config.get('decode_rule', 'prob') if method == 'mtl' else baseline_loss(method).decode_rule
     best = best_arch(long)
     t1, cw = cv_accuracy_table(long), classwise_table(long)
     tests, ba = compare_backbones(long, test=test), compare_stages(long, test=test)

@@ -55,7 +55,7 @@ def load_mtl_model(path) -> tuple[MTLModel | MESModel, dict]:
     if method not in METHODS: raise ValueError(f"{path/'config.json'}: unknown method {method!r}; expected one of {METHODS}")
     if method != 'mtl' and 'n_out' not in config: raise ValueError(f"{path/'config.json'} lacks 'n_out' for the {method!r} baseline")
     model = (create_mtl_model(config['arch'], pretrained=False) if method == 'mtl' else
-             create_mes_model(config['arch'], config['n_out'], pretrained=False))
+             create_mes_model(config['arch'], config['n_out'], pretrained=False, head=baseline_loss(method).make_head))
     try: load_model(model, str(path/'model.safetensors'))
     except Exception as e:
         raise ValueError(f"{path/'model.safetensors'} does not match architecture {config['arch']!r} of config.json "

@@ -71,9 +71,10 @@ def heads_from_mes(p_mes) -> list[np.ndarray]:
 
 # %% ../nbs/00_labels.ipynb #f3bd1270
 def mes_decode(p_primary, p_remission, p_active, rule: str = 'prob') -> np.ndarray:
-    "One Mayo score per image from the three heads: `rule='prob'` (arg-max of `mes_probs`) or `'hier'` (branch first)."
+    "One Mayo score per image from the three heads: `rule='prob'` (arg-max of `mes_probs`), `'hier'` or `'median'`."
     if rule == 'prob': return mes_probs(p_primary, p_remission, p_active).argmax(-1)
     if rule == 'hier':
         act, one, three = (class1_prob(p, n) for p, n in zip((p_primary, p_remission, p_active), TASKS))
         return np.where(act > 0.5, 2 + (three > 0.5), (one > 0.5).astype(int))
-    raise ValueError(f"rule must be 'prob' or 'hier'; got {rule!r}")
+    if rule == 'median': return (np.cumsum(mes_probs(p_primary, p_remission, p_active), -1)[..., :-1] < 0.5).sum(-1)
+    raise ValueError(f"rule must be 'prob' or 'hier' (or 'median', the ordinal baselines' rule); got {rule!r}")

@@ -135,8 +135,10 @@ def evaluate_learner(learn: Learner, dl, cbs=None) -> tuple[dict, pd.DataFrame]:
     if getattr(learn, 'method', 'mtl') == 'mtl':
         rule = learn.loss_func.decode_rule
         return mtl_report(items.mes.to_numpy(), *preds, rule=rule), predictions_table(items, *preds, rule=rule)
-    p_mes = learn.loss_func.mes_probs(preds)  # a single-task baseline (`mes_mtl.baselines`): MES probabilities (n, 4)
-    return report_from_predictions(items.mes.to_numpy(), p_mes.argmax(1)), predictions_table(items, *heads_from_mes(p_mes))
+    loss = learn.loss_func  # a single-task baseline (`mes_mtl.baselines`): MES probabilities (n, 4), its own decoding
+    p_mes, mes_pred = loss.mes_probs(preds), np.asarray(loss.decodes(preds))
+    table = predictions_table(items, *heads_from_mes(p_mes), rule=loss.decode_rule).assign(mes_pred=mes_pred)
+    return report_from_predictions(items.mes.to_numpy(), mes_pred), table
 
 # %% ../nbs/14_learner.ipynb #13265c67
 @patch

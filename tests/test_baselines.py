@@ -1,13 +1,18 @@
 import json, math
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from mes_mtl.labels import mes_to_tasks, mes_probs, heads_from_mes
+from coral_pytorch.layers import CoralLayer
+from coral_pytorch.losses import coral_loss, corn_loss
+from coral_pytorch.dataset import levels_from_labelbatch, proba_to_label, corn_label_from_logits
+from mes_mtl.labels import TASKS, mes_to_tasks, mes_probs, heads_from_mes, mes_decode
 from mes_mtl.metrics import MTL_METRICS, report_from_predictions
 from mes_mtl.learner import DEFAULT_METRICS, evaluate_learner
 from mes_mtl.baselines import (METHODS, BASELINES, MES_THRESHOLDS, MESModel, create_mes_model, mes_targets, MESCrossEntropy,
-                               CDWCELoss, MESRegressionLoss, baseline_loss, baseline_metrics, baseline_learner)
+                               CDWCELoss, MESRegressionLoss, MESCoralLoss, MESCornLoss, coral_head, mes_levels, baseline_loss,
+                               baseline_metrics, baseline_learner)
 
 MES = torch.tensor([0, 1, 2, 3, 3])
 TASKS_T = torch.as_tensor(mes_to_tasks(MES.numpy()))  # (5, 3)
@@ -15,15 +20,19 @@ LOGITS = torch.tensor([[2., 0., -1., 0.], [0., 1., 0., 0.], [0., 0., 3., 1.], [1
 
 
 def test_methods():
-    assert METHODS == ('mtl', 'ce', 'regression', 'cdw-ce') and BASELINES == METHODS[1:]
+    assert METHODS == ('mtl', 'ce', 'regression', 'cdw-ce', 'coral', 'corn') and BASELINES == METHODS[1:]
 
 
 def test_model_shapes():
     torch.manual_seed(0)
-    for n_out in (4, 1):
+    for n_out in (4, 1, 3):
         m = create_mes_model('resnet18', n_out, pretrained=False)
         assert isinstance(m, MESModel) and len(m.heads) == 1 and m.n_features == 512
         assert m(torch.randn(2, 3, 32, 32)).shape == (2, n_out)
+    m = create_mes_model('resnet18', 3, pretrained=False, head=coral_head)
+    assert isinstance(m.heads[0], CoralLayer) and m(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    assert m.heads[0].coral_weights.weight.shape == (1, 512) and m.heads[0].coral_bias.shape == (3,)
+    assert baseline_loss('coral').make_head is coral_head and baseline_loss('corn').make_head is torch.nn.Linear
     with pytest.raises(ValueError, match="'resnet18'"): create_mes_model('resnet-18', 4, pretrained=False)
 
 
@@ -82,9 +91,88 @@ def test_classifier_probs():
     assert torch.equal(loss.decodes(loss.activation(LOGITS)), LOGITS.argmax(1))
 
 
+Z = torch.tensor([[-1.5, -2.0, -3.0], [0.4, -0.2, -1.0], [2.1, 0.3, -1.5], [3.0, 1.0, 0.4], [1.2, 2.5, 0.1]])  # 3 logits, MES 0-3, 3
+
+
+def test_levels_match_library():
+    assert torch.equal(mes_levels(MES), levels_from_labelbatch(MES, num_classes=4))
+
+
+def test_coral_loss_is_the_library_and_the_formula():
+    levels = levels_from_labelbatch(MES, num_classes=4)
+    hand = -(F.logsigmoid(Z) * levels + F.logsigmoid(-Z) * (1 - levels)).sum(-1)
+    assert torch.allclose(MESCoralLoss()(Z, *TASKS_T.T), coral_loss(Z, levels))
+    assert torch.allclose(MESCoralLoss(reduction='none')(Z, TASKS_T), hand)
+    assert torch.allclose(MESCoralLoss(reduction='sum')(Z, TASKS_T), hand.sum())
+    with pytest.raises(ValueError, match='3 logits per image'): MESCoralLoss()(LOGITS, TASKS_T)
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_corn_item_losses_average_to_corn_loss(seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4 if seed else 2, (32,), generator=g)  # seed 0: no MES >= 2, cut 2 has no image
+    z = torch.randn(32, 3, generator=g) * 3
+    tasks = torch.as_tensor(mes_to_tasks(y.numpy()))
+    items = MESCornLoss(reduction='none')(z, tasks)
+    n_pairs = torch.clamp(y + 1, max=3).sum()  # image of grade c trains the cuts 0..min(c, 2)
+    assert items.shape == (32,) and torch.allclose(items.sum() / n_pairs, corn_loss(z, y, num_classes=4))
+    assert torch.allclose(MESCornLoss()(z, tasks), corn_loss(z, y, num_classes=4))
+
+
+def test_corn_per_item_by_hand():
+    levels = levels_from_labelbatch(MES, num_classes=4)
+    subset = (MES[:, None] >= torch.arange(3)).float()
+    bce = -(F.logsigmoid(Z) * levels + F.logsigmoid(-Z) * (1 - levels))
+    assert torch.allclose(MESCornLoss(reduction='none')(Z, TASKS_T), (bce * subset).sum(-1))
+    assert math.isclose(MESCornLoss(reduction='none')(Z, TASKS_T)[0].item(), F.softplus(Z[0, 0]).item(), rel_tol=1e-6)  # MES 0: cut 0
+
+
+def _random_logits(n=400, seed=0):
+    return torch.randn(n, 3, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def test_coral_probs_sum_to_one_and_decode_as_library():
+    loss, z = MESCoralLoss(), _random_logits()
+    rank = loss.activation(z)
+    p = loss.mes_probs(rank)
+    assert (rank.diff(dim=1) > 0).any()  # random logits: unordered ranks for some images, the hard case
+    assert p.shape == (400, 4) and p.dtype == np.float64 and (p >= 0).all() and np.allclose(p.sum(1), 1)
+    assert torch.equal(loss.decodes(rank), proba_to_label(torch.sigmoid(z)))
+    assert (mes_decode(*heads_from_mes(p), rule=loss.decode_rule) == loss.decodes(rank).numpy()).all()
+    ordered = (rank.diff(dim=1) <= 0).all(1).numpy()
+    r = rank.double().numpy()[ordered]
+    assert np.allclose(p[ordered], np.stack([1 - r[:, 0], r[:, 0] - r[:, 1], r[:, 1] - r[:, 2], r[:, 2]], 1))
+
+
+def test_corn_probs_sum_to_one_and_decode_as_library():
+    loss, z = MESCornLoss(), _random_logits(seed=1)
+    rank = loss.activation(z)
+    p = loss.mes_probs(rank)
+    assert (rank.diff(dim=1) <= 0).all() and torch.allclose(rank, torch.sigmoid(z).cumprod(1))
+    assert (p >= 0).all() and np.allclose(p.sum(1), 1)
+    assert torch.equal(loss.decodes(rank), corn_label_from_logits(z))
+    assert (mes_decode(*heads_from_mes(p), rule=loss.decode_rule) == corn_label_from_logits(z).numpy()).all()
+    assert (p.argmax(1) != corn_label_from_logits(z).numpy()).any()  # the arg-max is not the library's rule
+
+
+def test_unordered_coral_ranks_are_rearranged():
+    rank = torch.tensor([[0.6, 0.4, 0.7], [0.9, 0.2, 0.3]])
+    p = MESCoralLoss().mes_probs(rank)
+    assert np.allclose(p, [[0.3, 0.1, 0.2, 0.4], [0.1, 0.6, 0.1, 0.2]])
+    assert MESCoralLoss().decodes(rank).tolist() == [2, 1] == mes_decode(*heads_from_mes(p), rule='median').tolist()
+
+
+def test_every_method_decodes_its_probabilities_back():
+    g = torch.Generator().manual_seed(2)
+    for method in BASELINES:
+        loss = baseline_loss(method)
+        act = loss.activation(torch.randn(200, loss.n_out, generator=g) * 2)
+        assert (mes_decode(*heads_from_mes(loss.mes_probs(act)), rule=loss.decode_rule) == np.asarray(loss.decodes(act))).all(), method
+
+
 def test_baseline_loss_errors():
     with pytest.raises(ValueError, match='use `mtl_learner`'): baseline_loss('mtl')
-    with pytest.raises(ValueError, match=r"choose from \('mtl', 'ce', 'regression', 'cdw-ce'\)"): baseline_loss('svm')
+    with pytest.raises(ValueError, match=r"choose from \('mtl', 'ce', 'regression', 'cdw-ce', 'coral', 'corn'\)"): baseline_loss('svm')
     with pytest.raises(ValueError, match="focal_gamma applies to method 'ce' only"): baseline_loss('regression', focal_gamma=1.)
     with pytest.raises(ValueError, match='cdw_power must be > 0'): baseline_loss('cdw-ce', cdw_power=-1.)
     assert baseline_loss('ce', focal_gamma=2.).focal_gamma == 2. and baseline_loss('cdw-ce', cdw_power=3.).power == 3.
@@ -131,17 +219,40 @@ def test_fit_evaluate_save_load(demo, method, tmp_path):
     split, dls, test_dl = demo
     torch.manual_seed(0)
     learn = baseline_learner(dls, method, pretrained=False, lr=1e-3, path=tmp_path, metrics=['mes_macro_f1', 'primary_acc'])
-    assert (learn.method, learn.arch, learn.model.n_out) == (method, 'resnet18', 1 if method == 'regression' else 4)
+    assert (learn.method, learn.arch, learn.model.n_out) == (method, 'resnet18', {'regression': 1, 'coral': 3, 'corn': 3}.get(method, 4))
     with learn.no_bar(), learn.no_logging(): learn.fit_mtl(1)
     assert learn.recorder.metric_names[3:-1] == ['mes_macro_f1', 'primary_acc'] and np.isfinite(learn.recorder.values[-1][0])
     report, table = evaluate_learner(learn, test_dl)
     assert list(report) == ['mes', 'remission_vs_active', 'primary', 'remission', 'active']
-    assert np.allclose(table.filter(like='p_mes').sum(axis=1), 1) and (table.mes_pred == table.filter(like='p_mes').to_numpy().argmax(1)).all()
+    assert np.allclose(table.filter(like='p_mes').sum(axis=1), 1)
+    assert (table.mes_pred == mes_decode(*(table[f'p_{t}'] for t in TASKS), rule=learn.loss_func.decode_rule)).all()
+    preds, _ = learn.get_preds(dl=test_dl)
+    assert (table.mes_pred.to_numpy() == np.asarray(learn.loss_func.decodes(preds))).all()  # the method's own decoding
+    assert report['mes']['accuracy'] == pytest.approx((table.mes_pred == table.mes_true).mean())
     save_mtl_model(learn, tmp_path/'model')
     cfg = json.loads((tmp_path/'model'/'config.json').read_text())
     assert (cfg['method'], cfg['n_out']) == (method, learn.model.n_out)
     model, _ = load_mtl_model(tmp_path/'model')
-    assert isinstance(model, MESModel)
+    assert isinstance(model, MESModel) and type(model.heads[0]) is type(learn.model.heads[0])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(): assert torch.equal(model(x), learn.model.cpu().eval()(x))  # the same weights, the same head
     df = MESPredictor.from_folder(tmp_path/'model', device='cpu').predict(split[split.is_test].path.tolist())
     assert np.allclose(df.filter(like='p_').to_numpy(), table.filter(like='p_').to_numpy(), atol=1e-4)
     assert (df.mes.to_numpy() == table.mes_pred.to_numpy()).all()
+
+
+def test_cli_cv_and_compare_coral(demo_root, tmp_path, capsys):
+    "`mes_mtl cv --method coral` on the demo data (CORN differs only in its loss, tested above), then `mes_mtl compare`."
+    from mes_mtl.cli import main
+    out = tmp_path/'coral'
+    assert main(['cv', '--out', str(out), '--method', 'coral', '--data', str(demo_root), '--arch', 'resnet18', '--folds', '2',
+                 '--epochs', '1', '--size', '32', '--bs', '16', '--no-pretrained', '--lr', '1e-3', '--quiet']) == 0
+    d = out/'folds'/'resnet18'/'fold0'
+    m = json.loads((d/'metrics.json').read_text())
+    assert m['method'] == 'coral' and set(m) == {'arch', 'fold', 'method', 'stage1'}
+    assert json.loads((d/'model'/'config.json').read_text())['decode_rule'] == 'median'
+    p = pd.read_csv(d/'predictions.csv')
+    assert np.allclose(p.filter(like='p_mes').sum(axis=1), 1)
+    assert (p.mes_pred == mes_decode(*(p[f'p_{t}'] for t in TASKS), rule='median')).all()
+    assert main(['compare', f'coral={out}', f'coral-again={out}', '--out', str(tmp_path/'m')]) == 0
+    assert set(pd.read_csv(tmp_path/'m'/'methods.csv').method) == {'coral', 'coral-again'} and 'coral' in capsys.readouterr().out
