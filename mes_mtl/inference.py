@@ -170,7 +170,7 @@ class MESPredictor:
         return pd.DataFrame({'image': names, 'mes': mes, **{f'p_mes{k}': p[:, k] for k in range(4)},
                              **{f'p_{t}': h[:, 1] for t, h in zip(TASKS, heads)}})
 
-# %% ../nbs/14_inference.ipynb #063c2fe0
+# %% ../nbs/14_inference.ipynb #d9b23142
 ONNX_FILE, ONNX_RECORD = 'model.onnx', 'model.onnx.json'  # the cached export and what it was made from
 ONNX_ATOL = ONNX_RTOL = 1e-3  # outputs (logits) of ONNX Runtime must equal PyTorch's within atol + rtol * |PyTorch's|
 
@@ -210,7 +210,7 @@ def _export_dynamo(model, x, names) -> bytes:
 
 EXPORTERS = {'torchscript': _export_torchscript, 'dynamo': _export_dynamo}
 
-# %% ../nbs/14_inference.ipynb #89c48deb
+# %% ../nbs/14_inference.ipynb #77a4a2ab
 def _output_names(out) -> list[str]:
     if isinstance(out, torch.Tensor): return ['mes']  # a baseline's single head
     return list(TASKS) if len(out) == len(TASKS) else [f'output{i}' for i in range(len(out))]
@@ -218,9 +218,9 @@ def _output_names(out) -> list[str]:
 def _export_bytes(model, x, names, exporter: str) -> tuple[bytes, str]:
     "ONNX bytes of `model` by `exporter` ('auto': TorchScript-based, else torch.export-based), and the exporter used."
     if exporter != 'auto': return EXPORTERS[exporter](model, x, names), exporter
-    try: return _export_torchscript(model, x, names), 'torchscript'
+    try: return EXPORTERS['torchscript'](model, x, names), 'torchscript'
     except Exception as e: first = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    try: return _export_dynamo(model, x, names), 'dynamo'
+    try: return EXPORTERS['dynamo'](model, x, names), 'dynamo'
     except UserError as e: raise UserError(f"{e} (the TorchScript-based exporter of torch {torch.__version__} failed: {first})") from None
     except Exception as e:
         raise RuntimeError(f"the ONNX export failed with both of torch {torch.__version__}'s exporters: TorchScript-based: "
@@ -278,7 +278,7 @@ def export_onnx(model: torch.nn.Module, size, device='cpu', exporter: str = 'aut
                            "Use runtime='torch'.")
     return fast, data
 
-# %% ../nbs/14_inference.ipynb #c0e713db
+# %% ../nbs/14_inference.ipynb #54d5882a
 def _sha256(fname) -> str:
     h = hashlib.sha256()
     with open(fname, 'rb') as f:
