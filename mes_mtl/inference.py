@@ -85,6 +85,7 @@ class MESPredictor:
         self.std = torch.tensor(config['std'], device=self.device).view(1, 3, 1, 1)
         mean, std = np.asarray(config['mean'], np.float32), np.asarray(config['std'], np.float32)
         self._scale, self._shift = 1 / (255 * std), -mean / std  # (x / 255 - mean) / std as one multiply-add
+        self._rows = np.tile(self._scale, self.size[1]), np.tile(self._shift, self.size[1])  # the same along an NHWC row
         self.channels_last = runtime == 'torch' and self.device.type == 'cpu'
         self.rule = config.get('decode_rule', 'prob')
         self.method = config.get('method', 'mtl')
@@ -126,11 +127,11 @@ class MESPredictor:
         if self.device.type != 'cpu':  # a quarter of the bytes to the GPU, normalised there
             x = torch.from_numpy(np.require(u8, requirements=['C', 'W'])).to(self.device)
             return (x.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std
-        if self.channels_last:  # NHWC memory, as read, seen as (n, 3, h, w)
-            x = np.multiply(u8, self._scale, out=np.empty(u8.shape, np.float32))
-            np.add(x, self._shift, out=x)
-            return torch.from_numpy(x).permute(0, 3, 1, 2)
         n, h, w, _ = u8.shape
+        if self.channels_last:  # NHWC memory, as read, seen as (n, 3, h, w); rows of w * 3 values: a fast inner loop
+            x = np.multiply(u8.reshape(n, h, w * 3), self._rows[0], out=np.empty((n, h, w * 3), np.float32))
+            np.add(x, self._rows[1], out=x)
+            return torch.from_numpy(x.reshape(n, h, w, 3)).permute(0, 3, 1, 2)
         x = np.multiply(u8.transpose(0, 3, 1, 2), self._scale[:, None, None], out=np.empty((n, 3, h, w), np.float32))
         np.add(x, self._shift[:, None, None], out=x)
         return torch.from_numpy(x)
