@@ -514,8 +514,12 @@ def _patient_results(out, rule: str) -> tuple[dict, dict, pd.DataFrame, str]:
            'patient_test_results': patient_test_markdown(test)}
     line = ("Patient level (`patient_*`): a patient's Mayo score is its worst image score (rule `max`; also the "
             "0.9-quantile and the rounded maximum expected score), its true score the worst true image score "
-            "(see `mes_mtl.aggregate`).\n")
-    return {'patient_cv_accuracy': cv, 'patient_test_results': test}, mds, plong, line
+            "(see `mes_mtl.aggregate`).")
+    items = _study_items(out)
+    if (items.groupby('patient')[['fold', 'is_test']].nunique() > 1).any().any():
+        line += (" Caution: the split is not by patient, so a patient's images are spread over folds (or over the "
+                 "training and test sets) and each table grades the part of a patient it holds.")
+    return {'patient_cv_accuracy': cv, 'patient_test_results': test}, mds, plong, line + '\n'
 
 # %% ../nbs/20_experiment.ipynb #47b7c632
 def grouped_bars(ax, groups: list[str], series: dict, sds: dict, marks: dict | None = None, ylabel: str = ''):
