@@ -91,8 +91,12 @@ def _check_predictions(p: pd.DataFrame, rule: str, probs: bool):
         raise UserError(f"{dup.sum()} images are predicted more than once (e.g. {p.path[dup].iloc[0]}): aggregate one "
                         f"model's predictions at a time, or average several models first (e.g. `fold_ensemble`).")
 
-def patient_table(preds: pd.DataFrame, items: pd.DataFrame | None = None, rule: str = 'max', q: float | None = 0.9,
-                  probs: bool = False) -> pd.DataFrame:
+def patient_table(preds: pd.DataFrame,  # image predictions (`predictions_table`), with a `patient` column or `items`
+                  items: pd.DataFrame | None = None,  # the split (or `limuc_items`, split.csv) with the patient ids
+                  rule: str = 'max',  # one of `RULES`
+                  q: float | None = 0.9,  # the share of rule 'quantile'
+                  probs: bool = False,  # add P(patient's score = k) (rule 'max' only)
+                 ) -> pd.DataFrame:
     "One row per patient of `preds`: `patient`, `images`, `mes_true` (the worst true score), `mes_pred` (by `rule`)."
     _check_rule(rule, q)
     if probs and rule != 'max':
@@ -164,8 +168,13 @@ def plot_rules(comparison: pd.DataFrame, title: str = '') -> plt.Figure:
     return fig
 
 # %% ../nbs/19_aggregate.ipynb #c2f5d67a
-def write_patient_results(preds: pd.DataFrame, items: pd.DataFrame, out, rule: str = 'max', q: float | None = 0.9,
-                          log=print) -> dict | None:
+def write_patient_results(preds: pd.DataFrame,  # the test set's image predictions (`predictions_table`)
+                          items: pd.DataFrame,  # the split the predictions were made on (patient ids)
+                          out,  # the output folder
+                          rule: str = 'max',  # one of `RULES`
+                          q: float | None = 0.9,  # the share of rule 'quantile'
+                          log=print,  # where the one-line summary (or the note on missing ids) goes
+                         ) -> dict | None:
     "Write `out/patients.csv`, return the patient-level report (None when an image has no patient id)."
     _check_rule(rule, q)
     if 'patient' not in items or pd.isna(_patient_ids(preds, items)).any():
