@@ -112,18 +112,22 @@ def train(args):
     config = dict(command='train', arch=args.arch, pretrained=args.pretrained, epochs=args.epochs, lr=args.lr,
                   fold=args.fold, size=args.size, bs=args.bs, **_data_config(args))
     out, split, dls = _setup(args, config)
-    for f in ('metrics.json', 'history.csv'): (out/f).unlink(missing_ok=True)
+    for f in ('metrics.json', 'history.csv', 'patients.csv'): (out/f).unlink(missing_ok=True)
     from mes_mtl.learner import mtl_learner, evaluate_learner
     from mes_mtl.inference import save_mtl_model
+    from mes_mtl.aggregate import write_patient_results
     learn = mtl_learner(dls, args.arch, pretrained=args.pretrained, lr=args.lr, path=out)
     learn.fit_mtl(args.epochs, log=out/'history.csv')
     report, preds = evaluate_learner(learn, mtl_test_dl(dls, split))
     preds.to_csv(out/'predictions.csv', index=False)
+    patient = write_patient_results(preds, split, out, log=(notes := []).append)  # patients.csv; None without ids
     save_figure(plot_confusion_matrices(report), out/'confusion_matrices.png')
     save_mtl_model(learn, out/'model')
-    write_json(report, out/'metrics.json')
+    write_json({**report, **({'patient': patient} if patient else {})}, out/'metrics.json')
     print_summary(report, f"Held-out test set ({len(preds)} images), {args.arch}, fold {args.fold} as validation")
-    print(f"\nResults in {out}: metrics.json, predictions.csv, confusion_matrices.png, history.csv, model/")
+    print('\n' + '\n'.join(notes))
+    print(f"\nResults in {out}: metrics.json, predictions.csv, {'patients.csv, ' * bool(patient)}"
+          "confusion_matrices.png, history.csv, model/")
     return report
 
 def print_summary(report: dict, title: str):

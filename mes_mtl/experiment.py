@@ -23,13 +23,14 @@ from .inference import save_mtl_model
 from .metrics import CLASS_NAMES, mtl_report, markdown_table, plot_confusion_matrices
 
 # %% auto #0
-__all__ = ['CAN_CHANGE_ON_RESUME', 'ADDED_SETTINGS', 'CLASS_METRICS', 'HEAD_COLUMNS', 'MES_COLUMNS', 'TEST_COLUMNS', 'CVConfig',
-           'claim_study', 'fold_dir', 'write_json', 'run_fold', 'run_cv', 'finished_folds', 'study_metrics', 'mean_sd',
-           'stars', 'compare', 'cv_accuracy_table', 'classwise_table', 'compare_backbones', 'compare_stages',
-           'fold_predictions', 'test_predictions', 'fold_ensemble', 'test_results', 'backbone_ensemble',
-           'ensemble_table', 'best_arch', 'peer_table', 'compute_table', 'grouped_bars', 'plot_classwise',
-           'plot_before_after', 'plot_ensemble', 'f1_weight_table', 'plot_f1_weights', 'mean_sd_table', 'save_figure',
-           'collect_results']
+__all__ = ['CAN_CHANGE_ON_RESUME', 'ADDED_SETTINGS', 'CLASS_METRICS', 'HEAD_COLUMNS', 'MES_COLUMNS', 'TEST_COLUMNS',
+           'PATIENT_LONG_COLS', 'PATIENT_COLUMNS', 'PATIENT_CV_COLUMNS', 'CVConfig', 'claim_study', 'fold_dir',
+           'write_json', 'run_fold', 'run_cv', 'finished_folds', 'study_metrics', 'mean_sd', 'stars', 'compare',
+           'cv_accuracy_table', 'classwise_table', 'compare_backbones', 'compare_stages', 'fold_predictions',
+           'test_predictions', 'fold_ensemble', 'test_results', 'backbone_ensemble', 'ensemble_table', 'best_arch',
+           'peer_table', 'compute_table', 'patient_metrics', 'patient_cv_table', 'patient_test_results',
+           'patient_test_markdown', 'grouped_bars', 'plot_classwise', 'plot_before_after', 'plot_ensemble',
+           'f1_weight_table', 'plot_f1_weights', 'mean_sd_table', 'save_figure', 'collect_results']
 
 # %% ../nbs/20_experiment.ipynb #7d14918f
 @dataclass
@@ -350,9 +351,9 @@ TEST_COLUMNS = {('mes', 'all', 'accuracy'): 'MES accuracy', ('mes', 'macro', 'f1
                 **{('mes', f'MES {c}', 'f1'): f'F1 MES {c}' for c in range(4)},
                 ('remission_vs_active', 'all', 'f1'): 'remission vs active F1', ('remission_vs_active', 'all', 'kappa'): 'kappa'}
 
-def _test_row(rows) -> dict:
+def _test_row(rows, columns: dict = TEST_COLUMNS) -> dict:
     d = {(b, c, m): v for b, c, m, v in rows}
-    return {name: d[key] for key, name in TEST_COLUMNS.items()}
+    return {name: d[key] for key, name in columns.items()}
 
 def test_results(out, long: pd.DataFrame, rule: str = 'prob') -> pd.DataFrame:
     "Held-out test results of each final fold model, their mean and sd, and the fold ensemble (and stage 1's, if there is a stage 2), per backbone."
@@ -429,6 +430,96 @@ def compute_table(out) -> pd.DataFrame:
         arch, fold = fn.parts[-3], int(fn.parent.name[4:])
         rows += [dict(arch=arch, fold=fold, stage=int(s[-1]), **c) for s, c in json.loads((fn.parent/'compute.json').read_text()).items()]
     return pd.DataFrame(rows)
+
+# %% ../nbs/20_experiment.ipynb #35469860
+from .aggregate import STUDY_RULES, rule_label, attach_patients, patient_table, patient_report
+
+def _study_items(out) -> pd.DataFrame | None:
+    "The split manifest of study `out` (`key`, `patient`, ...), or None where an image has no patient id."
+    fn = Path(out)/'split.csv'
+    if not fn.is_file(): return None
+    items = pd.read_csv(fn, dtype={'patient': str, 'key': str, 'source': str})
+    return None if items.patient.isna().any() else items
+
+PATIENT_LONG_COLS = ['arch', 'model', 'fold', 'set', 'rule', 'block', 'class', 'metric', 'value']
+
+def patient_metrics(out,
+                    decode_rule: str = 'prob',  # the study's rule from the heads to a Mayo score (fold ensemble)
+                    rules=STUDY_RULES,  # the patient-level rules, as (rule, q) pairs
+                    archs=None,  # the backbones; None: all of the study
+                    ensemble: bool = True,  # also the fold ensemble on the test set
+                   ) -> pd.DataFrame:
+    "Patient-level reports of the final fold models (validation, test) and the test fold ensemble; empty without ids."
+    items = _study_items(out)
+    if items is None: return pd.DataFrame(columns=PATIENT_LONG_COLS)
+    rows = []
+    def add(key: tuple, preds: pd.DataFrame):
+        for rule, q in rules:
+            report = patient_report(patient_table(preds, rule=rule, q=q))
+            rows.extend((*key, rule_label(rule, q), *r) for r in _report_rows(report))
+    for arch in archs or list(dict.fromkeys(fn.parts[-3] for fn in finished_folds(out))):
+        for (fold, s), p in attach_patients(fold_predictions(out, arch), items).groupby(['fold', 'set']):
+            add((arch, f'fold {fold}', fold, s), p)
+        if ensemble:
+            ens = fold_ensemble(test_predictions(out, arch), decode_rule)[1]
+            add((arch, 'ensemble', -1, 'test'), attach_patients(ens, items))
+    return pd.DataFrame(rows, columns=PATIENT_LONG_COLS)
+
+# %% ../nbs/20_experiment.ipynb #56d6a172
+PATIENT_COLUMNS = {('aggregation', 'all', 'patients'): 'patients', **TEST_COLUMNS,
+                   ('primary', 'active', 'recall'): 'sensitivity MES 2-3',
+                   ('primary', 'active', 'specificity'): 'specificity MES 0-1'}
+PATIENT_CV_COLUMNS = ('MES accuracy', 'MES macro F1', 'QWK', 'remission vs active F1', 'sensitivity MES 2-3',
+                      'specificity MES 0-1')
+
+def _patient_wide(plong: pd.DataFrame) -> pd.DataFrame:
+    "One row per backbone, rule, model and set of `patient_metrics`, one column per entry of `PATIENT_COLUMNS`."
+    cols = ['block', 'class', 'metric', 'value']
+    rows = [dict(arch=a, rule=r, model=m, set=s, **_test_row(g[cols].itertuples(index=False), PATIENT_COLUMNS))
+            for (a, r, m, s), g in plong.groupby(['arch', 'rule', 'model', 'set'], sort=False)]
+    return pd.DataFrame(rows)
+
+def patient_cv_table(plong: pd.DataFrame) -> pd.DataFrame:
+    "Patient-level validation figures per backbone and rule (final models): mean, sd and folds, as Table 1."
+    w = _patient_wide(plong[(plong.model != 'ensemble') & (plong.set == 'valid')])
+    v = w.melt(id_vars=['arch', 'rule'], value_vars=list(PATIENT_CV_COLUMNS), var_name='column')
+    return _summary(v, ['arch', 'rule', 'column'])
+
+def patient_test_results(plong: pd.DataFrame) -> pd.DataFrame:
+    "Patient-level test results per backbone and rule: each final fold model, their mean and sd, the fold ensemble."
+    w, cols, rows = _patient_wide(plong[plong.set == 'test']).drop(columns='set'), list(PATIENT_COLUMNS.values()), []
+    for (arch, rule), g in w.groupby(['arch', 'rule'], sort=False):
+        folds, key = g[g.model != 'ensemble'], dict(arch=arch, rule=rule)
+        rows += [*folds.to_dict('records'), dict(key, model='mean', **folds[cols].mean()),
+                 dict(key, model='sd', **folds[cols].std(ddof=1).fillna(0))]
+        rows += g[g.model == 'ensemble'].to_dict('records')
+    return pd.DataFrame(rows)
+
+def patient_test_markdown(t: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    "`patient_test_results` for a manuscript: per backbone and rule, the fold models' mean ± sd and the fold ensemble."
+    cols, rows = [c for c in PATIENT_COLUMNS.values() if c != 'patients'], []
+    for (arch, rule), g in t.groupby(['arch', 'rule'], sort=False):
+        m, s, e = (g[g.model == k].iloc[0] for k in ('mean', 'sd', 'ensemble'))
+        key = dict(arch=arch, rule=rule, patients=int(e.patients))
+        rows += [dict(key, model='folds (mean ± sd)', **dict(zip(cols, mean_sd(m[cols], s[cols], digits)))),
+                 dict(key, model='ensemble', **{c: f'{e[c]:.{digits}f}' for c in cols})]
+    return pd.DataFrame(rows)[['arch', 'rule', 'model', 'patients', *cols]]
+
+def _patient_results(out, rule: str) -> tuple[dict, dict, pd.DataFrame, str]:
+    "The patient-level tables of study `out`, their Markdown versions, `patient_metrics` and a line for the summary."
+    plong = patient_metrics(out, rule)
+    if plong.empty: return {}, {}, plong, "No patient id for every image in split.csv: no patient-level tables.\n"
+    cv, test = patient_cv_table(plong), patient_test_results(plong)
+    mds = {'patient_cv_accuracy': mean_sd_table(cv, ['arch', 'rule'], 'column'),
+           'patient_test_results': patient_test_markdown(test)}
+    line = ("Patient level (`patient_*`): a patient's Mayo score is its worst image score (rule `max`; also the "
+            "0.9-quantile and the rounded maximum expected score), its true score the worst true image score "
+            "(see `mes_mtl.aggregate`).")
+    items = _study_items(out)
+    if (items.groupby('patient')[['fold', 'is_test']].nunique() > 1).any().any():
+        line += (" Caution: the split is not by patient, so a patient's images are spread over folds (or over the "
+                 "training and test sets) and each table grades the part of a patient it holds.")
+    return {'patient_cv_accuracy': cv, 'patient_test_results': test}, mds, plong, line + '\n'
 
 # %% ../nbs/20_experiment.ipynb #47b7c632
 def grouped_bars(ax, groups: list[str], series: dict, sds: dict, marks: dict | None = None, ylabel: str = ''):
@@ -539,6 +630,7 @@ def collect_results(out, peer=None, test: str = 'ranksum') -> dict:
     config = json.loads((out/'config.json').read_text())
     method = config.get('method', 'mtl')
     rule = config.get('decode_rule', 'prob') if method == 'mtl' else baseline_loss(method).decode_rule
+    ptables, pmds, plong, pline = _patient_results(out, rule)
     best = best_arch(long)
     t1, cw = cv_accuracy_table(long), classwise_table(long)
     tests, ba = compare_backbones(long, test=test), compare_stages(long, test=test)
@@ -548,17 +640,18 @@ def collect_results(out, peer=None, test: str = 'ranksum') -> dict:
                   ['block', 'class', 'metric'], 'arch', 'mark')
     ba_md = ba.assign(before=mean_sd(ba.before, ba.before_sd), after=mean_sd(ba.after, ba.after_sd)).drop(columns=['before_sd', 'after_sd']).round(3)
     tables = {'table1_cv_accuracy': t1, 'classwise': cw, 'backbone_tests': tests, 'before_after': ba,
-              'table2_peer': peer_table(long, out, peer), 'test_results': test_results(out, long, rule),
+              'table2_peer': peer_table(long, out, peer), 'test_results': test_results(out, long, rule), **ptables,
               **({'backbone_ensemble': ensemble_table(out, long, rule)} if long.arch.nunique() > 1 else {}),
               'compute': compute_table(out), 'f1_weights': f1_weight_table(out)}
     mds = {'table1_cv_accuracy': mean_sd_table(t1, 'arch', 'column'), 'classwise': cw_md, 'backbone_tests': tests.round(4),
-           'before_after': ba_md}
+           'before_after': ba_md, **pmds}
     summary = [f"# Study {out.name}: method {method}, {long.arch.nunique()} backbone(s), {long.fold.nunique()} fold(s)\n",
                f"Best backbone by CV MES macro F1: **{best}**. Marks: Wilcoxon {test.replace('ranksum', 'rank-sum')} test, * p<0.05, ** p<0.01, *** p<0.001; "
-               f"class-wise marks compare each backbone with {best}.\n"]
+               f"class-wise marks compare each backbone with {best}.\n", pline]
     summary += [_save(name, t, res, mds.get(name, t.round(3))) for name, t in tables.items()]
     (res/'summary.md').write_text('\n'.join(summary))
     long.to_csv(res/'all_metrics.csv', index=False)
+    if len(plong): plong.to_csv(res/'patient_metrics.csv', index=False)
     save_figure(plot_classwise(cw, tests, best=best), res/'fig2_classwise.png')
     if len(ba): save_figure(plot_before_after(ba), res/'fig3_before_after.png')
     if len(tables['f1_weights']): save_figure(plot_f1_weights(tables['f1_weights']), res/'f1_weights.png')

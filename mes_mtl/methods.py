@@ -12,7 +12,8 @@ from .experiment import study_metrics, compare, stars, mean_sd_table, grouped_ba
 from .metrics import markdown_table
 
 # %% auto #0
-__all__ = ['METHOD_COLUMNS', 'method_scores', 'compare_methods', 'methods_markdown', 'plot_methods', 'write_method_comparison']
+__all__ = ['METHOD_COLUMNS', 'PATIENT_METHOD_COLUMNS', 'method_scores', 'compare_methods', 'methods_markdown', 'plot_methods',
+           'write_method_comparison']
 
 # %% ../nbs/22_methods.ipynb #e9711ee9
 METHOD_COLUMNS = {**{('mes', f'MES {c}', 'f1'): f'F1 MES {c}' for c in range(4)}, ('mes', 'macro', 'f1'): 'MES macro F1',
@@ -40,7 +41,7 @@ def method_scores(studies: dict, arch: str | None = None) -> pd.DataFrame:
         for (b, c, m), col in METHOD_COLUMNS.items():
             sel = v[(v.block == b) & (v['class'] == c) & (v.metric == m)]
             rows += [dict(method=name, arch=arch, fold=f, column=col, value=x) for f, x in zip(sel.fold, sel.value)]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows + _patient_scores(studies, arch))  # and the columns of `PATIENT_METHOD_COLUMNS`
 
 def compare_methods(scores: pd.DataFrame, reference: str | None = None, test: str = 'ranksum') -> pd.DataFrame:
     "Mean, sd and folds of every method and column of `method_scores`, with the test's p-value against `reference` (default: the first method)."
@@ -55,6 +56,23 @@ def compare_methods(scores: pd.DataFrame, reference: str | None = None, test: st
         rows.append(dict(method=method, column=col, mean=mine.mean(), sd=mine.std(ddof=1) if len(mine) > 1 else 0., n=len(mine),
                          reference=reference, p=p, mark=stars(p)))
     return pd.DataFrame(rows)
+
+# %% ../nbs/22_methods.ipynb #bd1556c1
+from .experiment import patient_metrics
+PATIENT_METHOD_COLUMNS = {('mes', 'macro', 'f1'): 'patient MES macro F1', ('mes', 'all', 'qwk'): 'patient QWK'}
+
+def _patient_scores(studies: dict, arch: str) -> list[dict]:
+    "Rows of `method_scores` for `PATIENT_METHOD_COLUMNS` (rule 'max', validation folds); none without patient ids."
+    longs = {name: patient_metrics(out, rules=(('max', None),), archs=[arch], ensemble=False)
+             for name, out in studies.items()}
+    if any(long.empty for long in longs.values()): return []
+    rows = []
+    for name, long in longs.items():
+        v = long[long.set == 'valid']
+        for (b, c, m), col in PATIENT_METHOD_COLUMNS.items():
+            sel = v[(v.block == b) & (v['class'] == c) & (v.metric == m)]
+            rows += [dict(method=name, arch=arch, fold=f, column=col, value=x) for f, x in zip(sel.fold, sel.value)]
+    return rows
 
 # %% ../nbs/22_methods.ipynb #c43c5672
 def methods_markdown(comparison: pd.DataFrame, digits: int = 3) -> str:

@@ -59,6 +59,25 @@ def test_cv_outputs(study):
     assert len(compute) == 6 and (compute.seconds > 0).all() and (compute.images_per_s > 0).all()
 
 
+def test_cv_patient_tables(study):
+    "Patient-level tables next to Table 1 and the test table: per rule, fold models and the fold ensemble."
+    out, _ = study
+    res = out/'results'
+    for name in ('patient_cv_accuracy', 'patient_test_results'):
+        assert (res/f'{name}.csv').is_file() and f'## {name}' in (res/'summary.md').read_text(), name
+    split = pd.read_csv(out/'split.csv', dtype={'patient': str})
+    cv = pd.read_csv(res/'patient_cv_accuracy.csv')
+    assert set(cv.rule) == {'max', 'quantile 0.9', 'expected_max'} and (cv.n == 3).all() and cv['mean'].between(0, 1).all()
+    test = pd.read_csv(res/'patient_test_results.csv')
+    assert test[test.rule == 'max'].model.tolist() == ['fold 0', 'fold 1', 'fold 2', 'mean', 'sd', 'ensemble']
+    assert (test[test.model != 'sd'].patients == split[split.is_test].patient.nunique()).all()
+    long = pd.read_csv(res/'patient_metrics.csv')
+    n = long[(long.set == 'valid') & (long.rule == 'max') & (long.metric == 'patients')]
+    assert n.value.sum() == split[~split.is_test].patient.nunique()   # every training patient in one validation fold
+    md = (res/'patient_test_results.md').read_text()
+    assert 'folds (mean ± sd)' in md and '| ensemble |' in md
+
+
 def test_cv_interrupted_and_resumed_equals_uninterrupted(study, demo_root, tmp_path):
     "A study killed in the middle (like a Colab disconnect) and resumed ends with the same result files."
     ref, _ = study
@@ -131,6 +150,8 @@ def test_compare_methods(study, baseline, tmp_path):
     assert '| mtl |' in r.stdout and '| cdw |' in r.stdout
     t = pd.read_csv(tmp_path/'m'/'methods.csv')
     assert set(t.method) == {'mtl', 'cdw'} and (t.n == 3).all() and t[t.method == 'cdw'].p.between(0, 1).all()
+    assert {'patient MES macro F1', 'patient QWK'} <= set(t.column)
+    assert 'patient QWK' in r.stdout.splitlines()[2]   # a column of the printed table
     assert (tmp_path/'m'/'methods.png').stat().st_size > 10_000
     bad = subprocess.run(['mes_mtl', 'compare', f'mtl={study[0]}', f'x={tmp_path}', '--out', tmp_path/'m2'], capture_output=True, text=True)
     assert bad.returncode == 2 and 'not a study folder' in bad.stderr
