@@ -14,6 +14,7 @@ import mes_mtl
 from .labels import TASKS, LABEL_TABLE, mes_probs, mes_decode, heads_from_mes
 from .model import create_mtl_model, MTLModel
 from .baselines import METHODS, MESModel, create_mes_model, baseline_loss
+from .errors import UserError, UserFileNotFoundError
 
 # %% auto #0
 __all__ = ['MODEL_FILES', 'model_config', 'save_mtl_model', 'load_mtl_model', 'MESPredictor']
@@ -43,23 +44,23 @@ def load_mtl_model(path) -> tuple[MTLModel | MESModel, dict]:
     "The model (`MTLModel`, or a baseline's `MESModel`) and config saved by `save_mtl_model` in `path`; clear errors for missing or mismatched files."
     path = Path(path)
     if missing := [f for f in MODEL_FILES if not (path/f).is_file()]:
-        raise FileNotFoundError(f"{path}: not a mes_mtl model folder, {' and '.join(missing)} missing "
-                                f"(a model folder is written by `mes_mtl train` or `save_mtl_model`).")
+        raise UserFileNotFoundError(f"{path}: not a mes_mtl model folder, {' and '.join(missing)} missing "
+                                    f"(a model folder is written by `mes_mtl train` or `save_mtl_model`).")
     try: config = json.loads((path/'config.json').read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"{path/'config.json'} is not valid JSON: {e}") from None
+    except json.JSONDecodeError as e: raise UserError(f"{path/'config.json'} is not valid JSON: {e}") from None
     if missing := [k for k in ('arch', 'size', 'mean', 'std', 'label_table') if k not in config]:
-        raise ValueError(f"{path/'config.json'} lacks {missing}: was it written by `save_mtl_model`?")
+        raise UserError(f"{path/'config.json'} lacks {missing}: was it written by `save_mtl_model`?")
     if config['label_table'] != LABEL_TABLE.tolist():
-        raise ValueError(f"{path}: the model was trained with another label scheme {config['label_table']}.")
+        raise UserError(f"{path}: the model was trained with another label scheme {config['label_table']}.")
     method = config.get('method', 'mtl')  # folders written before the baselines hold multi-task models
-    if method not in METHODS: raise ValueError(f"{path/'config.json'}: unknown method {method!r}; expected one of {METHODS}")
-    if method != 'mtl' and 'n_out' not in config: raise ValueError(f"{path/'config.json'} lacks 'n_out' for the {method!r} baseline")
+    if method not in METHODS: raise UserError(f"{path/'config.json'}: unknown method {method!r}; expected one of {METHODS}")
+    if method != 'mtl' and 'n_out' not in config: raise UserError(f"{path/'config.json'} lacks 'n_out' for the {method!r} baseline")
     model = (create_mtl_model(config['arch'], pretrained=False) if method == 'mtl' else
              create_mes_model(config['arch'], config['n_out'], pretrained=False))
     try: load_model(model, str(path/'model.safetensors'))
     except Exception as e:
-        raise ValueError(f"{path/'model.safetensors'} does not match architecture {config['arch']!r} of config.json "
-                         f"(or is damaged): {str(e).splitlines()[0][:300]}") from None
+        raise UserError(f"{path/'model.safetensors'} does not match architecture {config['arch']!r} of config.json "
+                        f"(or is damaged): {str(e).splitlines()[0][:300]}") from None
     return model.eval(), config
 
 # %% ../nbs/14_inference.ipynb #728084c9
@@ -84,9 +85,9 @@ class MESPredictor:
     def load(self, img) -> np.ndarray:
         "An image (path, PIL image or HxWx3 uint8 array) as a uint8 array of the model's input size."
         if isinstance(img, (str, Path)):
-            try: img = Image.open(img)
+            try: img = Image.open(img).convert('RGB')  # decodes the whole file: a truncated image fails here, named
             except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-                raise ValueError(f"{img}: cannot read this image ({type(e).__name__}: {e})") from None
+                raise UserError(f"{img}: cannot read this image ({type(e).__name__}: {e})") from None
         if isinstance(img, np.ndarray): img = Image.fromarray(img)
         h, w = self.size
         img = img.convert('RGB')

@@ -19,6 +19,7 @@ from .model import create_mtl_model, mtl_splitter
 from .losses import JointLoss
 from .labels import TASKS, class1_prob, mes_probs, mes_decode, heads_from_mes
 from .metrics import mtl_metrics, mtl_report, report_from_predictions
+from .errors import UserError
 import pandas as pd
 
 # %% auto #0
@@ -64,7 +65,8 @@ def fit_mtl(self: Learner, n_epoch: int | None = None, lr: float | None = None, 
     cbs = [ReduceLROnPlateau(patience=t['lr_patience'], factor=1 / t['lr_factor'], **track),
            EarlyStoppingCallback(patience=t['stop_patience'], **track), *([CSVLogger(Path(log).resolve(), append=True)] if log else []),
            *([SaveModelCallback(fname=t['save_name'], **track)] if t['save_name'] else []), *(cbs or [])]
-    self.fit(n_epoch or self.max_epochs, lr=lr, cbs=cbs)
+    if n_epoch is not None and n_epoch < 1: raise UserError(f"n_epoch must be at least 1 (None: max_epochs={self.max_epochs}); got {n_epoch}")
+    self.fit(self.max_epochs if n_epoch is None else n_epoch, lr=lr, cbs=cbs)
     return self
 
 # %% ../nbs/13_learner.ipynb #7ad15be3
