@@ -42,6 +42,8 @@ def test_settings_checked_against_each_other_and_the_data(demo_root, capsys, tmp
     assert not (out/'config.json').exists()
     code, _, err = run_main(capsys, 'train', '--out', out, '--data', demo_root, *TINY, '--fold', 3)
     assert code == 2 and 'fold 3 does not exist' in err and 'Traceback' not in err
+    code, _, err = run_main(capsys, 'prepare', '--out', out, '--data', demo_root, '--size', 32, '--bs', 8, '--folds', 3)
+    assert code == 0, err                                                  # the corrected command needs no --overwrite
 
 
 @pytest.mark.parametrize('where,why', [('below a file', 'is a file, not a folder'),
