@@ -51,7 +51,7 @@ class CalibrationWarning(UserWarning):
     "Temperature scaling that the data cannot support: an unidentifiable temperature, or a worse held-out NLL."
 
 def fit_temperature(p1, y, bounds: tuple[float, float] = (0.05, 20.), name: str = 'head') -> float:
-    "Temperature T minimising the NLL of `sigmoid(logit(p1) / T)` for binary targets `y` (`IGNORE` = -1 skipped); 1 where the data cannot identify it."
+    "T minimising the NLL of `sigmoid(logit(p1) / T)` for targets `y` (`IGNORE` skipped); 1 where none is identified."
     p1, y = np.asarray(p1, dtype=float), np.asarray(y)
     if p1.shape != y.shape: raise ValueError(f"need one target per probability; got {p1.shape} and {y.shape}")
     keep = y != IGNORE
@@ -59,14 +59,16 @@ def fit_temperature(p1, y, bounds: tuple[float, float] = (0.05, 20.), name: str 
     z, sign = logit(np.clip(p1[keep], EPS, 1 - EPS)), 2 * y[keep] - 1
     if (sign * z > 0).all() or (sign * z < 0).all():
         side = 'right' if (sign * z > 0).all() else 'wrong'
-        warnings.warn(f"{name}: all {keep.sum()} validation images are on the {side} side of 0.5 (separated data), so no temperature "
-                      f"minimises the NLL; keeping T = 1", CalibrationWarning)
+        warnings.warn(f"{name}: all {keep.sum()} validation images are on the {side} side of 0.5 (separated data), "
+                      f"so no temperature minimises the NLL; keeping T = 1", CalibrationWarning)
         return 1.0
     lo, hi = np.log(bounds)
-    res = minimize_scalar(lambda log_t: np.logaddexp(0, -sign * z / np.exp(log_t)).mean(), bounds=(lo, hi), method='bounded')
+    nll = lambda log_t: np.logaddexp(0, -sign * z / np.exp(log_t)).mean()
+    res = minimize_scalar(nll, bounds=(lo, hi), method='bounded')
     if min(res.x - lo, hi - res.x) < 1e-3 * (hi - lo):
-        warnings.warn(f"{name}: the best temperature is at the bound {np.exp(res.x):.3g} of {bounds}, so the {keep.sum()} validation "
-                      f"images do not identify one (too few errors, or nearly separated data); keeping T = 1", CalibrationWarning)
+        warnings.warn(f"{name}: the best temperature is at the bound {np.exp(res.x):.3g} of {bounds}, so the "
+                      f"{keep.sum()} validation images do not identify one (too few errors, or nearly separated data); "
+                      f"keeping T = 1", CalibrationWarning)
         return 1.0
     return float(np.exp(res.x))
 
@@ -159,18 +161,19 @@ def tta_predictions(learn, dl, flips=tuple(FLIPS)) -> tuple[dict, pd.DataFrame]:
 
 # %% ../nbs/17_calibration.ipynb #a5ccbe3b
 def nll_check(before: pd.DataFrame, after: pd.DataFrame, what: str = 'test set') -> pd.DataFrame:
-    "NLL per block of prediction tables `before` and `after` calibration; a `CalibrationWarning` for each block it made worse."
-    t = pd.DataFrame({'before': calibration_table(before).set_index('block').nll, 'after': calibration_table(after).set_index('block').nll})
+    "NLL per block of prediction tables `before` and `after` calibration; a `CalibrationWarning` where it got worse."
+    nll = lambda preds: calibration_table(preds).set_index('block').nll
+    t = pd.DataFrame({'before': nll(before), 'after': nll(after)})
     for block, r in t[t.after > t.before + 1e-9].iterrows():
-        warnings.warn(f"temperature scaling raised the {what} NLL of {block} from {r.before:.3f} to {r.after:.3f}: the validation "
-                      f"data do not calibrate this model; report the uncalibrated probabilities, or fit on pooled "
-                      f"out-of-fold predictions (pooled=True)", CalibrationWarning)
+        warnings.warn(f"temperature scaling raised the {what} NLL of {block} from {r.before:.3f} to {r.after:.3f}: the "
+                      f"validation data do not calibrate this model; report the uncalibrated probabilities, or fit on "
+                      f"pooled out-of-fold predictions (pooled=True)", CalibrationWarning)
     return t
 
 def calibrate_study(out, arch: str, stage: int | None = None, rule: str = 'prob',
-                    pooled: bool = False  # one temperature per head from all folds' validation predictions (else one per fold)
+                    pooled: bool = False  # one temperature per head from all folds' validation predictions
                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    "Per fold of `arch` in study `out` (`stage` None: the final models): temperatures fitted on the validation predictions; (test before, test after, temperatures)."
+    "Per fold of `arch` in `out` (`stage` None: final models): temperatures from validation; (test before, after, T)."
     preds = fold_predictions(out, arch, stage)
     shared = TemperatureScaler(rule).fit(preds[preds.set == 'valid']) if pooled else None
     before, after, temps = [], [], []

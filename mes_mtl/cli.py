@@ -17,8 +17,8 @@ from .download import DownloadError
 from .splits import split_items, save_split, load_split
 from .dataloaders import AUGMENTATIONS, mtl_dataloaders, mtl_test_dl
 from .model import check_arch, default_size, LIMUC_SIZE, PAPER_ARCHS
-from .experiment import (CVConfig, ADDED_SETTINGS, Interrupted, check_study, claim_study, check_folds, split_diff,
-                                run_cv, finished_folds, write_json, save_figure)
+from .experiment import (CVConfig, ADDED_SETTINGS, Interrupted, check_study, claim_study, check_folds,
+                                split_diff, run_cv, finished_folds, write_json, save_figure)
 from .baselines import METHODS
 from .methods import write_method_comparison
 from .bench import bench_args, run_bench
@@ -38,7 +38,9 @@ def _why(path: Path, e: OSError) -> str:
     if e.errno == errno.EROFS: return "the file system is read-only"
     if e.errno in (errno.EACCES, errno.EPERM): return "writing there is not permitted"
     if e.errno == errno.ENOSPC: return "the disk is full"
-    if e.errno == errno.ENOENT: return f"nothing can be created in {next(p for p in (path, *path.parents) if p.exists())} (a virtual file system?)"
+    if e.errno == errno.ENOENT:
+        where = next(p for p in (path, *path.parents) if p.exists())
+        return f"nothing can be created in {where} (a virtual file system?)"
     return e.strerror or type(e).__name__
 
 def writable_dir(path, flag: str = '--out') -> Path:
@@ -48,17 +50,20 @@ def writable_dir(path, flag: str = '--out') -> Path:
         path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()
     except OSError as e:
-        raise UserError(f"{flag} {path}: cannot create or write to this folder: {_why(path, e)}. Choose another folder.") from None
+        raise UserError(f"{flag} {path}: cannot create or write to this folder: {_why(path, e)}. "
+                        f"Choose another folder.") from None
     return path
 
 def writable_file(path, flag: str = '--output') -> Path:
-    "File `path` (~ expanded, absolute) in a folder that exists (or is created) and can be written to; else a `UserError`."
+    "File `path` (~ expanded, absolute) in a folder that exists (or is created) and is writable; else a `UserError`."
     path = Path(path).expanduser().absolute()
     if path.is_dir(): raise UserError(f"{flag} {path} is a folder: give a file name, e.g. {path/'predictions.csv'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path.parent).close()
-    except OSError as e: raise UserError(f"{flag} {path}: cannot write this file: {_why(path.parent, e)}. Choose another place.") from None
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write this file: {_why(path.parent, e)}. "
+                        f"Choose another place.") from None
     return path
 
 def write_text(path: Path, text: str):
@@ -76,7 +81,7 @@ def _no_interrupt():
         if old is not None: signal.signal(signal.SIGINT, old)
 
 class Staging:
-    "A run's hidden temporary folder in `out`: `commit` moves its files into `out` (`metrics.json` last); leaving the `with` block deletes it."
+    "A run's hidden temporary folder in `out`: `commit` moves its files into `out`; leaving `with` deletes it."
     last = 'metrics.json'
     def __init__(self, out): self.out = Path(out)
     def __enter__(self) -> Staging:
@@ -91,7 +96,7 @@ class Staging:
             if self.last in names: (self.out/self.last).unlink(missing_ok=True)
             for n in names:
                 new, dst = self.tmp/n, self.out/n
-                if dst.is_dir() and not dst.is_symlink(): dst.rename(self.tmp/f'.old-{n}')  # deleted with the temporary folder
+                if dst.is_dir() and not dst.is_symlink(): dst.rename(self.tmp/f'.old-{n}')  # deleted with self.tmp
                 elif new.is_dir() and dst.exists(): dst.unlink()
                 new.replace(dst)
         return names
@@ -114,24 +119,27 @@ def _demo(out: Path, n_images: int, seed: int, log=print) -> Path:
 
 def prepare_data(out: Path, data=None, n_folds: int = 10, group: bool = True, seed: int = 0, skip_bad: bool = False,
                  overwrite: bool = False, demo_images: int = 400, log=print) -> pd.DataFrame:
-    "Read (or make, when `data` is None) the dataset; split it, or reuse `out/split.csv` while the images match it; log a summary."
+    "Read (or make, if `data` is None) the dataset; split it, or reuse `out/split.csv` while the images match it."
     out = Path(out)
     data = _demo(out, demo_images, seed, log) if data is None else Path(data)
     items = limuc_items(data, skip_bad=skip_bad)
-    log(f"\nDataset {data}: {len(items)} images, {items.patient.nunique()} patients\n{limuc_summary(items).to_string()}")
+    log(f"\nDataset {data}: {len(items)} images, {items.patient.nunique()} patients\n"
+        f"{limuc_summary(items).to_string()}")
     manifest = out/'split.csv'
-    if manifest.is_file() and not overwrite:
+    reuse = manifest.is_file() and not overwrite
+    if reuse:
         if diff := split_diff(pd.read_csv(manifest, dtype={'patient': str, 'key': str, 'source': str}), items):
-            raise UserError(f"the data in {data} have changed since the split {manifest} was made: {diff}. Restore them, or pass "
-                            f"--overwrite to split the data afresh (a new run, replacing the one in {out}).")
+            raise UserError(f"the data in {data} have changed since the split {manifest} was made: {diff}. Restore "
+                            f"them, or pass --overwrite to split the data afresh (a new run, replacing {out}'s).")
         split = load_split(manifest, data_root(items))
     else: split = split_items(items, n_folds=n_folds, group_by_patient=group, seed=seed)
-    log(f"\nSplit ({manifest if manifest.is_file() and not overwrite else 'new'}): {split.is_test.sum()} test images; folds of "
+    log(f"\nSplit ({manifest if reuse else 'new'}): {split.is_test.sum()} test images; folds of "
         f"{split[~split.is_test].groupby('fold').size().tolist()} validation images")
     return split
 
 # %% ../nbs/90_cli.ipynb #b1a20006
-RUN_ADDED = {'method': 'mtl', 'focal_gamma': 0., 'cdw_power': 2., 'augment': 'paper'}  # settings newer than some runs' config.json, with the value those runs had
+# settings newer than some runs' config.json, with the value those runs had
+RUN_ADDED = {'method': 'mtl', 'focal_gamma': 0., 'cdw_power': 2., 'augment': 'paper'}
 
 def _data_config(args) -> dict:
     "The settings that shape the split (what a reused output folder must agree on)."
@@ -145,14 +153,16 @@ def _old_config(out: Path) -> dict:
     return {**RUN_ADDED, **old}
 
 def check_out(out: Path, config: dict, overwrite: bool = False, log=print) -> dict:
-    "The settings of the run in `out`, if any; a `UserError` if they differ from `config` and not `overwrite`. Writes nothing."
+    "The settings of the run in `out`, if any; a `UserError` where they differ from `config` (unless `overwrite`)."
     old = _old_config(out)
     if not old or overwrite: return old
     diff = {k: (old.get(k), v) for k, v in json.loads(json.dumps(config)).items() if k != 'data' and old.get(k) != v}
     if diff:
-        raise UserFileExistsError(f"{out} already holds a run with other settings ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}). "
-                                  f"Choose another --out, or pass --overwrite to replace it (when the new run has finished).")
-    if old.get('data') != config['data']: log(f"The data are now {config['data'] or 'the demo data'} (were {old.get('data') or 'the demo data'})")
+        changes = ', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())
+        raise UserFileExistsError(f"{out} already holds a run with other settings ({changes}). Choose another "
+                                  f"--out, or pass --overwrite to replace it (when the new run has finished).")
+    if old.get('data') != config['data']:
+        log(f"The data are now {config['data'] or 'the demo data'} (were {old.get('data') or 'the demo data'})")
     return old
 
 def _save_run(st: Staging, config: dict, split: pd.DataFrame):
@@ -170,7 +180,7 @@ def _setup(args, config: dict) -> tuple[Path, pd.DataFrame]:
     return out, split
 
 def _loaders(args, split: pd.DataFrame, st: Staging):
-    "Fold `args.fold`'s DataLoaders; the channel statistics are cached in the staging folder (starting from the output folder's cache)."
+    "Fold `args.fold`'s DataLoaders; channel statistics cached in the staging folder (from a copy of `out`'s cache)."
     from fastai.torch_core import set_seed
     cache = st.tmp/'image_sums.csv'
     if (old := st.out/'image_sums.csv').is_file() and not args.overwrite: shutil.copy(old, cache)
@@ -207,10 +217,11 @@ def _defaults(args, defaults: dict):
 
 def _study_config(args, archs) -> CVConfig:
     "The training settings of `args` as a `CVConfig`: checked together, in the same way for `train` and `cv`."
-    cv_only = {k: getattr(args, k) for k in ('f1_epochs', 'f1_lr', 'every_epoch', 'task_weights', 'min_f1', 'smoothing') if hasattr(args, k)}
+    stage2 = ('f1_epochs', 'f1_lr', 'every_epoch', 'task_weights', 'min_f1', 'smoothing')  # options of `cv` only
     return CVConfig(archs=archs, epochs=args.epochs, size=args.size, bs=args.bs, lr=args.lr, pretrained=args.pretrained,
-                    seed=args.seed, folds=getattr(args, 'run_folds', None), focal_gamma=args.focal_gamma, method=args.method,
-                    cdw_power=args.cdw_power, augment=args.augment, **cv_only)
+                    seed=args.seed, folds=getattr(args, 'run_folds', None), focal_gamma=args.focal_gamma,
+                    method=args.method, cdw_power=args.cdw_power, augment=args.augment,
+                    **{k: getattr(args, k) for k in stage2 if hasattr(args, k)})
 
 def train(args):
     "`mes_mtl train`: train on one fold, evaluate on the test set, write the results (see the table above)."
@@ -221,9 +232,9 @@ def train(args):
     if args.size is None and default_size(args.arch) != LIMUC_SIZE: args.size = list(default_size(args.arch))
     cfg = _study_config(args, [args.arch])
     if args.data is None: print(f"Demo run: {', '.join(f'{k}={v}' for k, v in DEMO_DEFAULTS.items())} unless given")
-    config = dict(command='train', arch=args.arch, pretrained=args.pretrained, epochs=args.epochs, lr=args.lr, fold=args.fold,
-                  size=args.size, bs=args.bs, method=cfg.method, focal_gamma=cfg.focal_gamma, cdw_power=cfg.cdw_power,
-                  augment=cfg.augment, **_data_config(args))
+    config = dict(command='train', arch=args.arch, pretrained=args.pretrained, epochs=args.epochs, lr=args.lr,
+                  fold=args.fold, size=args.size, bs=args.bs, method=cfg.method, focal_gamma=cfg.focal_gamma,
+                  cdw_power=cfg.cdw_power, augment=cfg.augment, **_data_config(args))
     out, split = _setup(args, config)
     finished = (out/'metrics.json').is_file()
     try:
@@ -240,9 +251,10 @@ def train(args):
             write_json(report, st.tmp/'metrics.json')
             st.commit()
     except KeyboardInterrupt:
-        raise Interrupted("nothing of this run was saved; " + (f"the previous results in {out} are intact" if finished else
-                                                                f"{out} holds no finished run")) from None
-    print_summary(report, f"Held-out test set ({len(preds)} images), {args.arch} ({cfg.method}), fold {args.fold} as validation")
+        before = f"the previous results in {out} are intact" if finished else f"{out} holds no finished run"
+        raise Interrupted(f"nothing of this run was saved; {before}") from None
+    print_summary(report, f"Held-out test set ({len(preds)} images), {args.arch} ({cfg.method}), "
+                          f"fold {args.fold} as validation")
     print(f"\nResults in {out}: metrics.json, predictions.csv, confusion_matrices.png, history.csv, model/")
     return report
 
@@ -270,42 +282,47 @@ def cv(args):
     check_folds(split, cfg.folds if cfg.folds is not None else sorted(split.fold[split.fold >= 0].unique()), cfg.bs)
     claim_study(out, {**meta, **cfg.to_dict()}, args.resume, args.overwrite)  # only now: everything has been checked
     tables = run_cv(split, out, cfg, resume=True, meta=meta, verbose=not args.quiet, peer=args.peer)
-    print(f"\nTable 1: cross-validation accuracy (mean ± sd over folds)\n{(out/'results'/'table1_cv_accuracy.md').read_text()}")
+    res = out/'results'
+    print(f"\nTable 1: cross-validation accuracy (mean ± sd over folds)\n{(res/'table1_cv_accuracy.md').read_text()}")
     ens = tables['test_results'].query("model == 'ensemble'").drop(columns='model')
-    print(f"Held-out test set, fold ensemble per backbone\n{markdown_table(ens)}\n\nAll tables and figures: {out/'results'} (summary.md)")
+    print(f"Held-out test set, fold ensemble per backbone\n{markdown_table(ens)}\n\nAll tables and figures: {res} "
+          f"(summary.md)")
     return tables
 
-METHOD_SETTINGS = ('command', 'method', 'focal_gamma', 'cdw_power', 'archs', 'data')  # may differ between compared studies
+METHOD_SETTINGS = ('command', 'method', 'focal_gamma', 'cdw_power', 'archs', 'data')  # may differ between studies
 
 def check_comparable(studies: dict) -> dict:
-    "A `UserError` unless the studies (name -> folder) share one split; the other settings that differ (and a warning naming them)."
+    "A `UserError` unless the studies (name -> folder) share one split; the other settings that differ (warned)."
     manifests = {}
     for name, folder in studies.items():
         if not (folder/'split.csv').is_file():
-            raise UserFileNotFoundError(f"{folder}: no split.csv, so its folds cannot be matched with the other studies' "
-                                        f"(a `mes_mtl cv` study writes one)")
+            raise UserFileNotFoundError(f"{folder}: no split.csv, so its folds cannot be matched with the other "
+                                        f"studies' (a `mes_mtl cv` study writes one)")
         manifests[name] = pd.read_csv(folder/'split.csv', dtype={'patient': str, 'key': str, 'source': str})
     ref = next(iter(studies))
     if diffs := [f"{n}: {d}" for n in studies if n != ref and (d := split_diff(manifests[ref], manifests[n]))]:
-        raise UserError(f"the studies were not run on the same images and folds, so their folds cannot be compared (against {ref}: "
-                        f"{'; '.join(diffs)}). Run every method with the same --data, --folds, --seed and grouping.")
+        raise UserError(f"the studies were not run on the same images and folds, so their folds cannot be compared "
+                        f"(against {ref}: {'; '.join(diffs)}). Run every method with the same --data, --folds, --seed "
+                        f"and grouping.")
     configs = {n: {**ADDED_SETTINGS, **json.loads((f/'config.json').read_text())} for n, f in studies.items()}
     keys = [k for k in dict.fromkeys(k for c in configs.values() for k in c) if k not in METHOD_SETTINGS]
-    differ = {k: {n: c.get(k) for n, c in configs.items()} for k in keys if len({json.dumps(c.get(k)) for c in configs.values()}) > 1}
+    values = {k: {n: c.get(k) for n, c in configs.items()} for k in keys}
+    differ = {k: v for k, v in values.items() if len({json.dumps(x) for x in v.values()}) > 1}
     if differ:
-        print(f"mes_mtl compare: WARNING: the studies differ in more than the method: "
-              f"{'; '.join(k + ' (' + ', '.join(f'{n}: {v!r}' for n, v in d.items()) + ')' for k, d in differ.items())}. "
+        what = '; '.join(f"{k} ({', '.join(f'{n}: {v!r}' for n, v in d.items())})" for k, d in differ.items())
+        print(f"mes_mtl compare: WARNING: the studies differ in more than the method: {what}. "
               f"The comparison mixes the effect of these settings with the method's.", file=sys.stderr)
     return differ
 
 def compare_studies(args):
-    "`mes_mtl compare`: methods side by side, one `mes_mtl cv` study each, with Wilcoxon tests; table and figure in `--out`."
+    "`mes_mtl compare`: methods side by side, one `mes_mtl cv` study each, Wilcoxon tests; table and figure in `--out`."
     studies = {}
     for spec in args.studies:
         name, sep, folder = spec.partition('=')
         name, folder = (name, Path(folder).expanduser()) if sep else (Path(spec).name, Path(spec).expanduser())
         if not (folder/'config.json').is_file():
-            raise UserFileNotFoundError(f"{folder}: not a study folder (no config.json); give NAME=FOLDER of a `mes_mtl cv` run")
+            raise UserFileNotFoundError(f"{folder}: not a study folder (no config.json); "
+                                        f"give NAME=FOLDER of a `mes_mtl cv` run")
         if name in studies: raise UserError(f"two studies are called {name!r}: name them, e.g. {name}-2={folder}")
         studies[name] = folder
     check_comparable(studies)
@@ -347,8 +364,8 @@ def predict(args):
     df, bad = _score(MESPredictor.from_folder(args.model), files, args.bs, progress=output is not None)
     listing = '\n  '.join(bad)
     if bad and (args.strict or not len(df)):
-        raise UserError(f"{len(bad)} of {len(files)} images cannot be read:\n  {listing}\n" +
-                        ("Replace or remove them, or leave out --strict to score the others." if len(df) else "Nothing to score."))
+        todo = "Replace or remove them, or leave out --strict to score the others." if len(df) else "Nothing to score."
+        raise UserError(f"{len(bad)} of {len(files)} images cannot be read:\n  {listing}\n{todo}")
     if bad: print(f"mes_mtl predict: warning: {len(bad)} of {len(files)} images cannot be read and are left out "
                   f"(--strict refuses them):\n  {listing}", file=sys.stderr)
     text = df.to_json(orient='records', indent=2) if args.json else df.to_csv(index=False)
@@ -382,47 +399,62 @@ def _path(text: str) -> Path:
 
 def _add_data_args(p, fold: bool = True):
     "The data, split and output-folder options (`prepare`, `train`, `cv`)."
-    p.add_argument('--data', type=_path, help='LIMUC folder (root or one of its three folders); default: the demo dataset')
+    p.add_argument('--data', type=_path,
+                   help='LIMUC folder (root or one of its three folders); default: the demo dataset')
     p.add_argument('--out', type=_path, required=True, help='output folder')
     p.add_argument('--folds', type=FOLDS, default=10, help='cross-validation folds (default 10)')
-    p.add_argument('--no-group', action='store_true', help='split images, not patients (the paper; default: by patient)')
+    p.add_argument('--no-group', action='store_true',
+                   help='split images, not patients (the paper; default: by patient)')
     p.add_argument('--seed', type=INDEX, default=0)
     p.add_argument('--skip-bad', action='store_true', help='leave unreadable images out with a warning')
-    p.add_argument('--overwrite', action='store_true', help='replace a run with other settings (or on changed data) in --out')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace a run with other settings (or on changed data) in --out')
     if fold: p.add_argument('--fold', type=INDEX, default=0, help='validation fold (default 0)')
 
 def _add_loader_args(p):
     "Image size, batch size and augmentation (`prepare`, `train`, `cv`)."
-    p.add_argument('--size', type=SIZE, help='resize images to SIZE x SIZE (default: native 352x288; demo: train 128, cv 64)')
+    p.add_argument('--size', type=SIZE,
+                   help='resize images to SIZE x SIZE (default: native 352x288; demo: train 128, cv 64)')
     p.add_argument('--bs', type=COUNT, default=32, help='batch size (default 32)')
     p.add_argument('--augment', choices=AUGMENTATIONS, default='paper',
                    help="training augmentation: 'paper' (flip + rotation up to ±180°, for endoscopy; default), "
-                        "'fastai' (fastai's aug_transforms with vertical flips) or 'none' (for data with an orientation)")
+                        "'fastai' (fastai's aug_transforms with vertical flips) or 'none' (data with an orientation)")
 
 def _add_model_args(p, several: bool = False):
     "Backbone, method, loss and training options (`train`, `cv`: the same names, defaults and checks)."
-    if several: p.add_argument('--arch', action='append', help='timm backbone; repeat for several (default: the five of the paper; demo: resnet18)')
-    else: p.add_argument('--arch', default='resnet18', help='timm backbone (paper: resnet18, resnet50, densenet121, inception_v3, mobilenetv3_large_100)')
+    if several: p.add_argument('--arch', action='append',
+                               help='timm backbone; repeat for several (default: the five of the paper; demo resnet18)')
+    else: p.add_argument('--arch', default='resnet18',
+                         help='timm backbone (paper: resnet18, resnet50, densenet121, inception_v3, '
+                              'mobilenetv3_large_100; default resnet18)')
     p.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=None,
                    help='start from ImageNet weights (needs a network; default: yes with --data, no on the demo data)')
-    p.add_argument('--epochs', type=COUNT, help='at most this many epochs (early stopping may end sooner; default 200; demo: train 30, cv 8)')
+    p.add_argument('--epochs', type=COUNT,
+                   help='at most this many epochs (early stopping may end sooner; default 200; demo: train 30, cv 8)')
     p.add_argument('--lr', type=POSITIVE, help='learning rate (default 2e-4, demo 1e-3)')
-    p.add_argument('--method', choices=METHODS, default='mtl', help="'mtl' (the paper; default) or a single-task baseline, trained in one stage")
-    p.add_argument('--focal-gamma', type=NON_NEGATIVE, default=0., help="focal loss with this gamma (methods 'mtl', 'ce'; default 0: cross-entropy)")
+    p.add_argument('--method', choices=METHODS, default='mtl',
+                   help="'mtl' (the paper; default) or a single-task baseline, trained in one stage")
+    p.add_argument('--focal-gamma', type=NON_NEGATIVE, default=0.,
+                   help="focal loss with this gamma (methods 'mtl', 'ce'; default 0: cross-entropy)")
     p.add_argument('--cdw-power', type=POSITIVE, default=2., help="'cdw-ce': power of the class distance (default 2)")
 
 def _add_stage2_args(p):
     "The F1-based stage 2 of a study (`cv`)."
-    p.add_argument('--f1-epochs', type=COUNT, help='stage 2 (F1-weighted fine-tuning): at most this many epochs (default: as --epochs, demo 4)')
+    p.add_argument('--f1-epochs', type=COUNT,
+                   help='stage 2 (F1-weighted fine-tuning): at most this many epochs (default: as --epochs, demo 4)')
     p.add_argument('--f1-lr', type=POSITIVE, help='stage-2 learning rate (default: as --lr)')
-    p.add_argument('--every-epoch', action='store_true', help='update the F1 weights after every stage-2 epoch (default: once, the paper)')
-    p.add_argument('--smoothing', type=SHARE, default=0.5, help='--every-epoch: share of the old weights kept at each update (default 0.5)')
+    p.add_argument('--every-epoch', action='store_true',
+                   help='update the F1 weights after every stage-2 epoch (default: once, the paper)')
+    p.add_argument('--smoothing', type=SHARE, default=0.5,
+                   help='--every-epoch: share of the old weights kept at each update (default 0.5)')
     p.add_argument('--task-weights', action='store_true', help='also re-weight the tasks by 1/macro-F1')
-    p.add_argument('--min-f1', type=UNIT, default=0.05, help='F1 is clipped from below at this value, in (0, 1] (default 0.05)')
+    p.add_argument('--min-f1', type=UNIT, default=0.05,
+                   help='F1 is clipped from below at this value, in (0, 1] (default 0.05)')
 
 def parser() -> argparse.ArgumentParser:
     "The `mes_mtl` argument parser."
-    ap = argparse.ArgumentParser(prog='mes_mtl', description='Hierarchical multi-task Mayo endoscopic score classification.')
+    ap = argparse.ArgumentParser(prog='mes_mtl',
+                                 description='Hierarchical multi-task Mayo endoscopic score classification.')
     ap.add_argument('--version', action='version', version=f'mes_mtl {mes_mtl.__version__}')
     sub = ap.add_subparsers(dest='command', required=True)
     p = sub.add_parser('demo-data', help='write the synthetic demo dataset (LIMUC layout)')
@@ -437,22 +469,28 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser('train', help='train on one fold, evaluate on the held-out test set (the main job)')
     _add_data_args(p); _add_loader_args(p); _add_model_args(p)
     p = sub.add_parser('cv', help='the cross-validation study: backbones x folds, F1 optimisation, tables and figures',
-                       description='The study of the paper: every backbone on every fold, stage 1 and F1-weighted stage 2, '
-                                   'evaluated on the validation folds and the held-out test set; resumable.')
+                       description='The study of the paper: every backbone on every fold, stage 1 and F1-weighted '
+                                   'stage 2, evaluated on the validation folds and the held-out test set; resumable.')
     _add_data_args(p, fold=False); _add_loader_args(p); _add_model_args(p, several=True); _add_stage2_args(p)
     p.add_argument('--run-folds', type=INDEX, nargs='+', help='run only these folds (default: all)')
     p.add_argument('--resume', action='store_true', help='continue the study in --out, skipping finished folds')
-    p.add_argument('--peer', type=_path, help='CSV of published per-class MES F1 (columns method, class, f1) for Table 2')
-    p.add_argument('--quiet', action='store_true', help='one line per fold instead of per-epoch tables (warnings are still shown)')
-    p = sub.add_parser('compare', help='compare methods (one `mes_mtl cv` study each) on one backbone, with Wilcoxon tests over folds')
-    p.add_argument('studies', nargs='+', help='NAME=FOLDER of each study (or FOLDER, named after it); the first is the reference')
+    p.add_argument('--peer', type=_path,
+                   help='CSV of published per-class MES F1 (columns method, class, f1) for Table 2')
+    p.add_argument('--quiet', action='store_true',
+                   help='one line per fold instead of per-epoch tables (warnings are still shown)')
+    p = sub.add_parser('compare',
+                       help='compare methods (one `mes_mtl cv` study each) on one backbone, Wilcoxon tests over folds')
+    p.add_argument('studies', nargs='+',
+                   help='NAME=FOLDER of each study (or FOLDER, named after it); the first is the reference')
     p.add_argument('--out', type=_path, required=True, help='output folder for methods.md/.csv/.png')
     p.add_argument('--arch', help='the backbone to compare (default: the one all studies share)')
     p.add_argument('--reference', help='the method the others are tested against (default: the first)')
-    p.add_argument('--test', choices=['ranksum', 'signed-rank'], default='ranksum', help='Wilcoxon rank-sum (default) or signed-rank (paired folds)')
-    bench_args(sub.add_parser('bench', help='training, data-loading and inference speed against plain PyTorch (see the bench notebook)',
-                              description='Training throughput of mtl_learner vs a plain PyTorch loop, data loading vs the '
-                                          'training step, inference latency/throughput per backbone, peak memory, study wall time.'))
+    p.add_argument('--test', choices=['ranksum', 'signed-rank'], default='ranksum',
+                   help='Wilcoxon rank-sum (default) or signed-rank (paired folds)')
+    bench_args(sub.add_parser('bench', help='training, data-loading and inference speed against plain PyTorch',
+                              description='Training throughput of mtl_learner vs a plain PyTorch loop, data loading vs '
+                                          'the training step, inference latency/throughput per backbone, peak memory, '
+                                          'study wall time.'))
     p = sub.add_parser('predict', help='Mayo scores for images with a saved model')
     p.add_argument('--model', type=_path, required=True, help='model folder (OUT/model of `mes_mtl train`)')
     p.add_argument('images', nargs='+', help='image files or folders')
@@ -470,19 +508,21 @@ def parser() -> argparse.ArgumentParser:
 # %% ../nbs/90_cli.ipynb #fe1bac34
 def _demo_data(args):
     dest = writable_dir(args.dest, 'DEST')
-    df = make_demo_limuc(dest, n_images=args.n_images, n_patients=args.patients, seed=args.seed, overwrite=args.overwrite)
+    df = make_demo_limuc(dest, n_images=args.n_images, n_patients=args.patients, seed=args.seed,
+                         overwrite=args.overwrite)
     print(f"Wrote {len(df)} demo images of {df.patient.nunique()} patients to {dest}")
 
 def _download(args):
     from mes_mtl.download import download_limuc
-    if args.dest.exists() and not args.dest.is_dir(): raise UserNotADirectoryError(f"{args.dest} is a file: give a folder for LIMUC")
+    if args.dest.exists() and not args.dest.is_dir():
+        raise UserNotADirectoryError(f"{args.dest} is a file: give a folder for LIMUC")
     print(f"LIMUC is in {download_limuc(writable_dir(args.dest, 'DEST'), keep_zips=args.keep_zips)}")
 
 COMMANDS = {'demo-data': _demo_data, 'download': _download, 'prepare': prepare, 'train': train, 'cv': cv,
             'compare': compare_studies, 'predict': predict, 'bench': run_bench}
 
 def _again(command: str, argv: list[str]) -> str:
-    "The command line that continues an interrupted `command`: `cv` resumes (never with --overwrite), the others start again."
+    "The command line that continues an interrupted `command`: `cv` resumes (never --overwrite), others start again."
     if command == 'cv': argv = [a for a in argv if a != '--overwrite'] + ([] if '--resume' in argv else ['--resume'])
     return shlex.join(['mes_mtl', *argv])
 
@@ -497,7 +537,8 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt as e:
         kept = e.kept if isinstance(e, Interrupted) else 'nothing of this run was saved'
-        print(f"mes_mtl {args.command}: interrupted: {kept}. {'Resume' if args.command == 'cv' else 'Start'} it again with: "
-              f"{_again(args.command, argv)}", file=sys.stderr)
+        how = 'Resume it' if args.command == 'cv' else 'Start it again'
+        print(f"mes_mtl {args.command}: interrupted: {kept}. {how} with: {_again(args.command, argv)}",
+              file=sys.stderr)
         return 130
     return 0

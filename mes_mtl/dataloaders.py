@@ -41,9 +41,10 @@ def TaskBlock(task: str) -> TransformBlock:
 AUGMENTATIONS = ('paper', 'fastai', 'none')
 
 def check_augment(augment) -> str:
-    "The name of augmentation `augment` (one of `AUGMENTATIONS`; `True` is 'paper', `False` is 'none'), else a `UserError`."
+    "The name of augmentation `augment` (one of `AUGMENTATIONS`; `True`: 'paper', `False`: 'none'), else a `UserError`."
     if augment is True or augment is False: return 'paper' if augment else 'none'
-    if augment not in AUGMENTATIONS: raise UserError(f"augment must be one of {AUGMENTATIONS} (or True/False); got {augment!r}")
+    if augment not in AUGMENTATIONS:
+        raise UserError(f"augment must be one of {AUGMENTATIONS} (or True/False); got {augment!r}")
     return augment
 
 def augment_tfms(augment='paper') -> list:
@@ -57,7 +58,8 @@ def mtl_datablock(mean, std, size=None, augment='paper', splitter=None) -> DataB
     item_tfms = [Resize(size, method=ResizeMethod.Squish)] if size else []
     return DataBlock(blocks=(ImageBlock, *map(TaskBlock, TASKS)), n_inp=1,
                      getters=[ColReader('path'), *[ColReader('mes')] * 3],
-                     splitter=splitter, item_tfms=item_tfms, batch_tfms=[*augment_tfms(augment), Normalize.from_stats(mean, std)])
+                     splitter=splitter, item_tfms=item_tfms,
+                     batch_tfms=[*augment_tfms(augment), Normalize.from_stats(mean, std)])
 
 # %% ../nbs/04_dataloaders.ipynb #443e65f7
 def default_workers() -> int:

@@ -57,7 +57,7 @@ class CVConfig:
     focal_gamma: float = 0.  # > 0: focal loss in every task of the joint loss (the paper's suggested next step), or in 'ce'
     method: str = 'mtl'  # 'mtl' (the paper), or a single-task baseline: 'ce', 'regression', 'cdw-ce' (one stage each)
     cdw_power: float = 2.  # 'cdw-ce': the power of the class distance
-    augment: str = 'paper'  # training augmentation: 'paper' (flip + rotation ±180°), 'fastai' or 'none' (see `mtl_datablock`)
+    augment: str = 'paper'  # training augmentation: 'paper' (flip, rotation ±180°), 'fastai' or 'none' (see 04)
 
     def __post_init__(self):
         self.archs = tuple([self.archs] if isinstance(self.archs, str) else self.archs)
@@ -67,13 +67,16 @@ class CVConfig:
         self.augment = check_augment(self.augment)
         for name in ('epochs', 'bs', 'lr_patience', 'stop_patience'):
             if getattr(self, name) < 1: raise UserError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.f1_epochs is not None and self.f1_epochs < 1: raise UserError(f"f1_epochs must be at least 1; got {self.f1_epochs}")
-        if self.size is not None and min(np.broadcast_to(self.size, 2)) < 1: raise UserError(f"size must be positive (None: native); got {self.size}")
+        if self.f1_epochs is not None and self.f1_epochs < 1:
+            raise UserError(f"f1_epochs must be at least 1; got {self.f1_epochs}")
+        if self.size is not None and min(np.broadcast_to(self.size, 2)) < 1:
+            raise UserError(f"size must be positive (None: native); got {self.size}")
         for name in ('lr', 'f1_lr'):
-            if getattr(self, name) is not None and not getattr(self, name) > 0: raise UserError(f"{name} must be > 0; got {getattr(self, name)}")
+            if (v := getattr(self, name)) is not None and not v > 0: raise UserError(f"{name} must be > 0; got {v}")
         if not 0 < self.min_f1 <= 1: raise UserError(f"min_f1 must be in (0, 1]; got {self.min_f1}")
         if not 0 <= self.smoothing < 1: raise UserError(f"smoothing must be in [0, 1); got {self.smoothing}")
-        if self.focal_gamma < 0: raise UserError(f"focal_gamma must be >= 0 (0: plain cross-entropy); got {self.focal_gamma}")
+        if self.focal_gamma < 0:
+            raise UserError(f"focal_gamma must be >= 0 (0: plain cross-entropy); got {self.focal_gamma}")
         if not self.cdw_power > 0: raise UserError(f"cdw_power must be > 0; got {self.cdw_power}")
         if self.method not in METHODS: raise UserError(f"method must be one of {METHODS}; got {self.method!r}")
         if self.focal_gamma and self.method not in ('mtl', 'ce'):
@@ -90,7 +93,8 @@ class CVConfig:
 # %% ../nbs/20_experiment.ipynb #cab4a301
 CAN_CHANGE_ON_RESUME = ('archs', 'folds')  # settings a resumed study may extend
 MAY_MOVE = ('data',)  # may differ on resume: the split manifest check (`_check_split`) guards the images themselves
-ADDED_SETTINGS = {'focal_gamma': 0., 'method': 'mtl', 'cdw_power': 2., 'augment': 'paper'}  # settings newer than some studies' config.json, with the value those studies had
+# settings newer than some studies' config.json, with the value those studies had
+ADDED_SETTINGS = {'focal_gamma': 0., 'method': 'mtl', 'cdw_power': 2., 'augment': 'paper'}
 
 def _saved_n_folds(out: Path) -> int | None:
     "The number of folds of the split manifest saved in `out` (for studies whose config.json predates `n_folds`)."
@@ -98,17 +102,19 @@ def _saved_n_folds(out: Path) -> int | None:
     return int(pd.read_csv(fn, usecols=['fold']).fold.max()) + 1 if fn.is_file() else None
 
 def check_study(out, config: dict, resume: bool = False, overwrite: bool = False) -> dict:
-    "The config.json that `claim_study` would write for a study with settings `config` in `out`; a `UserError` where it would refuse. Writes nothing."
+    "The config.json `claim_study` would write for study `config` in `out`; a `UserError` where it would refuse."
     out, config = Path(out), json.loads(json.dumps(config))
     fn = out/'config.json'
     if not fn.is_file() or overwrite: return config
     if not resume:
-        raise UserFileExistsError(f"{out} already holds a study. Resume it with --resume (resume=True), start it again with "
-                                  f"--overwrite (overwrite=True, deletes its results), or choose another output folder.")
+        raise UserFileExistsError(f"{out} already holds a study. Resume it with --resume (resume=True), start it "
+                                  f"again with --overwrite (overwrite=True, deletes its results), or choose another "
+                                  f"output folder.")
     old = {**ADDED_SETTINGS, 'n_folds': _saved_n_folds(out), **json.loads(fn.read_text())}
-    diff = {k: (old.get(k), v) for k, v in config.items() if k not in CAN_CHANGE_ON_RESUME + MAY_MOVE and old.get(k) != v}
-    if diff:
-        raise UserError(f"{out} holds a study with other settings ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
+    fixed = [k for k in config if k not in CAN_CHANGE_ON_RESUME + MAY_MOVE]
+    if diff := {k: (old.get(k), config[k]) for k in fixed if old.get(k) != config[k]}:
+        changes = ', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())
+        raise UserError(f"{out} holds a study with other settings ({changes}); "
                         f"resume it with the same settings, or use --overwrite or another output folder.")
     return {**config, 'archs': list(dict.fromkeys([*old.get('archs', []), *config.get('archs', [])]))}
 
@@ -139,20 +145,24 @@ def _peak_memory_mb() -> tuple[float, str]:
 # %% ../nbs/20_experiment.ipynb #bd28d919
 def _stage_dls(split, fold: int, cfg: CVConfig, arch: str, out: Path, stage: int):
     set_seed(cfg.seed * 1000 + fold * 10 + stage)
-    return mtl_dataloaders(split, fold=fold, size=cfg.arch_size(arch), bs=cfg.bs, augment=cfg.augment, stats_cache=out/'image_sums.csv')
+    return mtl_dataloaders(split, fold=fold, size=cfg.arch_size(arch), bs=cfg.bs, augment=cfg.augment,
+                           stats_cache=out/'image_sums.csv')
 
-def _warning_line(w: warnings.WarningMessage) -> str: return f"{w.category.__name__}: {' '.join(str(w.message).split())}"
+def _warning_line(w: warnings.WarningMessage) -> str:
+    return f"{w.category.__name__}: {' '.join(str(w.message).split())}"
 
 @contextlib.contextmanager
 def _quiet(learn, verbose: bool):
-    "With `verbose=False`: no progress bars, tables or printed output while training; warnings are shown afterwards, one line each."
+    "With `verbose=False`: no progress bars, tables or output while training; warnings afterwards, one line each."
     if verbose: yield; return
     with warnings.catch_warnings(record=True) as caught:
         try:
-            with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()), \
+                 contextlib.redirect_stderr(io.StringIO()):
                 yield
         finally:
-            for line, n in Counter(map(_warning_line, caught)).items(): print(line + (f' ({n} times)' if n > 1 else ''), file=sys.stderr)
+            for line, n in Counter(map(_warning_line, caught)).items():
+                print(line + (f' ({n} times)' if n > 1 else ''), file=sys.stderr)
 
 def _run_stage(learn, stage: int, d: Path, cfg: CVConfig, test_dl, verbose: bool):
     "Train one stage, then evaluate it on the validation fold and the test set: (reports, predictions, compute, callback)."
@@ -223,12 +233,13 @@ def _examples(keys, n: int = 3) -> str:
 def _unlabelled(key: str) -> str: return re.sub(r'(^|/)mayo[\s_-]*[0-3](/|$)', r'\1\2', key, flags=re.I)
 
 def split_diff(saved: pd.DataFrame, new: pd.DataFrame) -> str:
-    "What differs between split manifest `saved` and `new` (a split, or images without folds), by image `key`; '' if nothing."
+    "What differs between split manifest `saved` and `new` (a split, or images without folds), by image `key`; or ''."
     a, b = saved.set_index('key'), new.set_index('key')
     added, removed = set(b.index) - set(a.index), set(a.index) - set(b.index)
-    moved = {_unlabelled(k) for k in added} & {_unlabelled(k) for k in removed}  # the same image under another 'Mayo k' folder
+    moved = {_unlabelled(k) for k in added} & {_unlabelled(k) for k in removed}  # now in another 'Mayo k' folder
     parts = [f"{len(moved)} image(s) moved to another Mayo folder ({_examples(moved)})"] if moved else []
-    added, removed = [k for k in added if _unlabelled(k) not in moved], [k for k in removed if _unlabelled(k) not in moved]
+    added = [k for k in added if _unlabelled(k) not in moved]
+    removed = [k for k in removed if _unlabelled(k) not in moved]
     parts += [f"{len(added)} image(s) added ({_examples(added)})"] if added else []
     parts += [f"{len(removed)} image(s) removed or unreadable ({_examples(removed)})"] if removed else []
     if {'is_test', 'fold'} <= set(b.columns):
@@ -245,12 +256,12 @@ def _check_split(split: pd.DataFrame, out: Path) -> pd.DataFrame:
     if not fn.is_file(): save_split(split, fn); return split
     saved = pd.read_csv(fn, dtype={'patient': str, 'key': str, 'source': str})
     if diff := split_diff(saved, split):
-        raise UserError(f"{fn} holds another split than the one given ({diff}): a resumed study must use the same data and split "
-                        f"(use --overwrite, or another output folder, for a new one).")
+        raise UserError(f"{fn} holds another split than the one given ({diff}): a resumed study must use the same "
+                        f"data and split (use --overwrite, or another output folder, for a new one).")
     return split
 
 def check_folds(split: pd.DataFrame, folds, bs: int):
-    "A `UserError` unless every fold of `folds` is in `split` and its training set (the other folds) holds every Mayo score and a batch of `bs`."
+    "A `UserError` unless each fold of `folds` is in `split`, its training folds with every Mayo score and `bs` images."
     train = split[~split.is_test]
     all_folds = sorted(train.fold.unique().tolist())
     if bad := sorted(set(folds) - set(all_folds)):
@@ -259,11 +270,12 @@ def check_folds(split: pd.DataFrame, folds, bs: int):
         t = train[train.fold != k]
         if missing := sorted(set(range(4)) - set(t.mes)):
             names = ', '.join(f'MES {m}' for m in missing)
-            raise UserError(f"the training folds of fold {k} have no image of {names}: no task can be learnt with one of its "
-                            f"classes missing (remission: MES 0 vs 1, active: MES 2 vs 3). Add images of {names} to the data.")
+            raise UserError(f"the training folds of fold {k} have no image of {names}: no task can be learnt with one "
+                            f"of its classes missing (remission: MES 0 vs 1, active: MES 2 vs 3). Add images of "
+                            f"{names}.")
         if len(t) < bs:
-            raise UserError(f"batch size {bs} (--bs) is larger than the {len(t)} training images of fold {k}, so not one batch "
-                            f"would be trained: use a batch size of at most {len(t)}.")
+            raise UserError(f"batch size {bs} (--bs) is larger than the {len(t)} training images of fold {k}, so not "
+                            f"one batch would be trained: use a batch size of at most {len(t)}.")
 
 def _fold_line(m: dict, secs: float) -> str:
     f = lambda st, s: m[st][s]['mes']['macro_f1']
@@ -273,14 +285,16 @@ def _fold_line(m: dict, secs: float) -> str:
 
 # %% ../nbs/20_experiment.ipynb #5415197f
 class Interrupted(KeyboardInterrupt):
-    "A Ctrl-C that says what was kept (`kept`): raised by `run_cv` (and the command line) instead of a bare `KeyboardInterrupt`."
+    "A Ctrl-C that says what was kept (`kept`): raised by `run_cv` (and the command line) for a `KeyboardInterrupt`."
     def __init__(self, kept: str): super().__init__(kept); self.kept = kept
 
 def _kept(out: Path, jobs: list, current) -> str:
     "What an interrupted study `out` keeps: its finished fold runs, and stage 1 of the `current` one when it is done."
     done = sum((fold_dir(out, *j)/'metrics.json').is_file() for j in jobs)
-    s1 = current is not None and (fold_dir(out, *current)/'stage1.json').is_file() and not (fold_dir(out, *current)/'metrics.json').is_file()
-    return f"{out} keeps {done} of {len(jobs)} fold run(s) finished" + (f", and stage 1 of {current[0]} fold {current[1]}" if s1 else '')
+    d = fold_dir(out, *current) if current is not None else None
+    s1 = d is not None and (d/'stage1.json').is_file() and not (d/'metrics.json').is_file()
+    also = f", and stage 1 of {current[0]} fold {current[1]}" if s1 else ''
+    return f"{out} keeps {done} of {len(jobs)} fold run(s) finished{also}"
 
 def run_cv(split: pd.DataFrame, out, cfg: CVConfig | None = None, resume: bool = False, overwrite: bool = False,
            meta: dict | None = None, verbose: bool = True, peer=None) -> dict:

@@ -176,7 +176,7 @@ def test_predict_scores_the_good_and_lists_the_bad(trained, tmp_path, demo_root,
     stdout, err = capsys.readouterr()
     assert pd.read_csv(StringIO(stdout)).image.tolist() == list(map(str, good))
     assert '2 of 5 images cannot be read and are left out' in err
-    assert f"{tmp_path/'truncated.bmp'}: cannot read this image" in err and f"{tmp_path/'notes.bmp'}: cannot read this image" in err
+    for bad in ('truncated.bmp', 'notes.bmp'): assert f"{tmp_path/bad}: cannot read this image" in err
     assert main(['predict', '--model', str(out/'model'), '--strict', *map(str, images)]) == 2
     stdout, err = capsys.readouterr()
     assert stdout == '' and '2 of 5 images cannot be read' in err and 'truncated.bmp' in err and 'notes.bmp' in err
@@ -186,7 +186,8 @@ def test_predict_scores_the_good_and_lists_the_bad(trained, tmp_path, demo_root,
 
 @pytest.mark.parametrize('args,msg', [
     (['--bs', '0'], 'argument --bs: must be an integer of at least 1'), (['--bs', '-1'], 'argument --bs'),
-    (['--output', '{tmp}'], 'is a folder: give a file name'), (['--output', '{tmp}/f.txt/p.csv'], 'f.txt is a file, not a folder'),
+    (['--output', '{tmp}'], 'is a folder: give a file name'),
+    (['--output', '{tmp}/f.txt/p.csv'], 'f.txt is a file, not a folder'),
     *([(['--output', '/proc/p.csv'], 'nothing can be created in /proc'), (['--output', '/sys/p.csv'], 'not permitted')]
       if __import__('pathlib').Path('/proc/self').is_dir() else [])])
 def test_predict_bad_options(trained, tmp_path, demo_root, capsys, args, msg):

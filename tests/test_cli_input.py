@@ -1,4 +1,4 @@
-"Bad input to `mes_mtl`: one line that names the option, file or folder, exit code 2, no traceback; internal bugs keep theirs."
+"Bad input to `mes_mtl`: one line naming the option, file or folder, exit code 2, no traceback; bugs keep theirs."
 from pathlib import Path
 import pytest
 from mes_mtl import cli
@@ -18,11 +18,12 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
 @pytest.mark.parametrize('command,args', [
     ('train', ['--epochs', '0']), ('train', ['--epochs', '-1']), ('train', ['--size', '0']), ('train', ['--bs', '0']),
     ('train', ['--lr', '0']), ('train', ['--folds', '1']), ('train', ['--fold', '-1']), ('train', ['--method', 'svm']),
-    ('train', ['--augment', 'flip']), ('train', ['--focal-gamma', '-1']), ('train', ['--seed', '-1']), ('train', ['--cdw-power', '0']),
+    ('train', ['--augment', 'flip']), ('train', ['--focal-gamma', '-1']), ('train', ['--seed', '-1']),
+    ('train', ['--cdw-power', '0']),
     ('cv', ['--min-f1', '0']), ('cv', ['--min-f1', '1.5']), ('cv', ['--smoothing', '1']), ('cv', ['--f1-epochs', '0']),
     ('cv', ['--epochs', '0']), ('cv', ['--bs', 'x']), ('prepare', ['--bs', '-3']), ('prepare', ['--size', '-1'])])
 def test_options_out_of_range(capsys, tmp_path, command, args):
-    "Refused by the parser, naming the option, before anything is made (`--epochs 0` trained 200 epochs, `--bs 0` divided by zero)."
+    "Refused by the parser, naming the option, before anything is made (`--epochs 0` trained 200 epochs, `--bs 0` crashed)."
     code, _, err = run_main(capsys, command, '--out', tmp_path/'o', *args)
     assert code == 2 and f'argument {args[0]}: ' in err, err
     assert 'Traceback' not in err and 'best.pth' not in err
@@ -35,9 +36,11 @@ def test_settings_checked_against_each_other_and_the_data(demo_root, capsys, tmp
     code, _, err = run_main(capsys, 'train', '--out', out, '--data', demo_root, *TINY, '--bs', 1000)
     assert code == 2 and 'batch size 1000 (--bs) is larger than the' in err and 'training images of fold 0' in err
     assert not (out/'config.json').exists()
-    code, _, err = run_main(capsys, 'train', '--out', out, '--data', demo_root, *TINY, '--method', 'regression', '--focal-gamma', 2)
+    code, _, err = run_main(capsys, 'train', '--out', out, '--data', demo_root, *TINY, '--method', 'regression',
+                            '--focal-gamma', 2)
     assert code == 2 and "focal_gamma applies to the cross-entropy methods 'mtl' and 'ce', not to 'regression'" in err
-    code, _, err = run_main(capsys, 'cv', '--out', out, '--data', demo_root, *TINY, '--arch', 'resnet18', '--run-folds', 5)
+    code, _, err = run_main(capsys, 'cv', '--out', out, '--data', demo_root, *TINY, '--arch', 'resnet18',
+                            '--run-folds', 5)
     assert code == 2 and 'fold 5 does not exist; the split has folds [0, 1, 2]' in err
     assert not (out/'config.json').exists()
     code, _, err = run_main(capsys, 'train', '--out', out, '--data', demo_root, *TINY, '--fold', 3)
@@ -50,7 +53,7 @@ def test_settings_checked_against_each_other_and_the_data(demo_root, capsys, tmp
                                        *([('/proc/mes_mtl_test', 'nothing can be created in /proc'),
                                           ('/sys/mes_mtl_test', 'not permitted')] if LINUX else [])])
 def test_output_folder_cannot_be_written(capsys, tmp_path, where, why):
-    "--out (and demo-data's folder) below a file or in a virtual, read-only file system: one line naming it, exit code 2."
+    "--out (and demo-data's folder) below a file or in a virtual file system: one line naming it, exit code 2."
     if where == 'below a file': (tmp_path/'f').write_text('x'); where = tmp_path/'f'/'run'
     for argv in (['train', '--out', where], ['prepare', '--out', where], ['cv', '--out', where], ['demo-data', where]):
         code, _, err = run_main(capsys, *argv)

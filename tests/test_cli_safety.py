@@ -7,8 +7,8 @@ from mes_mtl.cli import main
 
 TINY = ['--size', 32, '--epochs', 1, '--folds', 3, '--bs', 16, '--no-pretrained']
 CV = [*TINY, '--arch', 'resnet18', '--f1-epochs', 1, '--quiet']
-RESULTS = ('metrics.json', 'history.csv', 'predictions.csv', 'confusion_matrices.png', 'model/model.safetensors', 'model/config.json',
-           'config.json', 'split.csv')
+RESULTS = ('metrics.json', 'history.csv', 'predictions.csv', 'confusion_matrices.png', 'model/model.safetensors',
+           'model/config.json', 'config.json', 'split.csv')
 
 
 def run_main(capsys, *args) -> tuple[int, str, str]:
@@ -19,7 +19,7 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
 
 
 def interrupt(args, marker: str, delay: float = 1.0, timeout: float = 600) -> tuple[int, str, str]:
-    "Run `mes_mtl ARGS`, press Ctrl-C (SIGINT) `delay` seconds after `marker` appears on its output: (exit code, stdout, stderr)."
+    "Run `mes_mtl ARGS`, press Ctrl-C (SIGINT) `delay` s after `marker` appears on its output: (exit code, stdout, stderr)."
     with tempfile.TemporaryFile('w+') as err:
         p = subprocess.Popen(['mes_mtl', *map(str, args)], stdout=subprocess.PIPE, stderr=err, text=True,
                              env={**os.environ, 'PYTHONUNBUFFERED': '1'})
@@ -72,18 +72,19 @@ def test_rerun_replaces_at_the_end_and_records_method_and_augment(finished, demo
     out = tmp_path/'run'
     shutil.copytree(finished, out)
     old_model = (out/'model'/'model.safetensors').read_bytes()
-    code, stdout, err = run_main(capsys, 'train', '--out', out, '--data', demo_root, *TINY, '--method', 'ce', '--augment', 'none')
+    args = ['train', '--out', out, '--data', demo_root, *TINY, '--method', 'ce', '--augment', 'none']
+    code, stdout, err = run_main(capsys, *args)
     assert code == 2 and 'already holds a run with other settings' in err and "method: 'mtl' -> 'ce'" in err
-    code, stdout, err = run_main(capsys, 'train', '--out', out, '--data', demo_root, *TINY, '--method', 'ce', '--augment', 'none',
-                                 '--overwrite')
+    code, stdout, err = run_main(capsys, *args, '--overwrite')
     assert code == 0, err[-3000:]
     assert "augmentation 'none'" in stdout and "method 'ce'" in stdout
     config = json.loads((out/'config.json').read_text())
     assert (config['method'], config['augment'], config['n_folds']) == ('ce', 'none', 3)
     assert json.loads((out/'model'/'config.json').read_text())['method'] == 'ce'
     assert (out/'model'/'model.safetensors').read_bytes() != old_model
-    assert sorted(p.name for p in out.iterdir()) == sorted(['confusion_matrices.png', 'config.json', 'history.csv', 'image_sums.csv',
-                                                            'metrics.json', 'model', 'predictions.csv', 'split.csv'])
+    assert sorted(p.name for p in out.iterdir()) == sorted(['confusion_matrices.png', 'config.json', 'history.csv',
+                                                            'image_sums.csv', 'metrics.json', 'model', 'predictions.csv',
+                                                            'split.csv'])
     assert len(pd.read_csv(out/'history.csv')) == 1
 
 
@@ -91,7 +92,8 @@ def test_rerun_replaces_at_the_end_and_records_method_and_augment(finished, demo
 def study(demo_root, tmp_path_factory):
     "A `mes_mtl cv` study interrupted by Ctrl-C after its first fold: (folder, exit code, stderr)."
     out = tmp_path_factory.mktemp('cv')/'study'
-    code, stdout, err = interrupt(['cv', '--out', out, '--data', demo_root, *CV, '--run-folds', 0, 1], '[1/2] resnet18 fold 0', delay=0.5)
+    code, stdout, err = interrupt(['cv', '--out', out, '--data', demo_root, *CV, '--run-folds', 0, 1],
+                                  '[1/2] resnet18 fold 0', delay=0.5)
     return out, code, stdout, err
 
 
@@ -101,13 +103,14 @@ def test_interrupted_study_says_what_it_kept(study):
     assert 'Traceback' not in err and 'KeyboardInterrupt' not in err
     line, = [l for l in err.splitlines() if 'interrupted' in l]
     assert f"mes_mtl cv: interrupted: {out} keeps 1 of 2 fold run(s) finished" in line
-    assert line.split('Resume it again with: ')[1].endswith('--run-folds 0 1 --resume')
+    assert line.split('Resume it with: ')[1].endswith('--run-folds 0 1 --resume')
     assert (out/'folds'/'resnet18'/'fold0'/'metrics.json').is_file()
     assert not (out/'folds'/'resnet18'/'fold1'/'metrics.json').is_file()
 
 
-@pytest.mark.parametrize('change,msg', [(['--folds', 4], 'n_folds: 3 -> 4'), (['--augment', 'fastai'], "augment: 'paper' -> 'fastai'"),
-                                        (['--seed', 1], 'seed: 0 -> 1'), (['--no-group'], 'group: True -> False')])
+@pytest.mark.parametrize('change,msg', [(['--folds', 4], 'n_folds: 3 -> 4'), (['--seed', 1], 'seed: 0 -> 1'),
+                                        (['--augment', 'fastai'], "augment: 'paper' -> 'fastai'"),
+                                        (['--no-group'], 'group: True -> False')])
 def test_resume_with_other_split_or_augmentation_is_refused(study, demo_root, capsys, change, msg):
     out, *_ = study
     args = ['cv', '--out', out, '--data', demo_root, *CV, '--run-folds', 0, 1, '--resume']
@@ -118,12 +121,12 @@ def test_resume_with_other_split_or_augmentation_is_refused(study, demo_root, ca
 
 
 def test_resume_after_the_data_moved(study, demo_root, capsys, tmp_path):
-    "The command printed at Ctrl-C resumes the study, here with the dataset moved to another folder: fold 0 is not run again."
+    "The command printed at Ctrl-C resumes the study, here with the dataset moved elsewhere: fold 0 is not run again."
     out, _, _, err = study
     moved = tmp_path/'elsewhere'/'LIMUC'
     shutil.copytree(demo_root, moved)
     fold0 = (out/'folds'/'resnet18'/'fold0'/'metrics.json').stat().st_mtime_ns
-    argv = shlex.split(err.split('Resume it again with: ')[1].strip())[1:]
+    argv = shlex.split(err.split('Resume it with: ')[1].strip())[1:]
     argv[argv.index('--data') + 1] = str(moved)
     code, stdout, err = run_main(capsys, *argv)
     assert code == 0, err[-3000:]
@@ -136,13 +139,15 @@ def test_resume_after_the_data_moved(study, demo_root, capsys, tmp_path):
 def test_compare_refuses_other_splits_and_warns_about_other_settings(study, demo_root, capsys, tmp_path):
     out, *_ = study
     other = tmp_path/'folds4'
-    code, _, err = run_main(capsys, 'cv', '--out', other, '--data', demo_root, *CV, '--method', 'ce', '--folds', 4, '--run-folds', 0)
+    code, _, err = run_main(capsys, 'cv', '--out', other, '--data', demo_root, *CV, '--method', 'ce', '--folds', 4,
+                            '--run-folds', 0)
     assert code == 0, err[-3000:]
     code, _, err = run_main(capsys, 'compare', f'mtl={out}', f'ce={other}', '--out', tmp_path/'cmp')
     assert code == 2 and 'not run on the same images and folds' in err and 'ce: 3 folds -> 4' in err
     assert not (tmp_path/'cmp').exists()
     same = tmp_path/'ce'
-    code, _, err = run_main(capsys, 'cv', '--out', same, '--data', demo_root, *CV, '--method', 'ce', '--epochs', 2, '--run-folds', 0, 1)
+    code, _, err = run_main(capsys, 'cv', '--out', same, '--data', demo_root, *CV, '--method', 'ce', '--epochs', 2,
+                            '--run-folds', 0, 1)
     assert code == 0, err[-3000:]
     code, stdout, err = run_main(capsys, 'compare', f'mtl={out}', f'ce={same}', '--out', tmp_path/'cmp')
     assert code == 0, err[-3000:]
@@ -162,13 +167,15 @@ def _images(data: Path, mes: int) -> list[Path]: return sorted(data.rglob(f'Mayo
 
 def test_split_is_checked_against_changed_data(data, capsys, tmp_path):
     out = tmp_path/'prep'
-    prep = lambda *a: run_main(capsys, 'prepare', '--out', out, '--data', data, '--size', 32, '--bs', 8, '--folds', 3, *a)
+    prep = lambda *a: run_main(capsys, 'prepare', '--out', out, '--data', data, '--size', 32, '--bs', 8, '--folds', 3,
+                               *a)
     assert prep()[0] == 0
     split = (out/'split.csv').read_text()
     extra = _images(data, 0)[0]
     shutil.copy(extra, extra.with_name('UC_patient_1_999.bmp'))                # an image added
     code, _, err = prep()
-    assert code == 2 and 'have changed since the split' in err and '1 image(s) added' in err and 'UC_patient_1_999.bmp' in err
+    assert code == 2 and 'have changed since the split' in err and '1 image(s) added' in err
+    assert 'UC_patient_1_999.bmp' in err
     assert (out/'split.csv').read_text() == split
     img = _images(data, 3)[0]
     (img.parent.parent/'Mayo 2').mkdir(exist_ok=True)
@@ -190,10 +197,12 @@ def test_moved_dataset_and_home_folder(data, capsys, tmp_path, monkeypatch):
     assert json.loads((out/'config.json').read_text())['data'] == str(data)
     split = (out/'split.csv').read_text()
     data.rename(tmp_path/'moved')
-    code, stdout, err = run_main(capsys, 'prepare', '--out', out, '--data', tmp_path/'moved', '--size', 32, '--bs', 8, '--folds', 3)
+    code, stdout, err = run_main(capsys, 'prepare', '--out', out, '--data', tmp_path/'moved', '--size', 32, '--bs', 8,
+                                 '--folds', 3)
     assert code == 0, err
     assert f"The data are now {tmp_path/'moved'} (were {data})" in stdout
-    assert (out/'split.csv').read_text() == split and json.loads((out/'config.json').read_text())['data'] == str(tmp_path/'moved')
+    assert (out/'split.csv').read_text() == split
+    assert json.loads((out/'config.json').read_text())['data'] == str(tmp_path/'moved')
 
 
 def test_one_class_missing_is_refused(data, capsys, tmp_path):
@@ -213,8 +222,8 @@ def test_too_few_patients_advice_works(data, capsys, tmp_path):
     code, _, err = prep()
     assert code == 2 and 'needs at least 7 patients, the data have 3' in err and 'fewer folds do not help' in err
     assert '--no-group' in err and 'as many images of every Mayo score as folds' in err
-    code, _, err = prep('--no-group')                                          # the advice, followed: 10 folds are too many
+    code, _, err = prep('--no-group')                                 # the advice, followed: 10 folds are too many
     assert code == 2 and 'every Mayo score needs at least 10 training images' in err and 'Traceback' not in err
     folds = err.split('CLI: --folds ')[1].split(')')[0]
-    code, _, err = prep('--no-group', '--folds', folds)                        # ... and the number of folds it names works
+    code, _, err = prep('--no-group', '--folds', folds)               # ... and the number of folds it names works
     assert code == 0, err
