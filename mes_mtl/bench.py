@@ -29,6 +29,7 @@ from .errors import UserError
 from contextlib import nullcontext
 from .metrics import markdown_table
 from .cache import ImageCache
+from .errors import UserError
 
 # %% auto #0
 __all__ = ['WARMUP', 'LIMUC_IMAGES', 'DEFAULT_ARCHS', 'BENCH_DEFAULTS', 'QUICK_DEFAULTS', 'PeakMemory', 'time_interleaved',
@@ -229,7 +230,7 @@ def loader_throughput(cases: dict[str, dict], stats, size, bs: int = 32, batches
     dls = {name: mtl_dataloaders(**c, fold=0, size=size, bs=bs, stats=stats, num_workers=workers, device=device)
            for name, c in cases.items()}
     for name, d in dls.items():
-        if len(d.train) < 1 + batches: raise ValueError(f"case {name!r} has {len(d.train)} training batches; {1 + batches} needed")
+        if len(d.train) < 1 + batches: raise UserError(f"case {name!r} has {len(d.train)} training batches; {1 + batches} needed")
     runs = {name: (lambda d=d: _time_batches(d.train, 1, batches, _sync(device))) for name, d in dls.items()}
     timed = time_interleaved(runs, rounds, device, warmup=False, self_timed=True, progress=progress)
     return {k: dict(images_per_s=batches * bs / v['seconds'], peak_mb=v['peak_mb']) for k, v in timed.items()}
@@ -362,13 +363,13 @@ def bench_settings(args) -> argparse.Namespace:
     for k, v in (QUICK_DEFAULTS if args.quick else BENCH_DEFAULTS).items():
         if getattr(s, k, None) is None: setattr(s, k, v)
     s.arch = [check_arch(a) for a in dict.fromkeys(args.arch or DEFAULT_ARCHS)]
-    if s.device == 'cuda' and not torch.cuda.is_available(): raise ValueError("--device cuda: PyTorch sees no GPU here")
+    if s.device == 'cuda' and not torch.cuda.is_available(): raise UserError("--device cuda: PyTorch sees no GPU here")
     s.device = torch.device(s.device if s.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu')
     if s.size is None: s.size = list(LIMUC_SIZE) if s.device.type == 'cuda' else [128]
-    if len(s.size) not in (1, 2) or min(s.size) < 32: raise ValueError(f"--size takes one or two sizes of at least 32 px; got {s.size}")
+    if len(s.size) not in (1, 2) or min(s.size) < 32: raise UserError(f"--size takes one or two sizes of at least 32 px; got {s.size}")
     s.size = tuple(s.size * 2 if len(s.size) == 1 else s.size)
     for k in ('bs', 'steps', 'rounds', 'reps', 'infer_bs', 'epochs', 'threads'):
-        if getattr(s, k) is not None and getattr(s, k) < 1: raise ValueError(f"--{k.replace('_', '-')} must be at least 1; got {getattr(s, k)}")
+        if getattr(s, k) is not None and getattr(s, k) < 1: raise UserError(f"--{k.replace('_', '-')} must be at least 1; got {getattr(s, k)}")
     s.workers = default_workers() if s.workers is None else s.workers
     return s
 

@@ -4,6 +4,7 @@
 
 # %% ../nbs/17_calibration.ipynb #73dd5597
 from __future__ import annotations
+import warnings
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from scipy.optimize import minimize_scalar
@@ -17,8 +18,8 @@ from .experiment import fold_predictions
 
 # %% auto #0
 __all__ = ['HEAD_COLUMNS', 'DERIVED_COLUMNS', 'EPS', 'FLIPS', 'check_predictions', 'with_head_probs', 'predictions_report',
-           'fit_temperature', 'TemperatureScaler', 'ece', 'block_probs', 'calibration_table', 'plot_reliability',
-           'FlipInput', 'tta_predictions', 'calibrate_study']
+           'CalibrationWarning', 'fit_temperature', 'TemperatureScaler', 'ece', 'block_probs', 'calibration_table',
+           'plot_reliability', 'FlipInput', 'tta_predictions', 'nll_check', 'calibrate_study']
 
 # %% ../nbs/17_calibration.ipynb #f3407a65
 HEAD_COLUMNS = [f'p_{t}' for t in TASKS]
@@ -46,14 +47,29 @@ def predictions_report(preds: pd.DataFrame, rule: str = 'prob') -> dict:
     return mtl_report(preds.mes_true.to_numpy(), *(preds[c].to_numpy() for c in HEAD_COLUMNS), rule=rule)
 
 # %% ../nbs/17_calibration.ipynb #142e3538
-def fit_temperature(p1, y, bounds: tuple[float, float] = (0.05, 20.)) -> float:
-    "Temperature T minimising the NLL of `sigmoid(logit(p1) / T)` for binary targets `y` (`IGNORE` = -1 skipped)."
+class CalibrationWarning(UserWarning):
+    "Temperature scaling that the data cannot support: an unidentifiable temperature, or a worse held-out NLL."
+
+def fit_temperature(p1, y, bounds: tuple[float, float] = (0.05, 20.), name: str = 'head') -> float:
+    "T minimising the NLL of `sigmoid(logit(p1) / T)` for targets `y` (`IGNORE` skipped); 1 where none is identified."
     p1, y = np.asarray(p1, dtype=float), np.asarray(y)
     if p1.shape != y.shape: raise ValueError(f"need one target per probability; got {p1.shape} and {y.shape}")
     keep = y != IGNORE
     if not keep.any(): return 1.0
     z, sign = logit(np.clip(p1[keep], EPS, 1 - EPS)), 2 * y[keep] - 1
-    res = minimize_scalar(lambda log_t: np.logaddexp(0, -sign * z / np.exp(log_t)).mean(), bounds=np.log(bounds), method='bounded')
+    if (sign * z > 0).all() or (sign * z < 0).all():
+        side = 'right' if (sign * z > 0).all() else 'wrong'
+        warnings.warn(f"{name}: all {keep.sum()} validation images are on the {side} side of 0.5 (separated data), "
+                      f"so no temperature minimises the NLL; keeping T = 1", CalibrationWarning)
+        return 1.0
+    lo, hi = np.log(bounds)
+    nll = lambda log_t: np.logaddexp(0, -sign * z / np.exp(log_t)).mean()
+    res = minimize_scalar(nll, bounds=(lo, hi), method='bounded')
+    if min(res.x - lo, hi - res.x) < 1e-3 * (hi - lo):
+        warnings.warn(f"{name}: the best temperature is at the bound {np.exp(res.x):.3g} of {bounds}, so the "
+                      f"{keep.sum()} validation images do not identify one (too few errors, or nearly separated data); "
+                      f"keeping T = 1", CalibrationWarning)
+        return 1.0
     return float(np.exp(res.x))
 
 # %% ../nbs/17_calibration.ipynb #c34864ff
@@ -64,7 +80,7 @@ class TemperatureScaler:
     def fit(self, preds: pd.DataFrame) -> TemperatureScaler:
         "Fit each head's temperature on validation prediction table `preds`."
         y = mes_to_tasks(check_predictions(preds, 'validation predictions').mes_true)
-        self.temperatures = {t: fit_temperature(preds[f'p_{t}'], y[:, j]) for j, t in enumerate(TASKS)}
+        self.temperatures = {t: fit_temperature(preds[f'p_{t}'], y[:, j], name=t) for j, t in enumerate(TASKS)}
         return self
 
     def transform(self, preds: pd.DataFrame) -> pd.DataFrame:
@@ -144,11 +160,27 @@ def tta_predictions(learn, dl, flips=tuple(FLIPS)) -> tuple[dict, pd.DataFrame]:
     return predictions_report(preds, rule), preds
 
 # %% ../nbs/17_calibration.ipynb #a5ccbe3b
-def calibrate_study(out, arch: str, stage: int | None = None, rule: str = 'prob') -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    "Per fold of `arch` in study `out` (`stage` None: the final models): temperatures fitted on the validation predictions; (test before, test after, temperatures)."
+def nll_check(before: pd.DataFrame, after: pd.DataFrame, what: str = 'test set') -> pd.DataFrame:
+    "NLL per block of prediction tables `before` and `after` calibration; a `CalibrationWarning` where it got worse."
+    nll = lambda preds: calibration_table(preds).set_index('block').nll
+    t = pd.DataFrame({'before': nll(before), 'after': nll(after)})
+    for block, r in t[t.after > t.before + 1e-9].iterrows():
+        warnings.warn(f"temperature scaling raised the {what} NLL of {block} from {r.before:.3f} to {r.after:.3f}: the "
+                      f"validation data do not calibrate this model; report the uncalibrated probabilities, or fit on "
+                      f"pooled out-of-fold predictions (pooled=True)", CalibrationWarning)
+    return t
+
+def calibrate_study(out, arch: str, stage: int | None = None, rule: str = 'prob',
+                    pooled: bool = False  # one temperature per head from all folds' validation predictions
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    "Per fold of `arch` in `out` (`stage` None: final models): temperatures from validation; (test before, after, T)."
+    preds = fold_predictions(out, arch, stage)
+    shared = TemperatureScaler(rule).fit(preds[preds.set == 'valid']) if pooled else None
     before, after, temps = [], [], []
-    for fold, p in fold_predictions(out, arch, stage).groupby('fold'):
-        scaler = TemperatureScaler(rule).fit(p[p.set == 'valid'])
+    for fold, p in preds.groupby('fold'):
+        scaler = shared or TemperatureScaler(rule).fit(p[p.set == 'valid'])
         test = p[p.set == 'test'].reset_index(drop=True)
         before.append(test); after.append(scaler.transform(test)); temps.append(dict(fold=fold, **scaler.temperatures))
-    return pd.concat(before, ignore_index=True), pd.concat(after, ignore_index=True), pd.DataFrame(temps)
+    before, after = pd.concat(before, ignore_index=True), pd.concat(after, ignore_index=True)
+    nll_check(before, after)
+    return before, after, pd.DataFrame(temps)

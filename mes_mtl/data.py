@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from fastai.vision.utils import verify_images
 from .labels import MES_CLASSES
+from .errors import UserError, UserFileNotFoundError
 
 # %% auto #0
 __all__ = ['LIMUC_FOLDERS', 'IMAGE_EXTS', 'mes_of_folder', 'limuc_items', 'drop_unreadable', 'limuc_summary']
@@ -47,7 +48,7 @@ def _read_class_level(folder: Path, patient: str | None) -> list[dict]:
     for d in _subdirs(folder):
         mes = mes_of_folder(d.name)
         if mes is None:
-            raise ValueError(f"{d}: class folders must be named 'Mayo 0' .. 'Mayo 3' (LIMUC layout); "
+            raise UserError(f"{d}: class folders must be named 'Mayo 0' .. 'Mayo 3' (LIMUC layout); "
                              f"found '{d.name}'. Move or rename it.")
         for f in _class_images(d):
             pid = patient
@@ -63,7 +64,7 @@ def _read_source(src: Path) -> list[dict]:
     rows = []
     for p in _subdirs(src):
         if not _is_class_level(p):
-            raise ValueError(f"{p}: expected class folders 'Mayo 0' .. 'Mayo 3' inside each patient folder of {src}, "
+            raise UserError(f"{p}: expected class folders 'Mayo 0' .. 'Mayo 3' inside each patient folder of {src}, "
                              f"found {[o.name for o in _subdirs(p)][:5] or 'none'}. Is this a LIMUC folder?")
         rows += _read_class_level(p, p.name)
     return rows
@@ -73,7 +74,7 @@ def limuc_items(path, check: bool = True, skip_bad: bool = False) -> pd.DataFram
     "One row per image under a LIMUC(-shaped) folder: `path`, `key`, `patient`, `mes`, `source`."
     path = Path(path).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such folder. Pass the LIMUC root (holding {', '.join(LIMUC_FOLDERS)}) "
+        raise UserFileNotFoundError(f"{path}: no such folder. Pass the LIMUC root (holding {', '.join(LIMUC_FOLDERS)}) "
                                 f"or one of those folders; `download_limuc` or `make_demo_limuc` can create one.")
     rows = []
     for src in _source_folders(path):
@@ -83,7 +84,7 @@ def limuc_items(path, check: bool = True, skip_bad: bool = False) -> pd.DataFram
             r['source'] = src.name
             rows.append(r)
     if not rows:
-        raise FileNotFoundError(f"{path}: no images ({', '.join(IMAGE_EXTS)}) in 'Mayo 0' .. 'Mayo 3' folders. "
+        raise UserFileNotFoundError(f"{path}: no images ({', '.join(IMAGE_EXTS)}) in 'Mayo 0' .. 'Mayo 3' folders. "
                                 f"Expected the LIMUC layout, e.g. {path}/patient_based_classified_images/<patient>/Mayo 0/*.bmp")
     items = pd.DataFrame(rows, columns=['path', 'key', 'patient', 'mes', 'source'])
     if items.patient.isna().any():
@@ -99,7 +100,7 @@ def drop_unreadable(items: pd.DataFrame, skip_bad: bool = False) -> pd.DataFrame
     if not bad: return items
     names = '\n  '.join(sorted(bad)[:20]) + ('\n  ...' if len(bad) > 20 else '')
     msg = f"{len(bad)} of {len(items)} images cannot be read (corrupt, truncated or not an image):\n  {names}\n"
-    if not skip_bad: raise ValueError(msg + "Replace them, or pass skip_bad=True (CLI: --skip-bad) to leave them out.")
+    if not skip_bad: raise UserError(msg + "Replace them, or pass skip_bad=True (CLI: --skip-bad) to leave them out.")
     warnings.warn(msg + "They are left out.")
     return items[~items.path.isin(bad)]
 

@@ -10,6 +10,7 @@ import numpy as np, pandas as pd
 from PIL import Image, ImageFilter
 from fastprogress.fastprogress import progress_bar
 from .labels import MES_CLASSES, check_mes
+from .errors import UserError, UserFileExistsError, UserNotADirectoryError
 
 # %% auto #0
 __all__ = ['LIMUC_SIZE', 'CUE_RAMPS', 'NORMAL_RGB', 'ERYTHEMA_RGB', 'VESSEL_RGB', 'BLOOD_RGB', 'FIBRIN_RGB', 'WHITE',
@@ -119,7 +120,7 @@ MES_PROPORTIONS = (0.54, 0.27, 0.11, 0.08)  # LIMUC: 6105 / 3052 / 1254 / 865 of
 def mes_counts(n_images: int, proportions=MES_PROPORTIONS) -> np.ndarray:
     "Images per Mayo score for `n_images` in `proportions`: largest remainder, every class at least once."
     p = np.asarray(proportions, float) / np.sum(proportions)
-    if n_images < len(p): raise ValueError(f"n_images={n_images} is too few: need at least {len(p)}, one per MES class")
+    if n_images < len(p): raise UserError(f"n_images={n_images} is too few: need at least {len(p)}, one per MES class")
     exact = n_images * p
     counts = np.floor(exact).astype(int)
     counts[np.argsort(counts - exact, kind='stable')[:n_images - counts.sum()]] += 1
@@ -133,7 +134,7 @@ def demo_layout(n_images: int = 400, n_patients: int = 40, seed: int = 0) -> pd.
     "Patient (1..`n_patients`), image number within the patient (1..) and Mayo score of each demo image."
     counts = mes_counts(n_images)
     if not 1 <= n_patients <= n_images:
-        raise ValueError(f"n_patients={n_patients}: need between 1 and n_images={n_images} (every patient has an image)")
+        raise UserError(f"n_patients={n_patients}: need between 1 and n_images={n_images} (every patient has an image)")
     rng = np.random.default_rng(seed)
     sizes = 1 + rng.multinomial(n_images - n_patients, rng.dirichlet(np.full(n_patients, 2.0)))
     patient = np.repeat(np.arange(1, n_patients + 1), sizes)
@@ -148,9 +149,9 @@ def make_demo_limuc(dest, n_images: int = 400, n_patients: int = 40, seed: int =
                     progress: bool = True) -> pd.DataFrame:
     "Write a synthetic LIMUC-like dataset (patient-based layout, 352x288 BMP) to `dest`; one row (path, patient, mes) per image."
     dest = Path(dest)
-    if dest.exists() and not dest.is_dir(): raise NotADirectoryError(f"{dest} is a file: give a folder for the demo dataset")
+    if dest.exists() and not dest.is_dir(): raise UserNotADirectoryError(f"{dest} is a file: give a folder for the demo dataset")
     if dest.exists() and any(dest.iterdir()) and not overwrite:
-        raise FileExistsError(f"{dest} is not empty: pass overwrite=True (CLI: --overwrite) to replace its demo images, "
+        raise UserFileExistsError(f"{dest} is not empty: pass overwrite=True (CLI: --overwrite) to replace its demo images, "
                               f"or choose another folder")
     layout = demo_layout(n_images, n_patients, seed)  # checks the arguments before anything is deleted
     root = dest/'patient_based_classified_images'

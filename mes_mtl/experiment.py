@@ -4,7 +4,8 @@
 
 # %% ../nbs/20_experiment.ipynb #9dafcd85
 from __future__ import annotations
-import contextlib, io, json, resource, shutil, time
+import contextlib, io, json, re, resource, shutil, sys, time, warnings
+from collections import Counter
 from dataclasses import dataclass, asdict
 from itertools import combinations
 from pathlib import Path
@@ -15,7 +16,8 @@ from fastai.torch_core import set_seed
 from .labels import TASKS, heads_from_mes
 from .model import PAPER_ARCHS, LIMUC_SIZE, check_arch, default_size
 from .splits import save_split, MANIFEST_COLS
-from .dataloaders import mtl_dataloaders, mtl_test_dl
+from .dataloaders import mtl_dataloaders, mtl_test_dl, check_augment
+from .errors import UserError, UserFileExistsError
 from .learner import mtl_learner, evaluate_learner, predictions_table
 import mes_mtl.callbacks  # patches `Learner.fit_f1` (stage 2) onto the Learner
 from .baselines import METHODS, baseline_learner, baseline_loss
@@ -23,14 +25,15 @@ from .inference import save_mtl_model
 from .metrics import CLASS_NAMES, mtl_report, markdown_table, plot_confusion_matrices
 
 # %% auto #0
-__all__ = ['CAN_CHANGE_ON_RESUME', 'ADDED_SETTINGS', 'CLASS_METRICS', 'HEAD_COLUMNS', 'MES_COLUMNS', 'TEST_COLUMNS',
-           'PATIENT_LONG_COLS', 'PATIENT_COLUMNS', 'PATIENT_CV_COLUMNS', 'CVConfig', 'claim_study', 'fold_dir',
-           'write_json', 'run_fold', 'run_cv', 'finished_folds', 'study_metrics', 'mean_sd', 'stars', 'compare',
-           'cv_accuracy_table', 'classwise_table', 'compare_backbones', 'compare_stages', 'fold_predictions',
-           'test_predictions', 'fold_ensemble', 'test_results', 'backbone_ensemble', 'ensemble_table', 'best_arch',
-           'peer_table', 'compute_table', 'patient_metrics', 'patient_cv_table', 'patient_test_results',
-           'patient_test_markdown', 'grouped_bars', 'plot_classwise', 'plot_before_after', 'plot_ensemble',
-           'f1_weight_table', 'plot_f1_weights', 'mean_sd_table', 'save_figure', 'collect_results']
+__all__ = ['CAN_CHANGE_ON_RESUME', 'MAY_MOVE', 'ADDED_SETTINGS', 'CLASS_METRICS', 'HEAD_COLUMNS', 'MES_COLUMNS', 'TEST_COLUMNS',
+           'PATIENT_LONG_COLS', 'PATIENT_COLUMNS', 'PATIENT_CV_COLUMNS', 'CVConfig', 'check_study', 'claim_study',
+           'fold_dir', 'write_json', 'run_fold', 'split_diff', 'check_folds', 'Interrupted', 'run_cv', 'finished_folds',
+           'study_metrics', 'mean_sd', 'stars', 'compare', 'cv_accuracy_table', 'classwise_table', 'compare_backbones',
+           'compare_stages', 'fold_predictions', 'test_predictions', 'fold_ensemble', 'test_results',
+           'backbone_ensemble', 'ensemble_table', 'best_arch', 'peer_table', 'compute_table', 'patient_metrics',
+           'patient_cv_table', 'patient_test_results', 'patient_test_markdown', 'grouped_bars', 'plot_classwise',
+           'plot_before_after', 'plot_ensemble', 'f1_weight_table', 'plot_f1_weights', 'mean_sd_table', 'save_figure',
+           'collect_results']
 
 # %% ../nbs/20_experiment.ipynb #7d14918f
 @dataclass
@@ -47,8 +50,8 @@ class CVConfig:
     seed: int = 0  # seed of every stage (with the fold and stage number)
     folds: tuple | None = None  # the folds to run; None: all
     every_epoch: bool = False  # F1WeightedLoss: update after every epoch (else once, the paper)
-    smoothing: float = 0.5  # F1WeightedLoss: share of the old weights kept per update (every_epoch)
-    min_f1: float = 0.05  # F1WeightedLoss: F1 is clipped from below at this value
+    smoothing: float = 0.5  # F1WeightedLoss: share of the old weights kept per update (every_epoch), in [0, 1)
+    min_f1: float = 0.05  # F1WeightedLoss: F1 is clipped from below at this value, in (0, 1]
     task_weights: bool = False  # F1WeightedLoss: also re-weight the tasks (α, β, γ ∝ 1/macro-F1)
     lr_patience: int = 15  # epochs without improvement before the learning rate is cut by 5x
     stop_patience: int = 25  # epochs without improvement before training stops
@@ -56,19 +59,30 @@ class CVConfig:
     focal_gamma: float = 0.  # > 0: focal loss in every task of the joint loss (the paper's suggested next step), or in 'ce'
     method: str = 'mtl'  # 'mtl' (the paper), or a one-stage baseline: 'ce', 'regression', 'cdw-ce', 'coral', 'corn'
     cdw_power: float = 2.  # 'cdw-ce': the power of the class distance
+    augment: str = 'paper'  # training augmentation: 'paper' (flip, rotation ±180°), 'fastai' or 'none' (see 04)
 
     def __post_init__(self):
         self.archs = tuple([self.archs] if isinstance(self.archs, str) else self.archs)
         for a in self.archs: check_arch(a)
         if self.folds is not None: self.folds = tuple(int(k) for k in self.folds)
         if isinstance(self.size, list): self.size = tuple(self.size)
-        for name in ('epochs', 'bs'):
-            if getattr(self, name) < 1: raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.f1_epochs is not None and self.f1_epochs < 1: raise ValueError(f"f1_epochs must be at least 1; got {self.f1_epochs}")
-        if self.focal_gamma < 0: raise ValueError(f"focal_gamma must be >= 0 (0: plain cross-entropy); got {self.focal_gamma}")
-        if self.method not in METHODS: raise ValueError(f"method must be one of {METHODS}; got {self.method!r}")
+        self.augment = check_augment(self.augment)
+        for name in ('epochs', 'bs', 'lr_patience', 'stop_patience'):
+            if getattr(self, name) < 1: raise UserError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.f1_epochs is not None and self.f1_epochs < 1:
+            raise UserError(f"f1_epochs must be at least 1; got {self.f1_epochs}")
+        if self.size is not None and min(np.broadcast_to(self.size, 2)) < 1:
+            raise UserError(f"size must be positive (None: native); got {self.size}")
+        for name in ('lr', 'f1_lr'):
+            if (v := getattr(self, name)) is not None and not v > 0: raise UserError(f"{name} must be > 0; got {v}")
+        if not 0 < self.min_f1 <= 1: raise UserError(f"min_f1 must be in (0, 1]; got {self.min_f1}")
+        if not 0 <= self.smoothing < 1: raise UserError(f"smoothing must be in [0, 1); got {self.smoothing}")
+        if self.focal_gamma < 0:
+            raise UserError(f"focal_gamma must be >= 0 (0: plain cross-entropy); got {self.focal_gamma}")
+        if not self.cdw_power > 0: raise UserError(f"cdw_power must be > 0; got {self.cdw_power}")
+        if self.method not in METHODS: raise UserError(f"method must be one of {METHODS}; got {self.method!r}")
         if self.focal_gamma and self.method not in ('mtl', 'ce'):
-            raise ValueError(f"focal_gamma applies to the cross-entropy methods 'mtl' and 'ce', not to {self.method!r}")
+            raise UserError(f"focal_gamma applies to the cross-entropy methods 'mtl' and 'ce', not to {self.method!r}")
 
     def to_dict(self) -> dict:
         "The settings as JSON-ready values."
@@ -80,27 +94,41 @@ class CVConfig:
 
 # %% ../nbs/20_experiment.ipynb #cab4a301
 CAN_CHANGE_ON_RESUME = ('archs', 'folds')  # settings a resumed study may extend
-ADDED_SETTINGS = {'focal_gamma': 0., 'method': 'mtl', 'cdw_power': 2.}  # settings newer than some studies' config.json, with the value those studies had
+MAY_MOVE = ('data',)  # may differ on resume: the split manifest check (`_check_split`) guards the images themselves
+# settings newer than some studies' config.json, with the value those studies had
+ADDED_SETTINGS = {'focal_gamma': 0., 'method': 'mtl', 'cdw_power': 2., 'augment': 'paper'}
+
+def _saved_n_folds(out: Path) -> int | None:
+    "The number of folds of the split manifest saved in `out` (for studies whose config.json predates `n_folds`)."
+    fn = out/'split.csv'
+    return int(pd.read_csv(fn, usecols=['fold']).fold.max()) + 1 if fn.is_file() else None
+
+def check_study(out, config: dict, resume: bool = False, overwrite: bool = False) -> dict:
+    "The config.json `claim_study` would write for study `config` in `out`; a `UserError` where it would refuse."
+    out, config = Path(out), json.loads(json.dumps(config))
+    fn = out/'config.json'
+    if not fn.is_file() or overwrite: return config
+    if not resume:
+        raise UserFileExistsError(f"{out} already holds a study. Resume it with --resume (resume=True), start it "
+                                  f"again with --overwrite (overwrite=True, deletes its results), or choose another "
+                                  f"output folder.")
+    old = {**ADDED_SETTINGS, 'n_folds': _saved_n_folds(out), **json.loads(fn.read_text())}
+    fixed = [k for k in config if k not in CAN_CHANGE_ON_RESUME + MAY_MOVE]
+    if diff := {k: (old.get(k), config[k]) for k in fixed if old.get(k) != config[k]}:
+        changes = ', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())
+        raise UserError(f"{out} holds a study with other settings ({changes}); "
+                        f"resume it with the same settings, or use --overwrite or another output folder.")
+    return {**config, 'archs': list(dict.fromkeys([*old.get('archs', []), *config.get('archs', [])]))}
 
 def claim_study(out, config: dict, resume: bool = False, overwrite: bool = False) -> Path:
     "Create or reuse the study folder `out` for a study with settings `config`; see above for `resume`/`overwrite`."
     out = Path(out)
-    fn = out/'config.json'
-    if fn.is_file() and overwrite:
+    config = check_study(out, config, resume, overwrite)
+    if (out/'config.json').is_file() and overwrite:
         for d in ('folds', 'results'): shutil.rmtree(out/d, ignore_errors=True)
         for f in ('split.csv', 'image_sums.csv'): (out/f).unlink(missing_ok=True)
-    elif fn.is_file():
-        old = {**ADDED_SETTINGS, **json.loads(fn.read_text())}
-        if not resume:
-            raise FileExistsError(f"{out} already holds a study. Resume it with --resume (resume=True), start it again with "
-                                  f"--overwrite (overwrite=True, deletes its results), or choose another output folder.")
-        diff = {k: (old.get(k), v) for k, v in config.items() if k not in CAN_CHANGE_ON_RESUME and old.get(k) != v}
-        if diff:
-            raise ValueError(f"{out} holds a study with other settings ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
-                             f"resume it with the same settings, or use --overwrite or another output folder.")
-        config = {**config, 'archs': list(dict.fromkeys([*old.get('archs', []), *config.get('archs', [])]))}
     out.mkdir(parents=True, exist_ok=True)
-    fn.write_text(json.dumps(config, indent=2))
+    (tmp := out/'config.json.tmp').write_text(json.dumps(config, indent=2)); tmp.replace(out/'config.json')
     return out
 
 # %% ../nbs/20_experiment.ipynb #62ac4156
@@ -119,14 +147,24 @@ def _peak_memory_mb() -> tuple[float, str]:
 # %% ../nbs/20_experiment.ipynb #bd28d919
 def _stage_dls(split, fold: int, cfg: CVConfig, arch: str, out: Path, stage: int):
     set_seed(cfg.seed * 1000 + fold * 10 + stage)
-    return mtl_dataloaders(split, fold=fold, size=cfg.arch_size(arch), bs=cfg.bs, stats_cache=out/'image_sums.csv')
+    return mtl_dataloaders(split, fold=fold, size=cfg.arch_size(arch), bs=cfg.bs, augment=cfg.augment,
+                           stats_cache=out/'image_sums.csv')
 
+def _warning_line(w: warnings.WarningMessage) -> str:
+    return f"{w.category.__name__}: {' '.join(str(w.message).split())}"
+
+@contextlib.contextmanager
 def _quiet(learn, verbose: bool):
-    if verbose: return contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    for cm in (learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())):
-        stack.enter_context(cm)
-    return stack
+    "With `verbose=False`: no progress bars, tables or output while training; warnings afterwards, one line each."
+    if verbose: yield; return
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()), \
+                 contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            for line, n in Counter(map(_warning_line, caught)).items():
+                print(line + (f' ({n} times)' if n > 1 else ''), file=sys.stderr)
 
 def _run_stage(learn, stage: int, d: Path, cfg: CVConfig, test_dl, verbose: bool):
     "Train one stage, then evaluate it on the validation fold and the test set: (reports, predictions, compute, callback)."
@@ -190,16 +228,56 @@ def run_fold(split: pd.DataFrame, arch: str, fold: int, cfg: CVConfig, out, verb
     return metrics
 
 # %% ../nbs/20_experiment.ipynb #f6d9708c
+def _examples(keys, n: int = 3) -> str:
+    keys = sorted(keys)
+    return ', '.join(keys[:n]) + (', ...' if len(keys) > n else '')
+
+def _unlabelled(key: str) -> str: return re.sub(r'(^|/)mayo[\s_-]*[0-3](/|$)', r'\1\2', key, flags=re.I)
+
+def split_diff(saved: pd.DataFrame, new: pd.DataFrame) -> str:
+    "What differs between split manifest `saved` and `new` (a split, or images without folds), by image `key`; or ''."
+    a, b = saved.set_index('key'), new.set_index('key')
+    added, removed = set(b.index) - set(a.index), set(a.index) - set(b.index)
+    moved = {_unlabelled(k) for k in added} & {_unlabelled(k) for k in removed}  # now in another 'Mayo k' folder
+    parts = [f"{len(moved)} image(s) moved to another Mayo folder ({_examples(moved)})"] if moved else []
+    added = [k for k in added if _unlabelled(k) not in moved]
+    removed = [k for k in removed if _unlabelled(k) not in moved]
+    parts += [f"{len(added)} image(s) added ({_examples(added)})"] if added else []
+    parts += [f"{len(removed)} image(s) removed or unreadable ({_examples(removed)})"] if removed else []
+    if {'is_test', 'fold'} <= set(b.columns):
+        na, nb = (int(d.fold.max()) + 1 for d in (a, b))
+        if na != nb: parts.append(f"{na} folds -> {nb}")
+        common = a.index.intersection(b.index)
+        if n := int((a.loc[common, ['is_test', 'fold']] != b.loc[common, ['is_test', 'fold']]).any(axis=1).sum()):
+            parts.append(f"{n} image(s) in another fold or set")
+    return '; '.join(parts)
+
 def _check_split(split: pd.DataFrame, out: Path) -> pd.DataFrame:
     "Save `split`'s manifest in `out`, or check it equals the one saved there (a resumed study keeps its folds)."
     fn = out/'split.csv'
     if not fn.is_file(): save_split(split, fn); return split
     saved = pd.read_csv(fn, dtype={'patient': str, 'key': str, 'source': str})
-    mine = split[MANIFEST_COLS].reset_index(drop=True)
-    if not (len(saved) == len(mine) and (saved[['key', 'mes', 'is_test', 'fold']] == mine[['key', 'mes', 'is_test', 'fold']]).all().all()):
-        raise ValueError(f"{fn} holds another split than the one given: a resumed study must use the same data and split "
-                         f"(use --overwrite, or another output folder, for a new one).")
+    if diff := split_diff(saved, split):
+        raise UserError(f"{fn} holds another split than the one given ({diff}): a resumed study must use the same "
+                        f"data and split (use --overwrite, or another output folder, for a new one).")
     return split
+
+def check_folds(split: pd.DataFrame, folds, bs: int):
+    "A `UserError` unless each fold of `folds` is in `split`, its training folds with every Mayo score and `bs` images."
+    train = split[~split.is_test]
+    all_folds = sorted(train.fold.unique().tolist())
+    if bad := sorted(set(folds) - set(all_folds)):
+        raise UserError(f"fold {', '.join(map(str, bad))} does not exist; the split has folds {all_folds}")
+    for k in folds:
+        t = train[train.fold != k]
+        if missing := sorted(set(range(4)) - set(t.mes)):
+            names = ', '.join(f'MES {m}' for m in missing)
+            raise UserError(f"the training folds of fold {k} have no image of {names}: no task can be learnt with one "
+                            f"of its classes missing (remission: MES 0 vs 1, active: MES 2 vs 3). Add images of "
+                            f"{names}.")
+        if len(t) < bs:
+            raise UserError(f"batch size {bs} (--bs) is larger than the {len(t)} training images of fold {k}, so not "
+                            f"one batch would be trained: use a batch size of at most {len(t)}.")
 
 def _fold_line(m: dict, secs: float) -> str:
     f = lambda st, s: m[st][s]['mes']['macro_f1']
@@ -208,27 +286,43 @@ def _fold_line(m: dict, secs: float) -> str:
             f"test {f('stage1', 'test'):.3f} -> {f('stage2', 'test'):.3f} (stage 1 -> 2) in {secs:.0f} s")
 
 # %% ../nbs/20_experiment.ipynb #5415197f
+class Interrupted(KeyboardInterrupt):
+    "A Ctrl-C that says what was kept (`kept`): raised by `run_cv` (and the command line) for a `KeyboardInterrupt`."
+    def __init__(self, kept: str): super().__init__(kept); self.kept = kept
+
+def _kept(out: Path, jobs: list, current) -> str:
+    "What an interrupted study `out` keeps: its finished fold runs, and stage 1 of the `current` one when it is done."
+    done = sum((fold_dir(out, *j)/'metrics.json').is_file() for j in jobs)
+    d = fold_dir(out, *current) if current is not None else None
+    s1 = d is not None and (d/'stage1.json').is_file() and not (d/'metrics.json').is_file()
+    also = f", and stage 1 of {current[0]} fold {current[1]}" if s1 else ''
+    return f"{out} keeps {done} of {len(jobs)} fold run(s) finished{also}"
+
 def run_cv(split: pd.DataFrame, out, cfg: CVConfig | None = None, resume: bool = False, overwrite: bool = False,
            meta: dict | None = None, verbose: bool = True, peer=None) -> dict:
     "Run (or resume) the study `cfg` on `split` in folder `out`; returns `collect_results`' tables."
     cfg = cfg or CVConfig()
-    out = claim_study(out, {**(meta or {}), **cfg.to_dict()}, resume, overwrite)
-    split = _check_split(split, out)
     all_folds = sorted(split.fold[split.fold >= 0].unique().tolist())
     folds = list(cfg.folds) if cfg.folds is not None else all_folds
-    if bad := sorted(set(folds) - set(all_folds)): raise ValueError(f"folds {bad} are not in the split (folds {all_folds})")
+    check_folds(split, folds, cfg.bs)
+    out = claim_study(out, {**(meta or {}), **cfg.to_dict(), 'n_folds': len(all_folds)}, resume, overwrite)
+    split = _check_split(split, out)
     jobs = [(a, k) for a in cfg.archs for k in folds]
     todo = [j for j in jobs if not (fold_dir(out, *j)/'metrics.json').is_file()]
     print(f"Study in {out}: {len(cfg.archs)} backbone(s) x {len(folds)} fold(s); {len(jobs) - len(todo)} done, {len(todo)} to run")
-    times = []
-    for i, (arch, fold) in enumerate(todo):
-        t0 = time.perf_counter()
-        m = run_fold(split, arch, fold, cfg, out, verbose)
-        times.append(time.perf_counter() - t0)
-        left = np.mean(times) * (len(todo) - i - 1)
-        print(f"[{i + 1}/{len(todo)}] {arch} fold {fold}: {_fold_line(m, times[-1])}; about {left / 60:.0f} min left", flush=True)
-        if i + 1 < len(todo) and todo[i + 1][0] != arch: collect_results(out, peer=peer)
-    return collect_results(out, peer=peer)
+    times, job = [], None
+    try:
+        for i, job in enumerate(todo):
+            t0 = time.perf_counter()
+            m = run_fold(split, *job, cfg, out, verbose)
+            times.append(time.perf_counter() - t0)
+            left = np.mean(times) * (len(todo) - i - 1)
+            print(f"[{i + 1}/{len(todo)}] {job[0]} fold {job[1]}: {_fold_line(m, times[-1])}; about {left / 60:.0f} min left", flush=True)
+            if i + 1 < len(todo) and todo[i + 1][0] != job[0]: collect_results(out, peer=peer)
+        return collect_results(out, peer=peer)
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted): raise
+        raise Interrupted(_kept(out, jobs, job)) from None
 
 # %% ../nbs/20_experiment.ipynb #ab0ad2ec
 def _report_rows(report: dict) -> list[tuple]:

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from safetensors.torch import save_model, load_model
 import mes_mtl
-from .errors import UserError
 from .labels import TASKS, LABEL_TABLE, mes_probs, mes_decode, heads_from_mes
 from .model import create_mtl_model, MTLModel
 from .baselines import METHODS, MESModel, create_mes_model, baseline_loss
+from .errors import UserError, UserFileNotFoundError
 
 # %% auto #0
 __all__ = ['MODEL_FILES', 'RUNTIMES', 'ONNX_FILE', 'ONNX_RECORD', 'ONNX_ATOL', 'ONNX_RTOL', 'EXPORTERS', 'model_config',
@@ -46,8 +46,8 @@ def load_mtl_model(path) -> tuple[MTLModel | MESModel, dict]:
     "The model (`MTLModel`, or a baseline's `MESModel`) and config saved by `save_mtl_model` in `path`; clear errors for missing or mismatched files."
     path = Path(path)
     if missing := [f for f in MODEL_FILES if not (path/f).is_file()]:
-        raise UserError(f"{path}: not a mes_mtl model folder, {' and '.join(missing)} missing "
-                        f"(a model folder is written by `mes_mtl train` or `save_mtl_model`).")
+        raise UserFileNotFoundError(f"{path}: not a mes_mtl model folder, {' and '.join(missing)} missing "
+                                    f"(a model folder is written by `mes_mtl train` or `save_mtl_model`).")
     try: config = json.loads((path/'config.json').read_text())
     except json.JSONDecodeError as e: raise UserError(f"{path/'config.json'} is not valid JSON: {e}") from None
     if missing := [k for k in ('arch', 'size', 'mean', 'std', 'label_table') if k not in config]:
@@ -109,7 +109,7 @@ class MESPredictor:
             if img.shape == (h, w, 3) and img.dtype == np.uint8: return img  # a decoded frame of the right size
             img = Image.fromarray(img)
         elif isinstance(img, (str, Path)):
-            try: img = Image.open(img)
+            try: img = Image.open(img).convert('RGB')  # decodes the whole file: a truncated image fails here, named
             except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
                 raise UserError(f"{img}: cannot read this image ({type(e).__name__}: {e})") from None
         img = img.convert('RGB')

@@ -10,6 +10,7 @@ import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from .experiment import study_metrics, compare, stars, mean_sd_table, grouped_bars, save_figure
 from .metrics import markdown_table
+from .errors import UserError
 
 # %% auto #0
 __all__ = ['METHOD_COLUMNS', 'PATIENT_METHOD_COLUMNS', 'method_scores', 'compare_methods', 'methods_markdown', 'plot_methods',
@@ -23,16 +24,16 @@ def _common_arch(longs: dict, arch: str | None) -> str:
     common = set.intersection(*(set(l.arch) for l in longs.values()))
     if arch is not None:
         if missing := [m for m, l in longs.items() if arch not in set(l.arch)]:
-            raise ValueError(f"backbone {arch!r} has no finished fold in the studies of {missing}")
+            raise UserError(f"backbone {arch!r} has no finished fold in the studies of {missing}")
         return arch
     if len(common) != 1:
-        raise ValueError(f"the studies share the backbones {sorted(common)}: choose one with arch=... (--arch)" if common else
-                         "the studies share no backbone: methods are compared with the same backbone")
+        raise UserError(f"the studies share the backbones {sorted(common)}: choose one with arch=... (--arch)" if common else
+                        "the studies share no backbone: methods are compared with the same backbone")
     return common.pop()
 
 def method_scores(studies: dict, arch: str | None = None) -> pd.DataFrame:
     "Per method (name -> study folder), validation fold and column of `METHOD_COLUMNS`: the final model's value, for backbone `arch`."
-    if len(studies) < 2: raise ValueError(f"comparing methods needs at least two studies; got {list(studies)}")
+    if len(studies) < 2: raise UserError(f"comparing methods needs at least two studies; got {list(studies)}")
     longs = {name: study_metrics(out) for name, out in studies.items()}
     arch = _common_arch(longs, arch)
     rows = []
@@ -47,7 +48,7 @@ def compare_methods(scores: pd.DataFrame, reference: str | None = None, test: st
     "Mean, sd and folds of every method and column of `method_scores`, with the test's p-value against `reference` (default: the first method)."
     methods = list(dict.fromkeys(scores.method))
     reference = reference or methods[0]
-    if reference not in methods: raise ValueError(f"reference {reference!r} is not among the methods {methods}")
+    if reference not in methods: raise UserError(f"reference {reference!r} is not among the methods {methods}")
     rows = []
     for (method, col), g in scores.groupby(['method', 'column'], sort=False):
         ref = scores[(scores.method == reference) & (scores.column == col)].sort_values('fold').value.to_numpy()

@@ -12,6 +12,7 @@ import timm
 from timm.models import parse_model_name
 from fastai.torch_core import params
 from .labels import TASKS, TASK_CLASSES
+from .errors import UserError
 
 # %% auto #0
 __all__ = ['PAPER_ARCHS', 'LIMUC_SIZE', 'default_size', 'check_arch', 'eval_mode', 'feature_width', 'MTLModel', 'create_body',
@@ -29,12 +30,12 @@ def default_size(arch: str) -> tuple[int, int]:
 
 # %% ../nbs/10_model.ipynb #135bf905
 def check_arch(arch: str) -> str:
-    "`arch` if timm knows it, else a `ValueError` suggesting the closest timm architecture names."
+    "`arch` if timm knows it, else a `UserError` (a `ValueError`) suggesting the closest timm architecture names."
     source, name = parse_model_name(arch)
     if source is None and not timm.is_model(name):
         close = difflib.get_close_matches(name.split('.')[0], timm.list_models(), n=5, cutoff=0.6)
         hint = f"did you mean {', '.join(map(repr, close))}?" if close else "no close match"
-        raise ValueError(f"unknown timm architecture {arch!r}: {hint} "
+        raise UserError(f"unknown timm architecture {arch!r}: {hint} "
                          f"(list candidates with timm.list_models('*{name[:4]}*'))")
     return arch
 

@@ -9,6 +9,7 @@ import numpy as np, pandas as pd
 from PIL import Image
 from fastprogress.fastprogress import progress_bar
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+from .errors import UserError, UserFileNotFoundError
 
 # %% auto #0
 __all__ = ['MANIFEST_COLS', 'SUM_COLS', 'stratified_group_kfold', 'split_items', 'save_split', 'load_split', 'image_sums',
@@ -24,23 +25,31 @@ def stratified_group_kfold(y, groups, n_splits: int, seed: int | None = 0):
     return StratifiedGroupKFold(n_splits).split(np.zeros(len(codes)), np.asarray(y), rank[codes.ravel()])
 
 # %% ../nbs/03_splits.ipynb #233fe84a
-def _check_groups(items: pd.DataFrame, n: int, what: str):
+def _check_groups(items: pd.DataFrame, n: int, what: str, advice: str):
     if items.patient.isna().any():
-        raise ValueError(f"{items.patient.isna().sum()} images have no patient id; patient-grouped splits need one "
-                         f"for every image. Use group_by_patient=False (CLI: --no-group) for an image-level split.")
+        raise UserError(f"{items.patient.isna().sum()} images have no patient id; patient-grouped splits need one "
+                        f"for every image. Use group_by_patient=False (CLI: --no-group) for an image-level split.")
     if items.patient.nunique() < n:
-        raise ValueError(f"{what} needs at least {n} patients, the data have {items.patient.nunique()}: "
-                         f"lower the number of folds, or use group_by_patient=False (CLI: --no-group).")
+        raise UserError(f"{what} needs at least {n} patients, the data have {items.patient.nunique()}: {advice}")
+
+def _fewer_folds(n: int, what: str) -> str:
+    "Advice for `n` patients or images per class in the training part: the largest number of folds they allow."
+    return f"use at most {n} folds (n_folds={n}, CLI: --folds {n})" if n >= 2 else f"add {what}"
 
 def _holdout(items, test_size, group, seed) -> np.ndarray:
     "Boolean mask of a stratified (and optionally patient-grouped) hold-out of about `test_size`."
     if 'source' in items and (items.source == 'test_set').any(): return (items.source == 'test_set').to_numpy()
     if group:
         n = max(2, round(1 / test_size))
-        _check_groups(items, n, f"a patient-grouped hold-out of {test_size:.0%}")
+        _check_groups(items, n, f"a patient-grouped hold-out of {test_size:.0%}",
+                      "fewer folds do not help here; add patients, or split by image with group_by_patient=False "
+                      "(CLI: --no-group), which needs at least as many images of every Mayo score as folds.")
         _, test = next(stratified_group_kfold(items.mes, items.patient, n, seed))
     else:
-        _, test = train_test_split(np.arange(len(items)), test_size=test_size, stratify=items.mes, random_state=seed)
+        try: _, test = train_test_split(np.arange(len(items)), test_size=test_size, stratify=items.mes, random_state=seed)
+        except ValueError as e:  # scikit-learn's word for too few images of a class (or in all) to stratify
+            raise UserError(f"a stratified {test_size:.0%} hold-out of these {len(items)} images is not possible ({e}); "
+                            f"counts per Mayo score: {items.mes.value_counts().sort_index().to_dict()}. Add images.") from None
     mask = np.zeros(len(items), bool); mask[test] = True
     return mask
 
@@ -48,19 +57,20 @@ def _holdout(items, test_size, group, seed) -> np.ndarray:
 def split_items(items: pd.DataFrame, test_size: float = 0.15, n_folds: int = 10, group_by_patient: bool = True,
                 seed: int = 0) -> pd.DataFrame:
     "`items` with `is_test` and `fold` (0..n_folds-1, -1 for test): a stratified hold-out, then stratified k folds."
-    if not 0 < test_size < 1: raise ValueError(f"test_size must be between 0 and 1; got {test_size}")
-    if n_folds < 2: raise ValueError(f"n_folds must be at least 2; got {n_folds}")
+    if not 0 < test_size < 1: raise UserError(f"test_size must be between 0 and 1; got {test_size}")
+    if n_folds < 2: raise UserError(f"n_folds must be at least 2; got {n_folds}")
     items = items.reset_index(drop=True).copy()
     items['is_test'] = _holdout(items, test_size, group_by_patient, seed)
     items['fold'] = -1
     train = items[~items.is_test]
     if group_by_patient:
-        _check_groups(train, n_folds, f"{n_folds}-fold patient-grouped cross-validation")
+        _check_groups(train, n_folds, f"{n_folds}-fold patient-grouped cross-validation (outside the test set)",
+                      _fewer_folds(train.patient.nunique(), 'patients') + ", or split by image with group_by_patient=False (CLI: --no-group).")
         folds = stratified_group_kfold(train.mes, train.patient, n_folds, seed)
     else:
-        if train.mes.value_counts().min() < n_folds:
-            raise ValueError(f"every Mayo score needs at least {n_folds} training images for {n_folds} stratified folds; "
-                             f"counts: {train.mes.value_counts().sort_index().to_dict()}. Lower n_folds.")
+        if (least := train.mes.value_counts().min()) < n_folds:
+            raise UserError(f"every Mayo score needs at least {n_folds} training images for {n_folds} stratified folds; "
+                            f"counts: {train.mes.value_counts().sort_index().to_dict()}: {_fewer_folds(least, 'images')}.")
         folds = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(train, train.mes)
     for k, (_, val) in enumerate(folds): items.loc[train.index[val], 'fold'] = k
     return items
@@ -77,14 +87,14 @@ def save_split(split: pd.DataFrame, fname) -> Path:
 def load_split(fname, root) -> pd.DataFrame:
     "A saved split with absolute `path`s under the dataset `root`; an error lists images that are missing."
     fname, root = Path(fname), Path(root).expanduser().resolve()
-    if not fname.is_file(): raise FileNotFoundError(f"{fname}: no split manifest here (written by `save_split`).")
+    if not fname.is_file(): raise UserFileNotFoundError(f"{fname}: no split manifest here (written by `save_split`).")
     df = pd.read_csv(fname, dtype={'patient': str, 'key': str, 'source': str})
     if missing := sorted(set(MANIFEST_COLS) - set(df.columns)):
-        raise ValueError(f"{fname}: not a split manifest, columns {missing} are missing.")
+        raise UserError(f"{fname}: not a split manifest, columns {missing} are missing.")
     df.insert(0, 'path', [str(root/k) for k in df.key])
     gone = [p for p in df.path if not Path(p).is_file()]
     if gone:
-        raise FileNotFoundError(f"{len(gone)} images of {fname} are not under {root}, e.g. {gone[:3]}. "
+        raise UserFileNotFoundError(f"{len(gone)} images of {fname} are not under {root}, e.g. {gone[:3]}. "
                                 f"Pass the LIMUC root the manifest was made with (the folder above '{df.key[0].split('/')[0]}').")
     return df
 
@@ -104,7 +114,9 @@ def image_sums(items: pd.DataFrame, cache=None, progress: bool = True) -> pd.Dat
         it = progress_bar(list(todo.path)) if progress else todo.path
         new = pd.DataFrame([_image_sums(p) for p in it], columns=SUM_COLS, index=pd.Index(todo.key, name='key'))
         done = pd.concat([done, new]) if len(done) else new
-        if cache: cache.parent.mkdir(parents=True, exist_ok=True); done.to_csv(cache)
+        if cache:  # atomically: an interrupted run leaves the old cache, never half a file
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            done.to_csv(tmp := cache.with_name(cache.name + '.tmp')); tmp.replace(cache)
     return done.loc[items.key.tolist()]
 
 def channel_stats(items: pd.DataFrame, cache=None, progress: bool = True) -> tuple[list[float], list[float]]:

@@ -1,10 +1,23 @@
-"The `mes_mtl` command: subcommands as a user runs them (a real subprocess), exit code 2 on bad input."
+"The `mes_mtl` command: subcommands as a user runs them (a real subprocess, or `main` in this process), exit code 2 on bad input."
 import json, subprocess, sys
+from types import SimpleNamespace
 import pytest
+from mes_mtl.cli import main
 
 
 def run(*args, cwd=None):
+    "`mes_mtl ARGS` as a subprocess, the way a shell runs it."
     return subprocess.run(['mes_mtl', *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture
+def cli(capsys):
+    "`mes_mtl ARGS` in this process (no interpreter start-up): a result like `run`'s."
+    def call(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    return call
 
 
 def test_help_and_version():
@@ -13,25 +26,25 @@ def test_help_and_version():
     assert run('--version').stdout.startswith('mes_mtl ')
 
 
-def test_demo_data(tmp_path):
-    r = run('demo-data', tmp_path/'d', '--n-images', 60, '--patients', 10)
+def test_demo_data(tmp_path, cli):
+    r = cli('demo-data', tmp_path/'d', '--n-images', 60, '--patients', 10)
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path/'d').rglob('*.bmp'))) == 60
-    r = run('demo-data', tmp_path/'d', '--n-images', 60)
+    r = cli('demo-data', tmp_path/'d', '--n-images', 60)
     assert r.returncode == 2 and '--overwrite' in r.stderr.replace('overwrite=True', '--overwrite') and 'Traceback' not in r.stderr
 
 
-def test_prepare_end_to_end(tmp_path):
+def test_prepare_end_to_end(tmp_path, cli):
     out = tmp_path/'run'
-    r = run('prepare', '--out', out, '--size', 64, '--bs', 8, '--folds', 5)
+    r = cli('prepare', '--out', out, '--size', 64, '--bs', 8, '--folds', 5)
     assert r.returncode == 0, r.stderr
     assert 'A training batch: x (8, 3, 64, 64)' in r.stdout and 'MES 3' in r.stdout
     for f in ('config.json', 'split.csv', 'image_sums.csv', 'batch.png'): assert (out/f).is_file(), f
     split = (out/'split.csv').read_text()
-    r = run('prepare', '--out', out, '--size', 64, '--bs', 8, '--folds', 5, '--fold', 2)   # same run: split reused
+    r = cli('prepare', '--out', out, '--size', 64, '--bs', 8, '--folds', 5, '--fold', 2)   # same run: split reused
     assert r.returncode == 0, r.stderr
     assert (out/'split.csv').read_text() == split
-    r = run('prepare', '--out', out, '--folds', 4)                                         # other settings: refused
+    r = cli('prepare', '--out', out, '--folds', 4)                                         # other settings: refused
     assert r.returncode == 2 and 'already holds a run' in r.stderr and 'Traceback' not in r.stderr
 
 
@@ -39,23 +52,27 @@ def test_prepare_end_to_end(tmp_path):
     (('--data', 'missing_dir'), 'no such folder'),
     (('--fold', 12), 'fold 12 does not exist'),
 ])
-def test_prepare_bad_input(tmp_path, args, msg):
-    r = run('prepare', '--out', tmp_path/'o', *args, cwd=tmp_path)
+def test_prepare_bad_input(tmp_path, args, msg, cli, monkeypatch, demo_root):
+    monkeypatch.chdir(tmp_path)
+    r = cli('prepare', '--out', tmp_path/'o', *(['--data', demo_root] if '--data' not in args else []), *args)
     assert r.returncode == 2, r.stdout + r.stderr
     assert msg in r.stderr and 'Traceback' not in r.stderr
 
 
-def test_prepare_not_limuc(tmp_path):
+def test_prepare_not_limuc(tmp_path, cli):
     (tmp_path/'photos'/'holiday').mkdir(parents=True)
-    r = run('prepare', '--out', tmp_path/'o', '--data', tmp_path/'photos')
+    r = cli('prepare', '--out', tmp_path/'o', '--data', tmp_path/'photos')
     assert r.returncode == 2 and 'Is this a LIMUC folder?' in r.stderr
 
 
+TINY = ('--size', 32, '--epochs', 1, '--folds', 3, '--bs', 16, '--no-pretrained')
+
+
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    "One short demo training run (the README's main job with fewer epochs and smaller images), shared below."
+def trained(tmp_path_factory, demo_root):
+    "One short training run on the demo data (the README's main job, tiny), shared below."
     out = tmp_path_factory.mktemp('train')/'run'
-    r = run('train', '--out', out, '--size', 64, '--epochs', 2, '--folds', 5, '--bs', 16)
+    r = run('train', '--out', out, '--data', demo_root, *TINY)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return out, r
 
@@ -93,10 +110,10 @@ def test_metrics_agree_with_predictions(trained):
     assert len(p) == pd.read_csv(out/'split.csv').is_test.sum()
 
 
-def test_predict_csv_and_json(trained, tmp_path):
+def test_predict_csv_and_json(trained, tmp_path, demo_root):
     import pandas as pd
     out, _ = trained
-    folder = out/'demo_data'/'patient_based_classified_images'/'1'
+    folder = demo_root/'patient_based_classified_images'/'1'
     r = run('predict', '--model', out/'model', folder)
     assert r.returncode == 0, r.stderr
     from io import StringIO
@@ -107,38 +124,78 @@ def test_predict_csv_and_json(trained, tmp_path):
     assert r.returncode == 0 and len(json.loads((tmp_path/'p.json').read_text())) == 1
 
 
-def test_predict_bad_input(trained, tmp_path):
+def test_predict_bad_input(trained, tmp_path, demo_root, cli):
     out, _ = trained
     (tmp_path/'broken.bmp').write_text('not an image')
-    r = run('predict', '--model', out/'model', tmp_path/'broken.bmp')
+    r = cli('predict', '--model', out/'model', tmp_path/'broken.bmp')
     assert r.returncode == 2 and 'broken.bmp: cannot read this image' in r.stderr
-    r = run('predict', '--model', tmp_path, out/'demo_data')
+    r = cli('predict', '--model', tmp_path, demo_root)
     assert r.returncode == 2 and 'not a mes_mtl model folder' in r.stderr
     (tmp_path/'m').mkdir()
     (tmp_path/'m'/'model.safetensors').write_bytes((out/'model'/'model.safetensors').read_bytes())
     cfg = json.loads((out/'model'/'config.json').read_text())
     (tmp_path/'m'/'config.json').write_text(json.dumps({**cfg, 'arch': 'mobilenetv3_large_100'}))
-    r = run('predict', '--model', tmp_path/'m', out/'demo_data')
+    r = cli('predict', '--model', tmp_path/'m', demo_root)
     assert r.returncode == 2 and 'does not match architecture' in r.stderr
-    r = run('predict', '--model', out/'model', tmp_path/'nothing_here')
+    r = cli('predict', '--model', out/'model', tmp_path/'nothing_here')
     assert r.returncode == 2 and 'no such image or folder' in r.stderr
 
 
-def test_train_bad_input(trained, tmp_path):
+def test_train_bad_input(trained, tmp_path, demo_root, cli):
     out, _ = trained
-    r = run('train', '--out', tmp_path/'x', '--arch', 'resnet-18')
+    r = cli('train', '--out', tmp_path/'x', '--arch', 'resnet-18')
     assert r.returncode == 2 and "did you mean 'resnet18'" in r.stderr and not (tmp_path/'x').exists()
-    r = run('train', '--out', out, '--size', 64, '--epochs', 3, '--folds', 5, '--bs', 16)          # other settings
+    r = cli('train', '--out', out, '--data', demo_root, *TINY, '--epochs', 3)                   # other settings
     assert r.returncode == 2 and 'already holds a run' in r.stderr
     assert (out/'metrics.json').is_file()                                                       # the old run is intact
     (tmp_path/'photos'/'a').mkdir(parents=True)
-    r = run('train', '--out', tmp_path/'y', '--data', tmp_path/'photos')
+    r = cli('train', '--out', tmp_path/'y', '--data', tmp_path/'photos')
     assert r.returncode == 2 and 'Is this a LIMUC folder?' in r.stderr and 'Traceback' not in r.stderr
 
 
-def test_download_refuses_a_file(tmp_path):
+def test_download_refuses_a_file(tmp_path, cli):
     "Checked before any network access (the download itself is tested against a local server in test_download.py)."
     (tmp_path/'f').write_text('x')
-    r = run('download', tmp_path/'f')
+    r = cli('download', tmp_path/'f')
     assert r.returncode == 2 and 'is a file' in r.stderr
-    assert 'Zenodo' in run('download', '--help').stdout
+    assert 'Zenodo' in cli('download', '--help').stdout
+
+
+def test_predict_scores_the_good_and_lists_the_bad(trained, tmp_path, demo_root, capsys):
+    "One unreadable image among good ones: the good are scored and every bad one is named (or, --strict, all refused)."
+    import pandas as pd
+    from io import StringIO
+    from mes_mtl.cli import main
+    out, _ = trained
+    good = sorted(demo_root.rglob('*.bmp'))[:3]
+    data = good[0].read_bytes()
+    (tmp_path/'truncated.bmp').write_bytes(data[:len(data) // 2])                           # a real BMP, cut short
+    (tmp_path/'notes.bmp').write_text('not an image')
+    images = [good[0], tmp_path/'truncated.bmp', good[1], tmp_path/'notes.bmp', good[2]]
+    assert main(['predict', '--model', str(out/'model'), *map(str, images)]) == 0
+    stdout, err = capsys.readouterr()
+    assert pd.read_csv(StringIO(stdout)).image.tolist() == list(map(str, good))
+    assert '2 of 5 images cannot be read and are left out' in err
+    for bad in ('truncated.bmp', 'notes.bmp'): assert f"{tmp_path/bad}: cannot read this image" in err
+    assert main(['predict', '--model', str(out/'model'), '--strict', *map(str, images)]) == 2
+    stdout, err = capsys.readouterr()
+    assert stdout == '' and '2 of 5 images cannot be read' in err and 'truncated.bmp' in err and 'notes.bmp' in err
+    assert main(['predict', '--model', str(out/'model'), str(tmp_path/'truncated.bmp')]) == 2   # nothing to score
+    assert 'truncated.bmp: cannot read this image' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('args,msg', [
+    (['--bs', '0'], 'argument --bs: must be an integer of at least 1'), (['--bs', '-1'], 'argument --bs'),
+    (['--output', '{tmp}'], 'is a folder: give a file name'),
+    (['--output', '{tmp}/f.txt/p.csv'], 'f.txt is a file, not a folder'),
+    *([(['--output', '/proc/p.csv'], 'nothing can be created in /proc'), (['--output', '/sys/p.csv'], 'not permitted')]
+      if __import__('pathlib').Path('/proc/self').is_dir() else [])])
+def test_predict_bad_options(trained, tmp_path, demo_root, capsys, args, msg):
+    "Checked before any image is scored: one line, exit code 2, no traceback."
+    from mes_mtl.cli import main
+    out, _ = trained
+    (tmp_path/'f.txt').write_text('x')
+    argv = ['predict', '--model', str(out/'model'), str(demo_root), *(a.format(tmp=tmp_path) for a in args)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert msg in err and 'Traceback' not in err and 'No such file' not in err

@@ -102,9 +102,9 @@ def test_cv_interrupted_and_resumed_equals_uninterrupted(study, demo_root, tmp_p
 
 @pytest.mark.parametrize('args,msg', [
     (('--arch', 'resnet-18'), "'resnet18'"),
-    (('--run-folds', 7), 'folds [7] are not in the split'),
-    (('--peer', 'missing.csv'), '--peer missing.csv: no such file'),
-    (('--epochs', 0), 'epochs must be at least 1'),
+    (('--run-folds', 7), 'fold 7 does not exist'),
+    (('--peer', 'missing.csv'), 'missing.csv: no such file'),
+    (('--epochs', 0), 'argument --epochs: must be an integer of at least 1'),
     (('--method', 'regression', '--focal-gamma', 2), "focal_gamma applies to the cross-entropy methods"),
 ])
 def test_cv_bad_input(demo_root, tmp_path, args, msg):

@@ -1,0 +1,229 @@
+"Nothing lost, nothing silent: `mes_mtl` reruns, Ctrl-C (a real SIGINT to the real command) and data that changed."
+import json, os, shlex, shutil, signal, subprocess, tempfile, time
+from pathlib import Path
+import pandas as pd
+import pytest
+from mes_mtl.cli import main
+
+TINY = ['--size', 32, '--epochs', 1, '--folds', 3, '--bs', 16, '--no-pretrained']
+CV = [*TINY, '--arch', 'resnet18', '--f1-epochs', 1, '--quiet']
+RESULTS = ('metrics.json', 'history.csv', 'predictions.csv', 'confusion_matrices.png', 'model/model.safetensors',
+           'model/config.json', 'config.json', 'split.csv')
+
+
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    "`mes_mtl ARGS` in this process: (exit code, stdout, stderr)."
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def interrupt(args, marker: str, delay: float = 1.0, timeout: float = 600) -> tuple[int, str, str]:
+    "Run `mes_mtl ARGS`, press Ctrl-C (SIGINT) `delay` s after `marker` appears on its output: (exit code, stdout, stderr)."
+    with tempfile.TemporaryFile('w+') as err:
+        p = subprocess.Popen(['mes_mtl', *map(str, args)], stdout=subprocess.PIPE, stderr=err, text=True,
+                             env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+        lines = []
+        for line in p.stdout:
+            lines.append(line)
+            if marker in line: break
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=timeout)
+        err.seek(0)
+        return p.returncode, ''.join(lines) + out, err.read()
+
+
+def snapshot(out: Path) -> dict:
+    return {f: (out/f).read_bytes() for f in RESULTS}
+
+
+@pytest.fixture(scope='module')
+def finished(demo_root, tmp_path_factory):
+    "A finished `mes_mtl train` run (tiny) on the demo data."
+    out = tmp_path_factory.mktemp('train')/'run'
+    assert main([str(a) for a in ('train', '--out', out, '--data', demo_root, *TINY)]) == 0
+    return out
+
+
+def test_interrupted_rerun_keeps_the_finished_run(finished, demo_root):
+    "Ctrl-C during a rerun (other settings, --overwrite) leaves every file of the finished run as it was, and says so."
+    before = snapshot(finished)
+    code, out, err = interrupt(['train', '--out', finished, '--data', demo_root, *TINY, '--epochs', 50, '--overwrite'],
+                               'Training resnet18', delay=2)
+    assert code == 130, out[-2000:] + err[-2000:]
+    assert 'Traceback' not in err and 'KeyboardInterrupt' not in err
+    line, = [l for l in err.splitlines() if 'interrupted' in l]
+    assert f"interrupted: nothing of this run was saved; the previous results in {finished} are intact" in line
+    assert 'Start it again with: mes_mtl train --out' in line and '--epochs 50' in line
+    assert snapshot(finished) == before
+    assert not list(finished.glob('.partial-*'))                                # the staging folder is gone
+
+
+def test_failed_rerun_keeps_the_finished_run(finished, demo_root, capsys):
+    before = snapshot(finished)
+    code, _, err = run_main(capsys, 'train', '--out', finished, '--data', demo_root, *TINY, '--bs', 1000, '--overwrite')
+    assert code == 2 and 'batch size 1000 (--bs) is larger than the' in err
+    assert snapshot(finished) == before
+
+
+def test_rerun_replaces_at_the_end_and_records_method_and_augment(finished, demo_root, capsys, tmp_path):
+    "`--method ce --augment none` train and are recorded; the rerun replaces the old run only once it has finished."
+    out = tmp_path/'run'
+    shutil.copytree(finished, out)
+    old_model = (out/'model'/'model.safetensors').read_bytes()
+    args = ['train', '--out', out, '--data', demo_root, *TINY, '--method', 'ce', '--augment', 'none']
+    code, stdout, err = run_main(capsys, *args)
+    assert code == 2 and 'already holds a run with other settings' in err and "method: 'mtl' -> 'ce'" in err
+    code, stdout, err = run_main(capsys, *args, '--overwrite')
+    assert code == 0, err[-3000:]
+    assert "augmentation 'none'" in stdout and "method 'ce'" in stdout
+    config = json.loads((out/'config.json').read_text())
+    assert (config['method'], config['augment'], config['n_folds']) == ('ce', 'none', 3)
+    assert json.loads((out/'model'/'config.json').read_text())['method'] == 'ce'
+    assert (out/'model'/'model.safetensors').read_bytes() != old_model
+    assert sorted(p.name for p in out.iterdir()) == sorted(['confusion_matrices.png', 'config.json', 'history.csv',
+                                                            'image_sums.csv', 'metrics.json', 'model', 'predictions.csv',
+                                                            'split.csv'])
+    assert len(pd.read_csv(out/'history.csv')) == 1
+
+
+@pytest.fixture(scope='module')
+def study(demo_root, tmp_path_factory):
+    "A `mes_mtl cv` study interrupted by Ctrl-C after its first fold: (folder, exit code, stderr)."
+    out = tmp_path_factory.mktemp('cv')/'study'
+    code, stdout, err = interrupt(['cv', '--out', out, '--data', demo_root, *CV, '--run-folds', 0, 1],
+                                  '[1/2] resnet18 fold 0', delay=0.5)
+    return out, code, stdout, err
+
+
+def test_interrupted_study_says_what_it_kept(study):
+    out, code, stdout, err = study
+    assert code == 130, stdout[-2000:] + err[-2000:]
+    assert 'Traceback' not in err and 'KeyboardInterrupt' not in err
+    line, = [l for l in err.splitlines() if 'interrupted' in l]
+    assert f"mes_mtl cv: interrupted: {out} keeps 1 of 2 fold run(s) finished" in line
+    assert line.split('Resume it with: ')[1].endswith('--run-folds 0 1 --resume')
+    assert (out/'folds'/'resnet18'/'fold0'/'metrics.json').is_file()
+    assert not (out/'folds'/'resnet18'/'fold1'/'metrics.json').is_file()
+
+
+@pytest.mark.parametrize('change,msg', [(['--folds', 4], 'n_folds: 3 -> 4'), (['--seed', 1], 'seed: 0 -> 1'),
+                                        (['--augment', 'fastai'], "augment: 'paper' -> 'fastai'"),
+                                        (['--no-group'], 'group: True -> False')])
+def test_resume_with_other_split_or_augmentation_is_refused(study, demo_root, capsys, change, msg):
+    out, *_ = study
+    args = ['cv', '--out', out, '--data', demo_root, *CV, '--run-folds', 0, 1, '--resume']
+    i = args.index(change[0]) if change[0] in args else None
+    args = args[:i] + change + args[i + 2:] if i is not None else args + change
+    code, _, err = run_main(capsys, *args)
+    assert code == 2 and msg in err and 'Traceback' not in err
+
+
+def test_resume_after_the_data_moved(study, demo_root, capsys, tmp_path):
+    "The command printed at Ctrl-C resumes the study, here with the dataset moved elsewhere: fold 0 is not run again."
+    out, _, _, err = study
+    moved = tmp_path/'elsewhere'/'LIMUC'
+    shutil.copytree(demo_root, moved)
+    fold0 = (out/'folds'/'resnet18'/'fold0'/'metrics.json').stat().st_mtime_ns
+    argv = shlex.split(err.split('Resume it with: ')[1].strip())[1:]
+    argv[argv.index('--data') + 1] = str(moved)
+    code, stdout, err = run_main(capsys, *argv)
+    assert code == 0, err[-3000:]
+    assert '1 done, 1 to run' in stdout
+    assert (out/'folds'/'resnet18'/'fold0'/'metrics.json').stat().st_mtime_ns == fold0
+    assert json.loads((out/'config.json').read_text())['data'] == str(moved)
+    assert (out/'results'/'summary.md').is_file()
+
+
+def test_compare_refuses_other_splits_and_warns_about_other_settings(study, demo_root, capsys, tmp_path):
+    out, *_ = study
+    other = tmp_path/'folds4'
+    code, _, err = run_main(capsys, 'cv', '--out', other, '--data', demo_root, *CV, '--method', 'ce', '--folds', 4,
+                            '--run-folds', 0)
+    assert code == 0, err[-3000:]
+    code, _, err = run_main(capsys, 'compare', f'mtl={out}', f'ce={other}', '--out', tmp_path/'cmp')
+    assert code == 2 and 'not run on the same images and folds' in err and 'ce: 3 folds -> 4' in err
+    assert not (tmp_path/'cmp').exists()
+    same = tmp_path/'ce'
+    code, _, err = run_main(capsys, 'cv', '--out', same, '--data', demo_root, *CV, '--method', 'ce', '--epochs', 2,
+                            '--run-folds', 0, 1)
+    assert code == 0, err[-3000:]
+    code, stdout, err = run_main(capsys, 'compare', f'mtl={out}', f'ce={same}', '--out', tmp_path/'cmp')
+    assert code == 0, err[-3000:]
+    assert 'WARNING: the studies differ in more than the method: epochs (mtl: 1, ce: 2)' in err
+    assert (tmp_path/'cmp'/'methods.md').is_file()
+
+
+@pytest.fixture
+def data(demo_root, tmp_path):
+    "A copy of the demo dataset that a test may change."
+    shutil.copytree(demo_root, tmp_path/'LIMUC')
+    return tmp_path/'LIMUC'
+
+
+def _images(data: Path, mes: int) -> list[Path]: return sorted(data.rglob(f'Mayo {mes}/*.bmp'))
+
+
+def test_split_is_checked_against_changed_data(data, capsys, tmp_path):
+    out = tmp_path/'prep'
+    prep = lambda *a: run_main(capsys, 'prepare', '--out', out, '--data', data, '--size', 32, '--bs', 8, '--folds', 3,
+                               *a)
+    assert prep()[0] == 0
+    split = (out/'split.csv').read_text()
+    extra = _images(data, 0)[0]
+    shutil.copy(extra, extra.with_name('UC_patient_1_999.bmp'))                # an image added
+    code, _, err = prep()
+    assert code == 2 and 'have changed since the split' in err and '1 image(s) added' in err
+    assert 'UC_patient_1_999.bmp' in err
+    assert (out/'split.csv').read_text() == split
+    img = _images(data, 3)[0]
+    (img.parent.parent/'Mayo 2').mkdir(exist_ok=True)
+    img.rename(img.parent.parent/'Mayo 2'/img.name)                           # a label fixed: moved to another class
+    _images(data, 1)[0].unlink()                                              # an image removed
+    code, _, err = prep()
+    assert code == 2 and '1 image(s) moved to another Mayo folder' in err and '1 image(s) removed or unreadable' in err
+    code, _, err = prep('--overwrite')                                         # a new split of the new data
+    assert code == 0, err
+    new = pd.read_csv(out/'split.csv')
+    assert new.key.str.endswith('UC_patient_1_999.bmp').any() and len(new) == 200
+
+
+def test_moved_dataset_and_home_folder(data, capsys, tmp_path, monkeypatch):
+    "`--data '~/...'` is stored as an absolute path; the same dataset in another folder reuses the run's split."
+    monkeypatch.setenv('HOME', str(tmp_path))
+    out = tmp_path/'prep'
+    assert run_main(capsys, 'prepare', '--out', out, '--data', '~/LIMUC', '--size', 32, '--bs', 8, '--folds', 3)[0] == 0
+    assert json.loads((out/'config.json').read_text())['data'] == str(data)
+    split = (out/'split.csv').read_text()
+    data.rename(tmp_path/'moved')
+    code, stdout, err = run_main(capsys, 'prepare', '--out', out, '--data', tmp_path/'moved', '--size', 32, '--bs', 8,
+                                 '--folds', 3)
+    assert code == 0, err
+    assert f"The data are now {tmp_path/'moved'} (were {data})" in stdout
+    assert (out/'split.csv').read_text() == split
+    assert json.loads((out/'config.json').read_text())['data'] == str(tmp_path/'moved')
+
+
+def test_one_class_missing_is_refused(data, capsys, tmp_path):
+    for mes in (2, 3):
+        for f in _images(data, mes): f.unlink()
+    code, _, err = run_main(capsys, 'train', '--out', tmp_path/'run', '--data', data, *TINY, '--no-group')
+    assert code == 2 and 'have no image of MES 2, MES 3' in err
+    assert not (tmp_path/'run'/'config.json').exists()
+
+
+def test_too_few_patients_advice_works(data, capsys, tmp_path):
+    "Three patients: the message says what each way out needs, and the way out it offers works."
+    root = data/'patient_based_classified_images'
+    for p in root.iterdir():
+        if p.name not in ('2', '3', '4'): shutil.rmtree(p)                    # three patients with every Mayo score
+    prep = lambda *a: run_main(capsys, 'prepare', '--out', tmp_path/'p', '--data', data, '--size', 32, '--bs', 4, *a)
+    code, _, err = prep()
+    assert code == 2 and 'needs at least 7 patients, the data have 3' in err and 'fewer folds do not help' in err
+    assert '--no-group' in err and 'as many images of every Mayo score as folds' in err
+    code, _, err = prep('--no-group')                                 # the advice, followed: 10 folds are too many
+    assert code == 2 and 'every Mayo score needs at least 10 training images' in err and 'Traceback' not in err
+    folds = err.split('CLI: --folds ')[1].split(')')[0]
+    code, _, err = prep('--no-group', '--folds', folds)               # ... and the number of folds it names works
+    assert code == 0, err
