@@ -19,6 +19,7 @@ from .experiment import CVConfig, claim_study, run_cv, write_json, save_figure
 from .baselines import METHODS
 from .methods import write_method_comparison
 from .bench import bench_args, run_bench
+from .video import video_args, run_video
 from .metrics import report_table, markdown_table, plot_confusion_matrices
 
 # %% auto #0
@@ -212,6 +213,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('dest', type=Path)
     p.add_argument('--n-images', type=int, default=400); p.add_argument('--patients', type=int, default=40)
     p.add_argument('--seed', type=int, default=0); p.add_argument('--overwrite', action='store_true')
+    p.add_argument('--video', action='store_true', help='write the demo video (DEST/demo_video.mp4 and its ground truth) instead of the images')
     p = sub.add_parser('download', help='download and extract LIMUC from Zenodo (11,276 images, ~2 GB)',
                        description='Download and extract LIMUC from Zenodo (record 5827695): resumable, md5-verified.')
     p.add_argument('dest', type=Path); p.add_argument('--keep-zips', action='store_true')
@@ -254,6 +256,7 @@ def parser() -> argparse.ArgumentParser:
     bench_args(sub.add_parser('bench', help='training, data-loading and inference speed against plain PyTorch (see the bench notebook)',
                               description='Training throughput of mtl_learner vs a plain PyTorch loop, data loading vs the '
                                           'training step, inference latency/throughput per backbone, peak memory, study wall time.'))
+    video_args(sub.add_parser('video', help='Mayo score of colonoscopy videos, segment by segment, with a saved model'))
     p = sub.add_parser('predict', help='Mayo scores for images with a saved model')
     p.add_argument('--model', type=Path, required=True, help='model folder (OUT/model of `mes_mtl train`)')
     p.add_argument('images', nargs='+', help='image files or folders')
@@ -264,8 +267,15 @@ def parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/90_cli.ipynb #fe1bac34
 def _demo_data(args):
+    if args.video: return _demo_video(args)
     df = make_demo_limuc(args.dest, n_images=args.n_images, n_patients=args.patients, seed=args.seed, overwrite=args.overwrite)
     print(f"Wrote {len(df)} demo images of {df.patient.nunique()} patients to {args.dest}")
+
+def _demo_video(args):
+    from mes_mtl.demo_video import make_demo_video
+    info = make_demo_video(args.dest/'demo_video.mp4', seed=args.seed, overwrite=args.overwrite)
+    print(f"Wrote {args.dest/'demo_video.mp4'} ({info['seconds']:g} s, Mayo score {info['mes']}) and its ground truth "
+          f"(demo_video_truth.csv, demo_video_truth.json)")
 
 def _download(args):
     from mes_mtl.download import download_limuc
@@ -273,7 +283,8 @@ def _download(args):
     print(f"LIMUC is in {download_limuc(args.dest, keep_zips=args.keep_zips)}")
 
 COMMANDS = {'demo-data': _demo_data, 'download': _download, 'prepare': prepare, 'train': train, 'cv': cv,
-            'compare': compare_studies, 'predict': predict, 'bench': run_bench}
+            'compare': compare_studies, 'predict': predict, 'bench': run_bench,
+            'video': run_video}
 
 def main(argv=None) -> int:
     "Run a `mes_mtl` command; user errors print one message and return exit code 2."
