@@ -24,7 +24,8 @@ from .splits import channel_stats
 from .dataloaders import mtl_dataloaders, default_workers
 from .model import create_mtl_model, check_arch, default_size, LIMUC_SIZE
 from .learner import mtl_learner
-from .inference import MESPredictor
+from .inference import MESPredictor, export_onnx, onnx_runtime
+from .errors import UserError
 from .metrics import markdown_table
 from .cache import ImageCache
 from .video import video_bench, video_bench_table
@@ -251,21 +252,14 @@ def _mes(outputs) -> np.ndarray:
     "Mayo-score probabilities (n, 4) from the three heads' logits."
     return mes_probs(*(F.softmax(o.float(), -1).cpu().numpy() for o in outputs))
 
+def _onnx_note(fast) -> str: return f"onnxruntime {onnx_runtime().__version__} ({fast.record['exporter']} exporter)"
+
 def optimised_forward(model: torch.nn.Module, example: torch.Tensor, how: str = 'onnx') -> tuple[Callable | None, str]:
     "`model` as a faster function of a preprocessed batch (ONNX Runtime or `torch.compile`), and a note; (None, why) if unavailable."
-    if how == 'onnx':
-        if example.device.type != 'cpu': return None, "the ONNX path is measured on the CPU only (on a GPU: --optimise compile)"
-        try: import onnx, onnxruntime as ort  # onnx: the exporter writes the model with it
-        except ImportError: return None, "onnx or onnxruntime is not installed (pip install onnx onnxruntime)"
-        f = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # the TorchScript-based exporter is deprecated; the new one also needs onnxscript
-            torch.onnx.export(model, (example,), f, input_names=['image'], output_names=list(TASKS),
-                              dynamic_axes={'image': {0: 'batch'}}, dynamo=False)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(f.getvalue(), opts, providers=['CPUExecutionProvider'])
-        return (lambda x: [torch.from_numpy(o) for o in session.run(None, {'image': x.numpy()})]), f"onnxruntime {ort.__version__}"
+    if how == 'onnx':  # `MESPredictor(runtime='onnx')`'s export (mes_mtl.inference)
+        try: fast, _ = export_onnx(model, example.shape[-2:], example.device)
+        except UserError as e: return None, str(e)
+        return fast, _onnx_note(fast)
     if how == 'compile':
         compiled = torch.compile(model)
         try:
@@ -275,9 +269,17 @@ def optimised_forward(model: torch.nn.Module, example: torch.Tensor, how: str = 
     raise ValueError(f"optimise must be 'onnx', 'compile' or 'none'; got {how!r}")
 
 # %% ../nbs/30_bench.ipynb #23c55b55
+def _optimised_predictor(pred: MESPredictor, one: torch.Tensor, optimise: str) -> tuple[Callable | None, str, MESPredictor | None]:
+    "The optimised forward, its note, and (ONNX) the `MESPredictor(runtime='onnx')` whose forward it is."
+    if optimise == 'none': return None, 'not asked for', None
+    if optimise != 'onnx': return (*optimised_forward(pred.model, one, optimise), None)
+    try: fast = MESPredictor(pred.model, pred.config, device=pred.device, runtime='onnx')
+    except UserError as e: return None, str(e), None
+    return fast.forward, _onnx_note(fast.forward), fast
+
 def inference_throughput(arch: str, files: list, stats, bs: int = 32, reps: int = 20, batch_reps: int = 2, device=None,
                          optimise: str = 'onnx', seed: int = 0, progress: bool = True) -> dict:
-    "Latency at batch size 1 and throughput at batch size `bs` of `arch`'s bare forward, `MESPredictor` and an optimised forward."
+    "Latency at batch size 1 and throughput at batch size `bs` of `arch`'s bare forward, `MESPredictor` (eager, ONNX) and an optimised forward."
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     set_seed(seed)
     config = dict(arch=arch, size=list(default_size(arch)), mean=stats[0], std=stats[1], decode_rule='prob')
@@ -286,11 +288,14 @@ def inference_throughput(arch: str, files: list, stats, bs: int = 32, reps: int 
     batch_files = [files[i % len(files)] for i in range(bs)]
     one, batch, frames = pred.preprocess(files[:1]), pred.preprocess(batch_files), itertools.cycle(files)
     res, start = dict(arch=arch, size=config['size'], bs=bs), time.perf_counter()
-    fast, note = optimised_forward(pred.model, one, optimise) if optimise != 'none' else (None, 'not asked for')
+    fast, note, fast_pred = _optimised_predictor(pred, one, optimise)
     res['optimised'] = dict(method=note, setup_s=time.perf_counter() - start) if fast else dict(skipped=note)
+    as_input = (lambda x: x.contiguous()) if fast_pred else (lambda x: x)  # ONNX Runtime takes NCHW memory as it is
     for n, x, calls, fns in ((1, one, reps, {'predictor': lambda: pred.predict([next(frames)])}),
                              (bs, batch, batch_reps, {'predictor': lambda: pred.predict(batch_files, bs=bs)})):
-        fns = {'bare': lambda x=x: bare(x), **fns, **({'optimised': lambda x=x: fast(x)} if fast else {})}
+        if fast_pred: fns['predictor_onnx'] = ((lambda: fast_pred.predict([next(frames)])) if n == 1 else
+                                               (lambda: fast_pred.predict(batch_files, bs=bs)))
+        fns = {'bare': lambda x=x: bare(x), **fns, **({'optimised': lambda x=as_input(x): fast(x)} if fast else {})}
         timed = time_interleaved(fns, calls, device, progress=progress)
         suffix = '_bs1' if n == 1 else ''
         for k, v in timed.items():
@@ -301,7 +306,7 @@ def inference_throughput(arch: str, files: list, stats, bs: int = 32, reps: int 
         if fast: res['optimised'][f'speedup{suffix}'] = timed['bare']['seconds'] / timed['optimised']['seconds']
     res['predictor_ms_bs1'] = 1e3 / res['predictor_fps_bs1']
     if fast:
-        res['optimised']['max_abs_diff'] = float(np.abs(_mes(fast(batch)) - _mes(bare(batch))).max())
+        res['optimised']['max_abs_diff'] = float(np.abs(_mes(fast(as_input(batch))) - _mes(bare(batch))).max())
         res['optimised'].update(ms_bs1=1e3 / res.pop('optimised_fps_bs1'), fps=res.pop('optimised_fps'))
     return res
 
@@ -429,7 +434,9 @@ def bench_tables(res: dict) -> dict[str, pd.DataFrame]:
                                 cache_mb=v.get('mb', np.nan), peak_mb=v['peak_mb']) for k, v in res['loader'].items()])
     inference = pd.DataFrame([dict(arch=a, bare_ms_bs1=r['bare_ms_bs1'], predictor_ms_bs1=r['predictor_ms_bs1'],
                                    overhead_bs1=r['predictor_overhead_bs1'], predictor_fps_bs1=r['predictor_fps_bs1'],
+                                   predictor_onnx_fps_bs1=r.get('predictor_onnx_fps_bs1', np.nan),
                                    bare_fps=r['bare_fps'], predictor_fps=r['predictor_fps'], overhead=r['predictor_overhead'],
+                                   predictor_onnx_fps=r.get('predictor_onnx_fps', np.nan),
                                    optimised_ms_bs1=r['optimised'].get('ms_bs1', np.nan), speedup_bs1=r['optimised'].get('speedup_bs1', np.nan),
                                    optimised_fps=r['optimised'].get('fps', np.nan), speedup=r['optimised'].get('speedup', np.nan),
                                    max_abs_diff=r['optimised'].get('max_abs_diff', np.nan),
@@ -447,8 +454,11 @@ def bench_targets(res: dict) -> pd.DataFrame:
     for a, r in res['inference'].items():
         rows.append((f'{a}: predictor overhead at batch size 1 <= 0.10', r['predictor_overhead_bs1'], r['predictor_overhead_bs1'] <= 0.10))
     if 'mobilenetv3_large_100' in res['inference']:
-        fps = res['inference']['mobilenetv3_large_100']['predictor_fps_bs1']
-        rows.append(('mobilenetv3_large_100: predictor >= 50 frames/s at batch size 1', fps, fps >= 50))
+        r = res['inference']['mobilenetv3_large_100']
+        rows.append(('mobilenetv3_large_100: predictor >= 50 frames/s at batch size 1', r['predictor_fps_bs1'], r['predictor_fps_bs1'] >= 50))
+        if 'predictor_onnx_fps_bs1' in r:
+            fps = r['predictor_onnx_fps_bs1']
+            rows.append(("mobilenetv3_large_100: ONNX predictor (runtime='onnx') >= 50 frames/s at batch size 1", fps, fps >= 50))
     if 'mobilenetv3_large_100' in res.get('video', {}):
         v = res['video']['mobilenetv3_large_100']
         rows.append((f"mobilenetv3_large_100: a 25 frames/s video in real time end to end ({v['runtime']})", v['fps'], v['fps'] >= 25))
@@ -469,7 +479,7 @@ def bench_report(res: dict) -> str:
         + markdown_table(tables['train'], 2),
         f"Data loading at {size} with the training transforms (vs_training = images/s of loading / of training; "
         f"the caches are built once per dataset and size):\n\n" + markdown_table(tables['loader'], 2),
-        f"Inference at the native size, batch size 1 and {s['infer_bs']} (overhead = predictor / bare - 1; optimised: {optimised}):\n\n"
+        f"Inference at the native size, batch size 1 and {s['infer_bs']} (overhead = predictor / bare - 1; predictor_onnx: `MESPredictor(runtime='onnx')`; optimised: {optimised}):\n\n"
         + markdown_table(tables['inference'], 3),
         f"Full study on this machine ({res['study']['folds']} folds x {res['study']['epochs']} epochs, LIMUC's {res['study']['images']} "
         f"images; training speed scaled from {size} to each backbone's size by pixels):\n\n" + markdown_table(tables['study'], 1),
@@ -488,9 +498,10 @@ def plot_bench(res: dict) -> plt.Figure:
     axes[1].barh(ld.source, ld.images_per_s, color='tab:green')
     axes[1].axvline(tr.images_per_s[0], color='tab:blue', ls='--', label='training (mtl_learner)')
     axes[1].set(xlabel='images/s', title='data loading with the training transforms'); axes[1].invert_yaxis(); axes[1].legend()
-    fps = np.stack([1e3 / inf.bare_ms_bs1, inf.predictor_fps_bs1, 1e3 / inf.optimised_ms_bs1], 1)
-    for j, (label, color) in enumerate(zip(('bare forward', 'MESPredictor', 'optimised forward'), ('tab:gray', 'tab:blue', 'tab:orange'))):
-        axes[2].bar(np.arange(len(inf)) + (j - 1) * 0.27, fps[:, j], 0.27, label=label, color=color)
+    fps = np.stack([1e3 / inf.bare_ms_bs1, inf.predictor_fps_bs1, inf.predictor_onnx_fps_bs1, 1e3 / inf.optimised_ms_bs1], 1)
+    labels = ('bare forward', 'MESPredictor', "MESPredictor (runtime='onnx')", 'optimised forward')
+    for j, (label, color) in enumerate(zip(labels, ('tab:gray', 'tab:blue', 'tab:green', 'tab:orange'))):
+        axes[2].bar(np.arange(len(inf)) + (j - 1.5) * 0.2, fps[:, j], 0.2, label=label, color=color)
     axes[2].axhline(50, color='k', ls=':', label='50 frames/s')
     axes[2].set_xticks(np.arange(len(inf)), inf.arch, rotation=15, ha='right')
     axes[2].set(ylabel='frames/s', title='inference at batch size 1'); axes[2].legend(fontsize=8)

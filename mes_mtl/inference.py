@@ -4,19 +4,22 @@
 
 # %% ../nbs/14_inference.ipynb #80aba0dd
 from __future__ import annotations
-import json
+import hashlib, io, json, logging, os, tempfile, warnings
+from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from safetensors.torch import save_model, load_model
 import mes_mtl
+from .errors import UserError
 from .labels import TASKS, LABEL_TABLE, mes_probs, mes_decode, heads_from_mes
 from .model import create_mtl_model, MTLModel
 from .baselines import METHODS, MESModel, create_mes_model, baseline_loss
 
 # %% auto #0
-__all__ = ['MODEL_FILES', 'model_config', 'save_mtl_model', 'load_mtl_model', 'MESPredictor']
+__all__ = ['MODEL_FILES', 'RUNTIMES', 'ONNX_FILE', 'ONNX_RECORD', 'ONNX_ATOL', 'ONNX_RTOL', 'EXPORTERS', 'model_config',
+           'save_mtl_model', 'load_mtl_model', 'MESPredictor', 'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model']
 
 # %% ../nbs/14_inference.ipynb #19ff148f
 MODEL_FILES = ('model.safetensors', 'config.json')
@@ -43,76 +46,292 @@ def load_mtl_model(path) -> tuple[MTLModel | MESModel, dict]:
     "The model (`MTLModel`, or a baseline's `MESModel`) and config saved by `save_mtl_model` in `path`; clear errors for missing or mismatched files."
     path = Path(path)
     if missing := [f for f in MODEL_FILES if not (path/f).is_file()]:
-        raise FileNotFoundError(f"{path}: not a mes_mtl model folder, {' and '.join(missing)} missing "
-                                f"(a model folder is written by `mes_mtl train` or `save_mtl_model`).")
+        raise UserError(f"{path}: not a mes_mtl model folder, {' and '.join(missing)} missing "
+                        f"(a model folder is written by `mes_mtl train` or `save_mtl_model`).")
     try: config = json.loads((path/'config.json').read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"{path/'config.json'} is not valid JSON: {e}") from None
+    except json.JSONDecodeError as e: raise UserError(f"{path/'config.json'} is not valid JSON: {e}") from None
     if missing := [k for k in ('arch', 'size', 'mean', 'std', 'label_table') if k not in config]:
-        raise ValueError(f"{path/'config.json'} lacks {missing}: was it written by `save_mtl_model`?")
+        raise UserError(f"{path/'config.json'} lacks {missing}: was it written by `save_mtl_model`?")
     if config['label_table'] != LABEL_TABLE.tolist():
-        raise ValueError(f"{path}: the model was trained with another label scheme {config['label_table']}.")
+        raise UserError(f"{path}: the model was trained with another label scheme {config['label_table']}.")
     method = config.get('method', 'mtl')  # folders written before the baselines hold multi-task models
-    if method not in METHODS: raise ValueError(f"{path/'config.json'}: unknown method {method!r}; expected one of {METHODS}")
-    if method != 'mtl' and 'n_out' not in config: raise ValueError(f"{path/'config.json'} lacks 'n_out' for the {method!r} baseline")
+    if method not in METHODS: raise UserError(f"{path/'config.json'}: unknown method {method!r}; expected one of {METHODS}")
+    if method != 'mtl' and 'n_out' not in config: raise UserError(f"{path/'config.json'} lacks 'n_out' for the {method!r} baseline")
     model = (create_mtl_model(config['arch'], pretrained=False) if method == 'mtl' else
              create_mes_model(config['arch'], config['n_out'], pretrained=False))
     try: load_model(model, str(path/'model.safetensors'))
     except Exception as e:
-        raise ValueError(f"{path/'model.safetensors'} does not match architecture {config['arch']!r} of config.json "
-                         f"(or is damaged): {str(e).splitlines()[0][:300]}") from None
+        raise UserError(f"{path/'model.safetensors'} does not match architecture {config['arch']!r} of config.json "
+                        f"(or is damaged): {str(e).splitlines()[0][:300]}") from None
     return model.eval(), config
 
 # %% ../nbs/14_inference.ipynb #728084c9
+RUNTIMES = ('torch', 'onnx')  # what runs the model: eager PyTorch or ONNX Runtime (below)
+
+def _as_images(imgs) -> list | np.ndarray:
+    "A sequence of images from one image, a list/tuple/Series of them, or an (n, h, w, 3) array of frames."
+    if isinstance(imgs, np.ndarray) and imgs.ndim == 4: return imgs
+    return list(imgs) if isinstance(imgs, (list, tuple, pd.Series)) else [imgs]
+
 class MESPredictor:
     "Mayo scores and probabilities for images, from a model folder (`from_folder`) or a trained Learner (`from_learner`)."
-    def __init__(self, model: MTLModel | MESModel, config: dict, device=None):
+    def __init__(self, model: MTLModel | MESModel, config: dict, device=None, runtime: str = 'torch', folder=None):
+        "`runtime`: 'torch' or 'onnx' (ONNX Runtime, the export cached in model folder `folder` if given, else in memory)."
+        if runtime not in RUNTIMES: raise UserError(f"runtime must be one of {RUNTIMES}; got {runtime!r}")
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-        self.model, self.config = model.eval().to(self.device), config
+        self.model, self.config, self.runtime = model.eval().to(self.device), config, runtime
         self.size = tuple(config['size'])
         self.mean = torch.tensor(config['mean'], device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(config['std'], device=self.device).view(1, 3, 1, 1)
+        mean, std = np.asarray(config['mean'], np.float32), np.asarray(config['std'], np.float32)
+        self._scale, self._shift = 1 / (255 * std), -mean / std  # (x / 255 - mean) / std as one multiply-add
+        self._rows = np.tile(self._scale, self.size[1]), np.tile(self._shift, self.size[1])  # the same along an NHWC row
+        self.channels_last = runtime == 'torch' and self.device.type == 'cpu'
         self.rule = config.get('decode_rule', 'prob')
         self.method = config.get('method', 'mtl')
         self.loss = None if self.method == 'mtl' else baseline_loss(self.method)  # a baseline's activation and MES probabilities
+        self.forward = self.model if runtime == 'torch' else onnx_model(self.model, config, folder, self.device)
 
     @classmethod
-    def from_folder(cls, path, device=None): return cls(*load_mtl_model(path), device=device)
+    def from_folder(cls, path, device=None, runtime: str = 'torch'):
+        "The predictor of the model saved in folder `path` (`save_mtl_model`); `runtime='onnx'` caches its export there."
+        return cls(*load_mtl_model(path), device=device, runtime=runtime, folder=path)
 
     @classmethod
-    def from_learner(cls, learn, device=None): return cls(learn.model, model_config(learn), device=device)
+    def from_learner(cls, learn, device=None, runtime: str = 'torch'):
+        "The predictor of `learn`'s model and validation pipeline (`runtime='onnx'`: exported in memory)."
+        return cls(learn.model, model_config(learn), device=device, runtime=runtime)
 
     def load(self, img) -> np.ndarray:
         "An image (path, PIL image or HxWx3 uint8 array) as a uint8 array of the model's input size."
-        if isinstance(img, (str, Path)):
+        h, w = self.size
+        if isinstance(img, np.ndarray):
+            if img.shape == (h, w, 3) and img.dtype == np.uint8: return img  # a decoded frame of the right size
+            img = Image.fromarray(img)
+        elif isinstance(img, (str, Path)):
             try: img = Image.open(img)
             except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-                raise ValueError(f"{img}: cannot read this image ({type(e).__name__}: {e})") from None
-        if isinstance(img, np.ndarray): img = Image.fromarray(img)
-        h, w = self.size
+                raise UserError(f"{img}: cannot read this image ({type(e).__name__}: {e})") from None
         img = img.convert('RGB')
         if img.size != (w, h): img = img.resize((w, h), Image.BILINEAR)
         return np.asarray(img)
 
+    def pixels(self, imgs) -> np.ndarray:
+        "Images (as for `load`, or an (n, h, w, 3) uint8 array) as one uint8 array (n, h, w, 3) of the model's input size."
+        if isinstance(imgs, np.ndarray) and imgs.ndim == 4 and imgs.shape[1:] == (*self.size, 3) and imgs.dtype == np.uint8: return imgs
+        return np.stack([self.load(o) for o in _as_images(imgs)])
+
     def preprocess(self, imgs) -> torch.Tensor:
-        "Normalised float batch (n, 3, h, w) from images."
-        x = torch.from_numpy(np.stack([self.load(o) for o in imgs])).to(self.device)
-        return (x.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std
+        "Normalised float batch (n, 3, h, w) on the predictor's device from images (as for `pixels`)."
+        u8 = self.pixels(imgs)
+        if self.device.type != 'cpu':  # a quarter of the bytes to the GPU, normalised there
+            x = torch.from_numpy(np.require(u8, requirements=['C', 'W'])).to(self.device)
+            return (x.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std
+        n, h, w, _ = u8.shape
+        if self.channels_last:  # NHWC memory, as read, seen as (n, 3, h, w); rows of w * 3 values: a fast inner loop
+            x = np.multiply(u8.reshape(n, h, w * 3), self._rows[0], out=np.empty((n, h, w * 3), np.float32))
+            np.add(x, self._rows[1], out=x)
+            return torch.from_numpy(x.reshape(n, h, w, 3)).permute(0, 3, 1, 2)
+        x = np.multiply(u8.transpose(0, 3, 1, 2), self._scale[:, None, None], out=np.empty((n, 3, h, w), np.float32))
+        np.add(x, self._shift[:, None, None], out=x)
+        return torch.from_numpy(x)
 
     @torch.inference_mode()
+    def probs(self, x: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:
+        "The MES probabilities (n, 4) and each head's class probabilities (n, 2) for a preprocessed batch `x`."
+        out = self.forward(x)
+        if self.loss is None:
+            heads = [F.softmax(p.float(), -1).cpu().numpy() for p in out]
+            return mes_probs(*heads), heads
+        p = self.loss.mes_probs(self.loss.activation(out).cpu())
+        return p, [np.stack([1 - h, h], -1) for h in np.clip(heads_from_mes(p), 0, 1)]
+
     def heads(self, x: torch.Tensor) -> list[np.ndarray]:
         "Each head's class probabilities (n, 2) for a preprocessed batch (a baseline's: from its MES probabilities)."
-        out = self.model(x)
-        if self.loss is None: return [F.softmax(p.float(), -1).cpu().numpy() for p in out]
-        heads = heads_from_mes(self.loss.mes_probs(self.loss.activation(out).cpu()))
-        return [np.stack([1 - h, h], -1) for h in np.clip(heads, 0, 1)]
+        return self.probs(x)[1]
+
+    def _batches(self, imgs, bs: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        imgs = _as_images(imgs)
+        if bs < 1: raise UserError(f"the batch size must be at least 1; got {bs}")
+        parts = [self.probs(self.preprocess(imgs[i:i + bs])) for i in range(0, len(imgs), bs)]
+        if not parts: return np.zeros((0, 4)), [np.zeros((0, 2)) for _ in TASKS]
+        if len(parts) == 1: return parts[0]
+        return np.concatenate([p for p, _ in parts]), [np.concatenate(h) for h in zip(*(h for _, h in parts))]
+
+    def mes_probs(self, imgs, bs: int = 32) -> np.ndarray:
+        "MES probabilities (n, 4) of images (as for `pixels`): the fastest way to score decoded video frames."
+        return self._batches(imgs, bs)[0]
 
     def predict(self, imgs, bs: int = 32) -> pd.DataFrame:
         "One row per image: `mes`, the four MES probabilities and each head's probability of its class 1."
-        imgs = list(imgs) if isinstance(imgs, (list, tuple, pd.Series)) else [imgs]
-        probs = [np.concatenate(h) for h in zip(*(self.heads(self.preprocess(imgs[i:i + bs])) for i in range(0, len(imgs), bs)))]
-        p = mes_probs(*probs)
-        df = pd.DataFrame({'image': [str(o) if isinstance(o, (str, Path)) else f'<image {i}>' for i, o in enumerate(imgs)],
-                           'mes': mes_decode(*probs, rule=self.rule)})
-        for k in range(4): df[f'p_mes{k}'] = p[:, k]
-        for t, pr in zip(TASKS, probs): df[f'p_{t}'] = pr[:, 1]
-        return df
+        imgs = _as_images(imgs)
+        p, heads = self._batches(imgs, bs)
+        mes = p.argmax(-1) if self.rule == 'prob' else mes_decode(*heads, rule=self.rule)  # 'prob': the arg-max of `p`
+        names = [str(o) if isinstance(o, (str, Path)) else f'<image {i}>' for i, o in enumerate(imgs)]
+        return pd.DataFrame({'image': names, 'mes': mes, **{f'p_mes{k}': p[:, k] for k in range(4)},
+                             **{f'p_{t}': h[:, 1] for t, h in zip(TASKS, heads)}})
+
+# %% ../nbs/14_inference.ipynb #d9b23142
+ONNX_FILE, ONNX_RECORD = 'model.onnx', 'model.onnx.json'  # the cached export and what it was made from
+ONNX_ATOL = ONNX_RTOL = 1e-3  # outputs (logits) of ONNX Runtime must equal PyTorch's within atol + rtol * |PyTorch's|
+
+def onnx_runtime():
+    "The `onnxruntime` module; a `UserError` saying what to install if it or `onnx` (the exporter's) is missing."
+    try: import onnx, onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"runtime='onnx' needs the packages onnx and onnxruntime, and {e.name} is not installed: "
+                        "pip install mes_mtl[onnx]") from None
+    return onnxruntime
+
+def _export_torchscript(model, x, names) -> bytes:
+    "The TorchScript-based exporter (torch <= 2.x; deprecated since 2.9): batch dimension dynamic."
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # its deprecation notice
+        torch.onnx.export(model, (x,), f, input_names=['image'], output_names=names, dynamo=False,
+                          dynamic_axes={n: {0: 'batch'} for n in ('image', *names)})
+    return f.getvalue()
+
+def _export_dynamo(model, x, names) -> bytes:
+    "The `torch.export`-based exporter (needs onnxscript): batch dimension dynamic."
+    try: import onnxscript  # noqa: F401
+    except ImportError:
+        raise UserError("exporting to ONNX with the torch.export-based exporter needs the package onnxscript: "
+                        "pip install onnxscript") from None
+    log = logging.getLogger('torch.onnx')
+    level = log.level
+    log.setLevel(logging.ERROR)  # it logs a warning for every torchvision operator without type annotations
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            program = torch.onnx.export(model, (x,), input_names=['image'], output_names=names, dynamo=True, verbose=False,
+                                        dynamic_shapes=({0: torch.export.Dim('batch')},))
+    finally: log.setLevel(level)
+    return program.model_proto.SerializeToString()
+
+EXPORTERS = {'torchscript': _export_torchscript, 'dynamo': _export_dynamo}
+
+# %% ../nbs/14_inference.ipynb #77a4a2ab
+def _output_names(out) -> list[str]:
+    if isinstance(out, torch.Tensor): return ['mes']  # a baseline's single head
+    return list(TASKS) if len(out) == len(TASKS) else [f'output{i}' for i in range(len(out))]
+
+def _export_bytes(model, x, names, exporter: str) -> tuple[bytes, str]:
+    "ONNX bytes of `model` by `exporter` ('auto': TorchScript-based, else torch.export-based), and the exporter used."
+    if exporter != 'auto': return EXPORTERS[exporter](model, x, names), exporter
+    try: return EXPORTERS['torchscript'](model, x, names), 'torchscript'
+    except Exception as e: first = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    try: return EXPORTERS['dynamo'](model, x, names), 'dynamo'
+    except UserError as e: raise UserError(f"{e} (the TorchScript-based exporter of torch {torch.__version__} failed: {first})") from None
+    except Exception as e:
+        raise RuntimeError(f"the ONNX export failed with both of torch {torch.__version__}'s exporters: TorchScript-based: "
+                           f"{first}; torch.export-based: {type(e).__name__}: {e}. Use runtime='torch'.") from e
+
+def _session(onnx: bytes | Path, device):
+    "An ONNX Runtime session on `device`, with PyTorch's number of threads."
+    ort, device = onnx_runtime(), torch.device(device)
+    providers = ['CPUExecutionProvider']
+    if device.type == 'cuda':
+        if 'CUDAExecutionProvider' not in ort.get_available_providers():
+            raise UserError(f"runtime='onnx' on {device}: this onnxruntime {ort.__version__} runs on the CPU only "
+                            f"(providers {ort.get_available_providers()}). Use device='cpu', runtime='torch' on the GPU, "
+                            "or install onnxruntime-gpu.")
+        providers = [('CUDAExecutionProvider', {'device_id': device.index or 0}), *providers]
+    elif device.type != 'cpu': raise UserError(f"runtime='onnx' runs on 'cpu' or 'cuda'; got device {device}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = torch.get_num_threads(), 1
+    opts.log_severity_level = 3  # errors only
+    return ort.InferenceSession(onnx if isinstance(onnx, bytes) else str(onnx), opts, providers=providers)
+
+class OnnxModel:
+    "A model exported to ONNX and run by ONNX Runtime, called like the PyTorch model it came from: a batch (n, 3, h, w) -> its outputs."
+    def __init__(self, onnx: bytes | Path, record: dict, device='cpu'):
+        "`onnx`: the model (bytes or file); `record`: `export_onnx`'s record of it."
+        self.record, self.device = record, torch.device(device)
+        self.session = _session(onnx, self.device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        "The outputs for batch `x` (on the CPU, whatever the device: the session takes and gives host arrays)."
+        outs = self.session.run(None, {'image': np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)})
+        outs = [torch.from_numpy(o) for o in outs]
+        return outs[0] if self.record['single'] else tuple(outs)
+
+def export_onnx(model: torch.nn.Module, size, device='cpu', exporter: str = 'auto') -> tuple[OnnxModel, bytes]:
+    "`model` as an `OnnxModel` for images of `size` (h, w), the batch dynamic, checked against eager PyTorch; and its ONNX bytes."
+    onnx_runtime()
+    if exporter not in ('auto', *EXPORTERS): raise UserError(f"exporter must be 'auto' or one of {tuple(EXPORTERS)}; got {exporter!r}")
+    model = model.eval()
+    where = next(model.parameters(), torch.empty(0)).device  # the model's device, for the probe
+    probe = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0)).to(where)  # 2, not 1: the batch dimension must not be specialised
+    with torch.inference_mode(): want = model(probe)
+    names = _output_names(want)
+    want = [w.float().cpu().numpy() for w in ([want] if isinstance(want, torch.Tensor) else want)]
+    data, used = _export_bytes(model, probe, names, exporter)
+    import onnx, onnxruntime
+    record = dict(exporter=used, torch=torch.__version__, onnx=onnx.__version__, onnxruntime=onnxruntime.__version__,
+                  outputs=names, single=names == ['mes'], size=[int(s) for s in size], onnx_bytes=len(data))
+    fast = OnnxModel(data, record, device)
+    got = fast.session.run(None, {'image': probe.cpu().numpy()})
+    record['max_abs_diff'] = max(float(np.abs(a - b).max()) for a, b in zip(got, want))
+    if not all(np.allclose(a, b, rtol=ONNX_RTOL, atol=ONNX_ATOL) for a, b in zip(got, want)):
+        raise RuntimeError(f"the ONNX export ({used} exporter, torch {torch.__version__}) disagrees with PyTorch on a probe batch: "
+                           f"largest difference {record['max_abs_diff']:.3g} (tolerance {ONNX_ATOL} + {ONNX_RTOL} x |output|). "
+                           "Use runtime='torch'.")
+    return fast, data
+
+# %% ../nbs/14_inference.ipynb #54d5882a
+def _sha256(fname) -> str:
+    h = hashlib.sha256()
+    with open(fname, 'rb') as f:
+        while chunk := f.read(1 << 20): h.update(chunk)
+    return h.hexdigest()
+
+def _graph_config(config: dict) -> dict:
+    "The parts of a model config that shape the exported graph."
+    return dict(arch=config.get('arch'), size=[int(s) for s in config['size']], method=config.get('method', 'mtl'),
+                n_out=config.get('n_out'))
+
+def _weights_record(weights: Path) -> dict:
+    st = weights.stat()
+    return dict(file=weights.name, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=_sha256(weights))
+
+def _cached_record(folder: Path, config: dict) -> dict | None:
+    "The record of the export cached in `folder` if it is one of the current weights, config and libraries, else None."
+    import onnx
+    try: rec = json.loads((folder/ONNX_RECORD).read_text())
+    except (OSError, json.JSONDecodeError): return None
+    if (rec.get('graph') != _graph_config(config) or rec.get('torch') != torch.__version__ or rec.get('onnx') != onnx.__version__
+        or not (folder/ONNX_FILE).is_file() or (folder/ONNX_FILE).stat().st_size != rec.get('onnx_bytes')): return None
+    w, st = rec.get('weights', {}), (folder/'model.safetensors').stat()
+    if w.get('size') != st.st_size: return None
+    return rec if w.get('mtime_ns') == st.st_mtime_ns or w.get('sha256') == _sha256(folder/'model.safetensors') else None
+
+def _write_atomic(fname: Path, data: bytes):
+    "Write `data` to `fname` through a temporary file in the same folder: a reader never sees half of it."
+    fd, tmp = tempfile.mkstemp(dir=fname.parent, prefix=f'.{fname.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f: f.write(data)
+        os.replace(tmp, fname)
+    finally:
+        if os.path.exists(tmp): os.unlink(tmp)
+
+def onnx_model(model: torch.nn.Module, config: dict, folder=None, device='cpu') -> OnnxModel:
+    "`model` run by ONNX Runtime: the export cached in model folder `folder` if it is current, else a new one (saved there if it can be)."
+    onnx_runtime()  # a clear message before any work
+    folder = None if folder is None else Path(folder)
+    if folder is not None and (rec := _cached_record(folder, config)) is not None:
+        try: return OnnxModel(folder/ONNX_FILE, rec, device)
+        except UserError: raise
+        except Exception as e: warnings.warn(f"{folder/ONNX_FILE} is damaged ({type(e).__name__}): exporting again")
+    weights = None if folder is None else _weights_record(folder/'model.safetensors')  # before the export: what it is made from
+    fast, data = export_onnx(model, config['size'], device)
+    if folder is None: return fast
+    fast.record.update(graph=_graph_config(config), weights=weights,
+                       mes_mtl_version=mes_mtl.__version__, exported=datetime.now(timezone.utc).isoformat(timespec='seconds'))
+    try:
+        _write_atomic(folder/ONNX_FILE, data)
+        _write_atomic(folder/ONNX_RECORD, json.dumps(fast.record, indent=2).encode())
+    except OSError as e:
+        warnings.warn(f"{folder} is not writable ({e.strerror or e}): the ONNX export stays in memory and is made again "
+                      "at every load; copy the model folder somewhere writable to keep it")
+    return fast
