@@ -15,9 +15,9 @@ from .labels import check_mes
 from .demo import mucosa_image, LIMUC_SIZE
 
 # %% auto #0
-__all__ = ['DEMO_SEGMENTS', 'DEMO_ARTEFACTS', 'ARTEFACTS', 'VIEW_SECONDS', 'FADE_SECONDS', 'TEXTURE_SCALE', 'ZOOM', 'WATER_RGB',
-           'require_av', 'demo_video_truth', 'camera_path', 'view_frame', 'motion_blur', 'spoil', 'demo_video_frames',
-           'video_codec', 'write_video', 'count_frames', 'make_demo_video']
+__all__ = ['DEMO_SEGMENTS', 'DEMO_ARTEFACTS', 'ARTEFACTS', 'VIEW_SECONDS', 'FADE_SECONDS', 'TEXTURE_SCALE', 'PAN_HZ', 'ZOOM',
+           'ZOOM_PERIOD', 'WATER_RGB', 'require_av', 'demo_video_truth', 'camera_path', 'view_frame', 'motion_blur',
+           'spoil', 'demo_video_frames', 'video_codec', 'write_video', 'count_frames', 'make_demo_video']
 
 # %% ../nbs/06_demo_video.ipynb #38f0e077
 def require_av():
@@ -31,8 +31,8 @@ def require_av():
 DEMO_SEGMENTS = ((0, 4.0), (1, 4.0), (3, 4.0), (2, 4.0))  # (Mayo score, seconds) of each segment, in order
 DEMO_ARTEFACTS = (('blur', 1.6, 0.8), ('dark', 5.4, 0.8), ('flush', 11.6, 0.8), ('glare', 14.2, 0.6))  # (kind, start s, seconds)
 ARTEFACTS = ('blur', 'dark', 'flush', 'glare')
-VIEW_SECONDS = 1.0  # a new stretch of mucosa (texture) about every second
-FADE_SECONDS = 0.2  # cross-fade between consecutive views
+VIEW_SECONDS = 0.5  # a new stretch of mucosa (texture) about every half second
+FADE_SECONDS = 0.12  # cross-fade between consecutive views
 
 def demo_video_truth(segments=DEMO_SEGMENTS, artefacts=DEMO_ARTEFACTS, fps: float = 25) -> pd.DataFrame:
     "One row per frame of the demo video: frame, time (s), segment, view, mes, artefact ('' for none), informative."
@@ -55,15 +55,17 @@ def demo_video_truth(segments=DEMO_SEGMENTS, artefacts=DEMO_ARTEFACTS, fps: floa
                              informative=art == ''))
 
 # %% ../nbs/06_demo_video.ipynb #2fa837b2
-TEXTURE_SCALE = 1.25  # a view's texture is this much larger than a frame: room for the camera to pan
-ZOOM = (1.0, 0.9)     # the crop window (times the frame size) at the start and the end of a view
+TEXTURE_SCALE = 1.25     # a view's texture is this much larger than a frame: room for the camera to pan
+PAN_HZ = (0.05, 0.1)     # the window sweeps the free room back and forth at this rate (cycles/s), each direction
+ZOOM, ZOOM_PERIOD = (1.0, 0.88), 6.0  # the window's scale (times the frame size) swings between these every 6 s
 WATER_RGB = np.array([0.80, 0.87, 0.93])  # a flush of water: bluish white
 
-def camera_path(n: int, rng: np.random.Generator, zoom=ZOOM) -> np.ndarray:
+def camera_path(n: int, rng: np.random.Generator, fps: float = 25) -> np.ndarray:
     "(n, 3): the window's scale and its horizontal and vertical position in [0, 1] along a smooth pan and zoom of `n` frames."
-    t = np.linspace(0, 1, n)[None]
-    phase, freq = rng.uniform(0, 2 * np.pi, (2, 1)), rng.uniform(0.3, 0.6, (2, 1))
-    return np.concatenate([np.linspace(*zoom, n)[None], 0.5 + 0.5 * np.sin(2 * np.pi * freq * t + phase)]).T
+    t = np.arange(n) / fps
+    phase, freq = rng.uniform(0, 2 * np.pi, (2, 1)), rng.uniform(*PAN_HZ, (2, 1))
+    scale = ZOOM[0] + (ZOOM[1] - ZOOM[0]) * (0.5 - 0.5 * np.cos(2 * np.pi * t / ZOOM_PERIOD))
+    return np.concatenate([scale[None], 0.5 + 0.5 * np.sin(2 * np.pi * freq * t + phase)]).T
 
 def view_frame(texture: np.ndarray, scale: float, x: float, y: float, size=LIMUC_SIZE) -> np.ndarray:
     "The frame (h, w, 3) of `size` (width, height) that a window `scale` times `size` at relative position (`x`, `y`) sees of `texture`."
@@ -97,17 +99,19 @@ def demo_video_frames(truth: pd.DataFrame, size=LIMUC_SIZE, seed: int = 0):
     "The frames (h, w, 3) uint8 of the demo video that `truth` (`demo_video_truth`) describes, one at a time."
     w, h = size
     fps = 1 / np.diff(truth.time.to_numpy()[:2])[0] if len(truth) > 1 else 25
-    fade, last = max(1, round(FADE_SECONDS * fps)), None
-    for v, rows in truth.groupby('view', sort=True):
-        rng = np.random.default_rng([seed, v])
-        texture = mucosa_image(float(rows.mes.iloc[0]), rng, (round(w * TEXTURE_SCALE), round(h * TEXTURE_SCALE)))
-        for i, ((scale, x, y), kind) in enumerate(zip(camera_path(len(rows), rng), rows.artefact)):
-            frame = view_frame(texture, scale, x, y, size)
-            if last is not None and i < fade:  # cross-fade from the previous view
-                a = (i + 1) / (fade + 1)
-                frame = (a * frame + (1 - a) * last).round().astype(np.uint8)
-            if i == len(rows) - 1: last = frame
-            yield spoil(frame, kind) if kind else frame
+    fade = max(1, round(FADE_SECONDS * fps))
+    path = camera_path(len(truth), np.random.default_rng([seed, 999_999_937]), fps)
+    texture = previous = view = None
+    for (scale, x, y), v, mes, kind in zip(path, truth.view, truth.mes, truth.artefact):
+        if v != view:  # the next stretch of mucosa
+            previous, view, since = texture, v, 0
+            texture = mucosa_image(float(mes), np.random.default_rng([seed, v]), (round(w * TEXTURE_SCALE), round(h * TEXTURE_SCALE)))
+        frame = view_frame(texture, scale, x, y, size)
+        if previous is not None and since < fade:  # cross-fade from the previous view, seen through the same window
+            a = (since + 1) / (fade + 1)
+            frame = (a * frame + (1 - a) * view_frame(previous, scale, x, y, size)).round().astype(np.uint8)
+        since += 1
+        yield spoil(frame, kind) if kind else frame
 
 # %% ../nbs/06_demo_video.ipynb #782b5379
 def video_codec(codec: str | None = None) -> str:

@@ -90,7 +90,8 @@ def test_live_scorer_is_the_offline_scorer(demo, model):
     got = live.frames
     np.testing.assert_allclose(got[P_COLS].to_numpy(float), offline.frames[P_COLS].to_numpy(float)[:120], atol=1e-5)
     assert got.mes_live.tolist() == offline.frames.mes_live.tolist()[:120] == shown
-    assert shown[10] == 0 and shown[-1] == 1
+    truth = pd.read_csv(demo/'demo_video_truth.csv', keep_default_na=False).mes.to_numpy()[:120]
+    assert (np.array(shown) == truth).mean() > 0.75  # live (causal) scores follow the truth, half a window late
 
 
 def test_memory_does_not_grow_with_length(model, tmp_path):
