@@ -408,7 +408,8 @@ def _run_bench(s: argparse.Namespace) -> dict:
             _log(f"[3/4] inference {arch} ({i + 1}/{len(s.arch)}) at batch size 1 and {s.infer_bs}: bare, predictor, {s.optimise}")
             res['inference'][arch] = inference_throughput(arch, items.path.tolist(), stats, s.infer_bs, s.reps,
                                                           max(1, s.reps // 10), s.device, s.optimise, s.seed)
-        res['video'] = video_bench(s.arch, seconds=.5 if s.quick else 8., bs=4 if s.quick else 16, device=s.device, stats=stats, log=_log)
+        res['video'] = video_bench(s.arch, seconds=.5 if s.quick else 4., bs=4 if s.quick else 16, rounds=1 if s.quick else 3,
+                                   device=s.device, stats=stats, log=_log)
     _log(f"[4/4] full-study estimate: {len(s.arch)} backbones x 10 folds x {s.epochs} epochs")
     valid_fps = {a: r['bare_fps'] for a, r in res['inference'].items()}
     study = study_estimate(train_ips, s.size, valid_fps, s.epochs)

@@ -189,3 +189,15 @@ def test_without_pyav(demo, model, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(builtins, '__import__', no_av)
     assert run(demo/'demo_video.mp4', '--model', model, '--out', tmp_path) == 2
     assert "pip install 'mes_mtl[video]'" in capsys.readouterr().err
+
+
+def test_onnx_runtime(demo, model, tmp_path):
+    "`--runtime onnx` scores the demo video with ONNX Runtime: the same frame probabilities (within 1e-3) and segments."
+    pytest.importorskip('onnxruntime')
+    for rt in ('torch', 'onnx'):
+        assert run(demo/'demo_video.mp4', '--model', model, '--out', tmp_path/rt, '--runtime', rt, '--threads', 1) == 0
+    torch_, onnx = (pd.read_csv(tmp_path/rt/'frames.csv') for rt in ('torch', 'onnx'))
+    np.testing.assert_allclose(onnx[P_COLS].to_numpy(), torch_[P_COLS].to_numpy(), atol=1e-3)
+    assert pd.read_csv(tmp_path/'onnx'/'segments.csv').mes.tolist() == [0, 1, 3, 2]
+    summary = json.loads((tmp_path/'onnx'/'summary.json').read_text())
+    assert summary['settings']['runtime'] == 'onnx' and summary['settings']['torch_threads'] == 1
