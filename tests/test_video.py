@@ -72,24 +72,23 @@ def test_several_videos(demo, model, tmp_path, capsys):
     other = tmp_path/'short.mkv'
     make_demo_video(other, segments=((2, 2.5),), artefacts=(), fps=10)
     out = tmp_path/'out'
-    assert main(['video', str(demo/'demo_video.mp4'), str(other), '--model', str(model), '--out', str(out), '--no-progress']) == 0
+    assert main(['video', str(demo/'demo_video.mp4'), str(other), '--model', str(model), '--out', str(out), '--fps', '5', '--no-progress']) == 0
     assert sorted(f.name for f in out.iterdir()) == ['demo_video', 'short']
     assert json.loads((out/'short'/'summary.json').read_text())['mes'] == 2
     printed = capsys.readouterr().out
     assert 'demo_video.mp4: Mayo score 3' in printed and 'short.mkv: Mayo score 2' in printed
 
 
-def test_live_scorer_is_the_offline_scorer(demo, model):
-    "`update` frame by frame and `score_video` (batched) give the same frame scores and live scores."
-    pred = load_predictor(model)
-    offline = score_video(demo/'demo_video.mp4', pred, progress=False)
+def test_live_scorer_is_the_offline_scorer(scored, demo, model):
+    "`update` frame by frame gives the frame scores and live scores of `mes_mtl video` (batched)."
     import av
-    live = VideoScorer(pred, fps=25)
+    offline = pd.read_csv(scored/'frames.csv', keep_default_na=False, na_values=[''])
+    live = VideoScorer(load_predictor(model), fps=25)
     with av.open(str(demo/'demo_video.mp4')) as c:
         shown = [live.update(f.to_ndarray(format='rgb24')) for f, _ in zip(c.decode(video=0), range(120))]
     got = live.frames
-    np.testing.assert_allclose(got[P_COLS].to_numpy(float), offline.frames[P_COLS].to_numpy(float)[:120], atol=1e-5)
-    assert got.mes_live.tolist() == offline.frames.mes_live.tolist()[:120] == shown
+    np.testing.assert_allclose(got[P_COLS].to_numpy(float), offline[P_COLS].to_numpy(float)[:120], atol=1e-5)
+    assert got.mes_live.tolist() == offline.mes_live.tolist()[:120] == shown
     truth = pd.read_csv(demo/'demo_video_truth.csv', keep_default_na=False).mes.to_numpy()[:120]
     assert (np.array(shown) == truth).mean() > 0.75  # live (causal) scores follow the truth, half a window late
 
@@ -176,7 +175,7 @@ def test_bad_options(demo, model, tmp_path, capsys):
     assert run(video, '--model', model, '--out', tmp_path, '--crop', 0, 0, 400, 288) == 2
     assert 'is not inside the 352x288 frames' in capsys.readouterr().err
     with pytest.raises(SystemExit): run(video, '--model', model, '--out', tmp_path, '--threshold', 'sharpness=3')
-    assert run(video, '--model', model, '--out', tmp_path/'t', '--threshold', 'min_saturation=0.9') == 0  # nothing passes
+    assert run(video, '--model', model, '--out', tmp_path/'t', '--threshold', 'min_saturation=0.9', '--fps', 5) == 0  # nothing passes
     assert json.loads((tmp_path/'t'/'summary.json').read_text())['mes'] is None
 
 
@@ -191,13 +190,23 @@ def test_without_pyav(demo, model, tmp_path, monkeypatch, capsys):
     assert "pip install 'mes_mtl[video]'" in capsys.readouterr().err
 
 
-def test_onnx_runtime(demo, model, tmp_path):
-    "`--runtime onnx` scores the demo video with ONNX Runtime: the same frame probabilities (within 1e-3) and segments."
+def test_onnx_runtime(scored, demo, model, tmp_path):
+    "`--runtime onnx` scores the demo video with ONNX Runtime: the frame probabilities of PyTorch (within 1e-3), the same segments."
     pytest.importorskip('onnxruntime')
-    for rt in ('torch', 'onnx'):
-        assert run(demo/'demo_video.mp4', '--model', model, '--out', tmp_path/rt, '--runtime', rt, '--threads', 1) == 0
-    torch_, onnx = (pd.read_csv(tmp_path/rt/'frames.csv') for rt in ('torch', 'onnx'))
+    assert run(demo/'demo_video.mp4', '--model', model, '--out', tmp_path, '--runtime', 'onnx', '--threads', 1) == 0
+    torch_, onnx = (pd.read_csv(d/'frames.csv') for d in (scored, tmp_path))
     np.testing.assert_allclose(onnx[P_COLS].to_numpy(), torch_[P_COLS].to_numpy(), atol=1e-3)
-    assert pd.read_csv(tmp_path/'onnx'/'segments.csv').mes.tolist() == [0, 1, 3, 2]
-    summary = json.loads((tmp_path/'onnx'/'summary.json').read_text())
+    assert pd.read_csv(tmp_path/'segments.csv').mes.tolist() == [0, 1, 3, 2]
+    summary = json.loads((tmp_path/'summary.json').read_text())
     assert summary['settings']['runtime'] == 'onnx' and summary['settings']['torch_threads'] == 1
+
+
+def test_video_bench():
+    "The video path of `mes_mtl bench`: frames/s end to end and of the bare forward, per backbone and runtime."
+    from mes_mtl.video import video_bench, video_bench_table
+    res = video_bench(['resnet18'], ['torch'], seconds=0.5, bs=4, rounds=1, log=None)
+    r = res['resnet18']
+    assert r['runtime'] == 'torch' and r['fps'] == r['runtimes']['torch']['fps'] > 0
+    run = r['runtimes']['torch']
+    assert run['size'] == [288, 352] and run['frames'] == 12 and run['bare_fps'] > 0 and run['model_ms'] > 0
+    assert list(video_bench_table(res).runtime) == ['torch']
