@@ -22,6 +22,7 @@ from .experiment import (CVConfig, ADDED_SETTINGS, Interrupted, check_study, cla
 from .baselines import METHODS
 from .methods import write_method_comparison
 from .bench import bench_args, run_bench
+from .video import video_args, run_video
 from .metrics import report_table, markdown_table, plot_confusion_matrices
 
 # %% auto #0
@@ -466,6 +467,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('dest', type=_path)
     p.add_argument('--n-images', type=COUNT, default=400); p.add_argument('--patients', type=COUNT, default=40)
     p.add_argument('--seed', type=INDEX, default=0); p.add_argument('--overwrite', action='store_true')
+    p.add_argument('--video', action='store_true',
+                   help='write the demo video (DEST/demo_video.mp4 and its ground truth) instead of the images')
     p = sub.add_parser('download', help='download and extract LIMUC from Zenodo (11,276 images, ~2 GB)',
                        description='Download and extract LIMUC from Zenodo (record 5827695): resumable, md5-verified.')
     p.add_argument('dest', type=_path); p.add_argument('--keep-zips', action='store_true')
@@ -496,6 +499,7 @@ def parser() -> argparse.ArgumentParser:
                               description='Training throughput of mtl_learner vs a plain PyTorch loop, data loading vs '
                                           'the training step, inference latency/throughput per backbone, peak memory, '
                                           'study wall time.'))
+    video_args(sub.add_parser('video', help='Mayo score of colonoscopy videos, segment by segment, with a saved model'))
     p = sub.add_parser('predict', help='Mayo scores for images with a saved model')
     p.add_argument('--model', type=_path, required=True, help='model folder (OUT/model of `mes_mtl train`)')
     p.add_argument('images', nargs='+', help='image files or folders')
@@ -515,10 +519,18 @@ def parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/90_cli.ipynb #fe1bac34
 def _demo_data(args):
+    if args.video: return _demo_video(args)
     dest = writable_dir(args.dest, 'DEST')
     df = make_demo_limuc(dest, n_images=args.n_images, n_patients=args.patients, seed=args.seed,
                          overwrite=args.overwrite)
     print(f"Wrote {len(df)} demo images of {df.patient.nunique()} patients to {dest}")
+
+def _demo_video(args):
+    from mes_mtl.demo_video import make_demo_video
+    dest = writable_dir(args.dest, 'DEST')
+    info = make_demo_video(dest/'demo_video.mp4', seed=args.seed, overwrite=args.overwrite)
+    print(f"Wrote {dest/'demo_video.mp4'} ({info['seconds']:g} s, Mayo score {info['mes']}) and its ground truth "
+          f"(demo_video_truth.csv, demo_video_truth.json)")
 
 def _download(args):
     from mes_mtl.download import download_limuc
@@ -527,7 +539,8 @@ def _download(args):
     print(f"LIMUC is in {download_limuc(writable_dir(args.dest, 'DEST'), keep_zips=args.keep_zips)}")
 
 COMMANDS = {'demo-data': _demo_data, 'download': _download, 'prepare': prepare, 'train': train, 'cv': cv,
-            'compare': compare_studies, 'predict': predict, 'bench': run_bench}
+            'compare': compare_studies, 'predict': predict, 'bench': run_bench,
+            'video': run_video}
 
 def _again(command: str, argv: list[str]) -> str:
     "The command line that continues an interrupted `command`: `cv` resumes (never --overwrite), others start again."

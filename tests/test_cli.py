@@ -84,7 +84,7 @@ def test_train_writes_results(trained):
               'model/model.safetensors', 'model/config.json'):
         assert (out/f).is_file(), f
     m = json.loads((out/'metrics.json').read_text())
-    assert set(m) == {'mes', 'remission_vs_active', 'primary', 'remission', 'active'}
+    assert set(m) == {'mes', 'remission_vs_active', 'primary', 'remission', 'active', 'patient'}
     assert {'accuracy', 'macro_f1', 'qwk', 'per_class'} <= set(m['mes']) and set(m['mes']['per_class']) == {'0', '1', '2', '3'}
     assert set(m['mes']['per_class']['2']) >= {'precision', 'recall', 'f1', 'specificity', 'support'}
     assert 'qwk' not in m['primary'] and set(m['remission_vs_active']) == {'f1', 'kappa'}
