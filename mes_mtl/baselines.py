@@ -106,6 +106,10 @@ class MESLoss(nn.Module):
         p = to_np(torch.as_tensor(act)).astype(np.float64)
         return p / p.sum(-1, keepdims=True)
 
+    def mes_log_probs(self, out: torch.Tensor) -> torch.Tensor:
+        "Differentiable log MES probabilities (n, 4) of the model's raw output `out`: log of `mes_probs(activation(out))`."
+        raise NotImplementedError(f"{type(self).__name__} defines no differentiable MES probabilities")
+
 class _Classifier(MESLoss):
     "Shared hooks of the 4-logit losses: softmax, arg-max."
     def _check(self, logits: torch.Tensor):
@@ -119,6 +123,11 @@ class _Classifier(MESLoss):
     def decodes(self, probs: torch.Tensor) -> torch.Tensor:
         "Mayo scores (n,): the most probable grade."
         return torch.as_tensor(probs).argmax(-1)
+
+    def mes_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        "Log MES probabilities (n, 4): the log-softmax of the logits (differentiable)."
+        self._check(logits)
+        return F.log_softmax(logits.float(), dim=-1)
 
 # %% ../nbs/18_baselines.ipynb #c15e0555
 class MESCrossEntropy(_Classifier):
@@ -191,6 +200,10 @@ class MESRegressionLoss(MESLoss):
         "One-hot (n, 4) of the decoded grade: a regression gives no probabilities."
         return np.eye(len(MES_CLASSES))[to_np(self.decodes(scores))]
 
+    def mes_log_probs(self, pred: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("a regression has no MES probabilities: its `mes_probs` is a one-hot vector, whose log "
+                                  "(0 or -inf) has no gradient; explain the score itself (`activation`)")
+
     def extra_repr(self) -> str: return f"reduction={self.reduction!r}"
 
 # %% ../nbs/18_baselines.ipynb #659e963c
@@ -220,6 +233,19 @@ class _Ordinal(MESLoss):
         p = np.clip(-np.diff(edges, axis=-1), 0, None)
         return p / p.sum(-1, keepdims=True)
 
+    def log_ranks(self, logits: torch.Tensor) -> torch.Tensor:
+        "log P(MES > k) (n, 3), non-increasing along the cuts, differentiable in the logits."
+        raise NotImplementedError
+
+    def mes_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        "Log MES probabilities (n, 4), differentiable: logs of the differences of the (sorted) rank probabilities."
+        self._check(logits)
+        log_r = self.log_ranks(logits)
+        before = F.pad(log_r, (1, 0))[:, :N_CUTS]  # log P(MES > k - 1), k = 0, 1, 2; log P(> -1) = 0
+        tiny = torch.finfo(log_r.dtype).tiny  # a grade of probability 0: log of the smallest float, no NaN
+        inner = before + torch.log((-torch.expm1(log_r - before)).clamp_min(tiny))  # log(P(> k-1) - P(> k))
+        return torch.cat([inner, log_r[:, -1:]], -1)  # P(3) = P(> 2)
+
     def extra_repr(self) -> str: return f"reduction={self.reduction!r}"
 
 # %% ../nbs/18_baselines.ipynb #47833648
@@ -240,6 +266,10 @@ class MESCoralLoss(_Ordinal):
         "Rank probabilities P(MES > k) (n, 3): the sigmoid of the logits."
         return torch.sigmoid(logits.float())
 
+    def log_ranks(self, logits: torch.Tensor) -> torch.Tensor:
+        "log P(MES > k) (n, 3): log-sigmoids of the logits, sorted in decreasing order as in `mes_probs`."
+        return F.logsigmoid(logits.float()).sort(-1, descending=True).values
+
 # %% ../nbs/18_baselines.ipynb #027f159b
 class MESCornLoss(_Ordinal):
     "CORN (Shi et al. 2023): conditional binary cross-entropies of 3 logits, cut k learned from images with MES >= k."
@@ -252,6 +282,10 @@ class MESCornLoss(_Ordinal):
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         "Rank probabilities P(MES > k) (n, 3): the cumulative product of the conditional probabilities."
         return torch.sigmoid(logits.float()).cumprod(-1)
+
+    def log_ranks(self, logits: torch.Tensor) -> torch.Tensor:
+        "log P(MES > k) (n, 3): the cumulative sum of the conditional log-sigmoids."
+        return F.logsigmoid(logits.float()).cumsum(-1)
 
 # %% ../nbs/18_baselines.ipynb #c891289d
 def mes_value(mes_true, mes_pred, block: str, key: str) -> float:

@@ -1,4 +1,4 @@
-"Tests of mes_mtl.interpret: the Grad-CAM layer, maps for every target, model state, worst cases, errors."
+"Tests of mes_mtl.interpret: the Grad-CAM layer, maps for every target and baseline method, model state, worst cases, errors."
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt
@@ -8,11 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from coral_pytorch.layers import CoralLayer
 
-from mes_mtl.inference import MESPredictor
+from mes_mtl.inference import MESPredictor, save_mtl_model
 import warnings
 from mes_mtl.interpret import (TARGETS, MIN_CAM_CELLS, cam_layer, gradcam, plot_gradcam, plot_worst_cases, target_score,
-                               worst_cases)
+                               worst_cases, regression_margins, _gradcam)
+from mes_mtl.baselines import BASELINES, MES_THRESHOLDS, baseline_loss, baseline_learner, create_mes_model
+from mes_mtl.errors import UserError
 from mes_mtl.labels import TASKS, mes_decode, mes_probs
 from mes_mtl.model import PAPER_ARCHS, create_mtl_model
 
@@ -164,3 +167,182 @@ def test_coarse_layer_warns_and_names_earlier_layers(model):
     assert not np.allclose(sharp[:, :1, :1], sharp)
     with pytest.raises(ValueError, match="feature stages: \\['act1'"):
         gradcam(model, x, layer='layer9')
+
+
+# ---- single-task baselines ----
+
+def _baseline(method, seed=0):
+    "An untrained resnet18 `MESModel` for `method` (eval mode) and its loss."
+    torch.manual_seed(seed)
+    loss = baseline_loss(method)
+    return create_mes_model('resnet18', loss.n_out, pretrained=False, head=loss.make_head).eval(), loss
+
+
+def _baseline_predictor(model, method):
+    cfg = dict(size=[64, 64], mean=[0.5] * 3, std=[0.25] * 3, method=method, decode_rule=baseline_loss(method).decode_rule)
+    return MESPredictor(model, cfg, device='cpu')
+
+
+def _oracle_cam(model, x, layer, score):
+    "Grad-CAM of `score(output)` (n,) at backbone module `layer`, written out independently of mes_mtl.interpret."
+    feats = {}
+    handle = dict(model.body.named_modules())[layer].register_forward_hook(lambda m, i, o: feats.update(a=o))
+    out = model(x)
+    handle.remove()
+    g, = torch.autograd.grad(score(out).sum(), feats['a'])
+    cam = F.relu((g.mean((2, 3), keepdim=True) * feats['a']).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
+    return (cam / cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]).detach().numpy()
+
+
+@pytest.mark.parametrize('method', BASELINES)
+def test_baseline_maps_for_every_grade(method):
+    model, _ = _baseline(method)
+    x = torch.randn(3, 3, 64, 96)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        for c in [None, *range(4)]:
+            cam = gradcam(model, x, target='mes', cls=c, bs=2)
+            assert cam.shape == (3, 64, 96) and cam.dtype == np.float32 and np.isfinite(cam).all()
+            assert cam.min() >= 0 and cam.max() <= 1
+            assert np.all(np.isclose(cam.max(axis=(1, 2)), 1) | (cam.max(axis=(1, 2)) == 0))
+
+
+@pytest.mark.parametrize('method', [m for m in BASELINES if m != 'regression'])
+def test_log_probs_are_the_methods_probabilities(method):
+    loss = baseline_loss(method)
+    out = torch.randn(64, loss.n_out, generator=torch.Generator().manual_seed(2)) * 3
+    np.testing.assert_allclose(loss.mes_log_probs(out).exp().numpy(), loss.mes_probs(loss.activation(out)), atol=1e-5)
+    for k in range(4):
+        np.testing.assert_allclose(target_score(out, 'mes', torch.full((64,), k), loss).exp().numpy(),
+                                   loss.mes_probs(loss.activation(out))[:, k], atol=1e-5)
+
+
+def _spread(model, x, scale=100.):
+    "Centre the head on the batch's mean feature and scale it up, so that an untrained model's images decode differently."
+    with torch.no_grad():
+        head, f = model.heads[0], model.body(x).mean(0, keepdim=True)
+        lin, bias = (head.coral_weights, head.coral_bias) if isinstance(head, CoralLayer) else (head, head.bias)
+        lin.weight.mul_(scale); bias.sub_(F.linear(f, lin.weight)[0])
+
+
+@pytest.mark.parametrize('method', BASELINES)
+def test_baseline_default_class_is_the_decoded_one(method):
+    model, loss = _baseline(method)
+    pred = _baseline_predictor(model, method)
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (40, 50, 3), dtype=np.uint8) for _ in range(8)]
+    x = pred.preprocess(imgs)
+    _spread(model, x)
+    with torch.no_grad(): act = loss.activation(model(x))
+    decoded = loss.decodes(act).numpy()
+    assert len(set(decoded)) >= 2
+    r = _gradcam(pred, imgs)
+    assert r.method == method and (r.classes == decoded).all() and (r.mes == decoded).all()
+    assert (r.mes == pred.predict(imgs).mes.to_numpy()).all()
+    np.testing.assert_allclose(r.p_mes, loss.mes_probs(act), atol=1e-6)
+    np.testing.assert_allclose(r.maps, gradcam(model, x, cls=decoded), atol=1e-6)
+    assert not np.allclose(r.maps, gradcam(model, x, cls=(decoded + 2) % 4))  # the default is a real choice
+
+
+@pytest.mark.parametrize('method', ['coral', 'corn'])
+def test_ordinal_default_is_the_count_rule_not_the_argmax(method):
+    model, loss = _baseline(method)
+    ranks = torch.tensor([0.6, 0.55, 0.45])  # P(MES) = (0.40, 0.05, 0.10, 0.45): median (count rule) 2, arg-max 3
+    with torch.no_grad():
+        head = model.heads[0]
+        if method == 'coral': head.coral_weights.weight.zero_(); head.coral_bias.copy_(torch.logit(ranks))
+        else: head.weight.zero_(); head.bias.copy_(torch.logit(ranks / torch.cat([torch.ones(1), ranks[:-1]])))
+    r = _gradcam(model, torch.randn(2, 3, 64, 64))
+    np.testing.assert_allclose(r.p_mes, [[0.40, 0.05, 0.10, 0.45]] * 2, atol=1e-6)
+    assert r.classes.tolist() == [2, 2] and r.mes.tolist() == [2, 2]
+    np.testing.assert_allclose(np.exp(r.scores), 0.10, atol=1e-6)
+
+
+def test_baseline_maps_equal_an_independent_gradcam():
+    x = torch.randn(3, 3, 64, 64)
+    layer = cam_layer(_baseline('ce')[0].body, (64, 64))[0]
+    model, _ = _baseline('ce')
+    for k in range(4):
+        expected = _oracle_cam(model, x, layer, lambda z: z.log_softmax(1)[:, k])
+        np.testing.assert_allclose(gradcam(model, x, cls=k), expected, atol=1e-5)
+    model, _ = _baseline('corn')
+    def corn_log_p(z, k):  # log of the differences of the cumulative products, written out
+        r = torch.cat([torch.ones(len(z), 1), torch.sigmoid(z).cumprod(1), torch.zeros(len(z), 1)], 1)
+        return torch.log(r[:, k] - r[:, k + 1])
+    for k in range(4):
+        expected = _oracle_cam(model, x, layer, lambda z: corn_log_p(z, k))
+        np.testing.assert_allclose(gradcam(model, x, cls=k), expected, atol=1e-4)
+
+
+def test_regression_explains_its_score_up_or_down():
+    model, loss = _baseline('regression')
+    with torch.no_grad(): model.heads[0].bias.fill_(1.3)  # scores near 1.3: MES 1, nearer the threshold 1.5 above it
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad(): s = model(x)[:, 0]
+    assert (loss.decodes(s) == 1).all() and ((s - 1.3).abs() < 0.15).all()
+    layer = cam_layer(model.body, (64, 64))[0]
+    up, down = (_oracle_cam(model, x, layer, lambda z: sign * z[:, 0]) for sign in (1, -1))
+    for k, expected in enumerate([down, down, up, up]):  # MES 1 (the prediction) is held back from MES 2: down
+        np.testing.assert_allclose(gradcam(model, x, cls=k), expected, atol=1e-5)
+    np.testing.assert_allclose(gradcam(model, x), down, atol=1e-5)
+    assert not np.allclose(up, down)
+    r = _gradcam(model, x)
+    np.testing.assert_allclose(r.values, s.numpy(), atol=1e-6)
+    np.testing.assert_allclose(r.scores, (1.5 - s).numpy(), atol=1e-6)  # the margin of MES 1
+    np.testing.assert_allclose(r.p_mes, np.eye(4)[[1, 1, 1]])
+    m = regression_margins(torch.tensor([-1., 0.2, 0.51, 1.7, 2.49, 9.]))
+    assert m.argmax(1).tolist() == [0, 0, 1, 2, 2, 3] and MES_THRESHOLDS == (0.5, 1.5, 2.5)
+
+
+def test_head_targets_refused_for_baselines(images):
+    for method in BASELINES:
+        model, _ = _baseline(method)
+        for obj in (model, _baseline_predictor(model, method)):
+            for t in TASKS:
+                with pytest.raises(UserError, match=rf"target '{t}' is a head of the multi-task model; the '(ce|{method})' "
+                                                    r"baseline has one head.*use target='mes'"):
+                    gradcam(obj, images if isinstance(obj, MESPredictor) else torch.randn(1, 3, 64, 64), target=t)
+    with pytest.raises(UserError, match='none of the baselines'):
+        from mes_mtl.baselines import MESModel
+        gradcam(MESModel(model.body, 2, n_features=512), torch.randn(1, 3, 64, 64))
+
+
+def test_baseline_figures(images):
+    model, _ = _baseline('regression')
+    pred = _baseline_predictor(model, 'regression')
+    fig = plot_gradcam(pred, images, mes_true=[0, 1, 3])
+    title = fig._suptitle.get_text()
+    assert len(fig.axes) == 12 and 'regression baseline' in title and 'margin of grade k' in title
+    assert 'margin' in fig.axes[2].get_title() and 'score' in fig.axes[0].get_title()
+    model, _ = _baseline('coral')
+    fig = plot_gradcam(model, torch.randn(2, 3, 64, 64))
+    assert len(fig.axes) == 8 and 'coral baseline' in fig._suptitle.get_text()
+    assert fig.axes[2].get_title().startswith('evidence for MES')
+    preds = _preds().assign(path=[str(images[i % 3]) for i in range(8)])
+    assert len(plot_worst_cases(preds, n=1, by='confidence', model=_baseline_predictor(model, 'coral')).axes) == 4
+    plt.close('all')
+
+
+def test_baseline_learner_and_saved_model_folder(demo_root, tmp_path):
+    from mes_mtl.data import limuc_items
+    from mes_mtl.splits import split_items
+    from mes_mtl.dataloaders import mtl_dataloaders
+    split = split_items(limuc_items(demo_root), n_folds=4, seed=0)
+    dls = mtl_dataloaders(split, fold=0, size=64, bs=8, num_workers=0)
+    torch.manual_seed(0)
+    learn = baseline_learner(dls, 'corn', pretrained=False, path=tmp_path, save_name=None)
+    files = split[~split.is_test].drop_duplicates('mes').sort_values('mes').path.tolist()
+    pred = MESPredictor.from_folder(save_mtl_model(learn, tmp_path/'corn'), device='cpu')
+    assert pred.method == 'corn'
+    learn.model.train()
+    cam = gradcam(learn, files)
+    assert learn.model.training and all(p.grad is None for p in learn.model.parameters())
+    assert cam.shape == (4, 64, 64) and cam.min() >= 0 and cam.max() <= 1
+    np.testing.assert_allclose(gradcam(pred, files), cam, atol=1e-5)
+    np.testing.assert_allclose(gradcam(learn.model, pred.preprocess(files)), cam, atol=1e-5)
+    np.testing.assert_allclose(gradcam(learn, files, cls=pred.predict(files).mes.to_numpy()), cam, atol=1e-5)
+    fig = plot_gradcam(learn, files, mes_true=[0, 1, 2, 3])
+    assert len(fig.axes) == 16 and 'corn baseline' in fig._suptitle.get_text()
+    with pytest.raises(UserError, match="the 'corn' baseline has one head"): gradcam(learn, files, target='remission')
+    plt.close('all')
