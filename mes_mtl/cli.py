@@ -19,6 +19,8 @@ from .experiment import CVConfig, claim_study, run_cv, write_json, save_figure
 from .baselines import METHODS
 from .methods import write_method_comparison
 from .bench import bench_args, run_bench
+from .parallel import import_ray, JobsFailed
+from .distributed import init_distributed, is_distributed, rank_folder_first, data_parallel
 from .metrics import report_table, markdown_table, plot_confusion_matrices
 
 # %% auto #0
@@ -111,12 +113,13 @@ def train(args):
     if args.data is None: print(f"Demo run: {', '.join(f'{k}={v}' for k, v in DEMO_DEFAULTS.items())} unless given")
     config = dict(command='train', arch=args.arch, pretrained=args.pretrained, epochs=args.epochs, lr=args.lr,
                   fold=args.fold, size=args.size, bs=args.bs, **_data_config(args))
-    out, split, dls = _setup(args, config)
+    init_distributed()  # one of several processes of `accelerate launch`: join them (alone: nothing to do)
+    out, split, dls = rank_folder_first(args.out, lambda folder, first: _setup(_in_folder(args, folder, first), config))
     for f in ('metrics.json', 'history.csv'): (out/f).unlink(missing_ok=True)
     from mes_mtl.learner import mtl_learner, evaluate_learner
     from mes_mtl.inference import save_mtl_model
     learn = mtl_learner(dls, args.arch, pretrained=args.pretrained, lr=args.lr, path=out)
-    learn.fit_mtl(args.epochs, log=out/'history.csv')
+    with data_parallel(learn): learn.fit_mtl(args.epochs, log=out/'history.csv')
     report, preds = evaluate_learner(learn, mtl_test_dl(dls, split))
     preds.to_csv(out/'predictions.csv', index=False)
     save_figure(plot_confusion_matrices(report), out/'confusion_matrices.png')
@@ -125,6 +128,10 @@ def train(args):
     print_summary(report, f"Held-out test set ({len(preds)} images), {args.arch}, fold {args.fold} as validation")
     print(f"\nResults in {out}: metrics.json, predictions.csv, confusion_matrices.png, history.csv, model/")
     return report
+
+def _in_folder(args, folder: Path, first: bool) -> argparse.Namespace:
+    "`args` for the run's folder `folder` (a private copy on the other processes of a data-parallel run, which reuse it)."
+    return argparse.Namespace(**{**vars(args), 'out': folder, 'overwrite': args.overwrite and first})
 
 def print_summary(report: dict, title: str):
     "A short summary of a report: MES scores, remission vs active, and the per-class table of MES and the tasks."
@@ -146,10 +153,17 @@ def cv(args):
                    f1_lr=args.f1_lr, pretrained=args.pretrained, seed=args.seed, folds=args.run_folds,
                    every_epoch=args.every_epoch, min_f1=args.min_f1, task_weights=args.task_weights,
                    focal_gamma=args.focal_gamma, method=args.method, cdw_power=args.cdw_power)
+    if args.workers < 1: raise UserError(f"--workers must be at least 1; got {args.workers}")
+    if args.workers > 1 or args.ray_address: import_ray()  # Ray is an optional extra: say so before any work
+    if init_distributed()[1] > 1 and args.workers > 1:  # one of several processes of `accelerate launch`: join them
+        raise UserError("--workers runs folds in parallel, not under accelerate launch: use one or the other")
     meta = dict(command='cv', **_data_config(args))
-    out = claim_study(args.out, {**meta, **cfg.to_dict()}, args.resume, args.overwrite)
-    split = prepare_data(out, args.data, args.folds, not args.no_group, args.seed, args.skip_bad)
-    tables = run_cv(split, out, cfg, resume=True, meta=meta, verbose=not args.quiet, peer=args.peer)
+    def setup(folder, first):  # the other processes of a data-parallel run resume the study the first one claimed
+        folder = claim_study(folder, {**meta, **cfg.to_dict()}, args.resume or not first, args.overwrite and first)
+        return folder, prepare_data(folder, args.data, args.folds, not args.no_group, args.seed, args.skip_bad)
+    out, split = rank_folder_first(args.out, setup)
+    tables = run_cv(split, out, cfg, resume=True, meta=meta, verbose=not args.quiet, peer=args.peer,
+                    workers=args.workers, ray_address=args.ray_address)
     print(f"\nTable 1: cross-validation accuracy (mean ± sd over folds)\n{(out/'results'/'table1_cv_accuracy.md').read_text()}")
     ens = tables['test_results'].query("model == 'ensemble'").drop(columns='model')
     print(f"Held-out test set, fold ensemble per backbone\n{markdown_table(ens)}\n\nAll tables and figures: {out/'results'} (summary.md)")
@@ -245,6 +259,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--resume', action='store_true', help='continue the study in --out, skipping finished folds')
     p.add_argument('--peer', type=Path, help='CSV of published per-class MES F1 (columns method, class, f1) for Table 2')
     p.add_argument('--quiet', action='store_true', help='one line per fold instead of per-epoch tables')
+    p.add_argument('--workers', type=int, default=1,
+                   help='folds at once, as Ray tasks with a GPU each (or a share of the CPU cores); needs mes_mtl[scale]')
+    p.add_argument('--ray-address', help="run the folds on this Ray cluster ('auto': the one this machine joined by `ray start`; "
+                                         "default: a local Ray instance for the run)")
     p = sub.add_parser('compare', help='compare methods (one `mes_mtl cv` study each) on one backbone, with Wilcoxon tests over folds')
     p.add_argument('studies', nargs='+', help='NAME=FOLDER of each study (or FOLDER, named after it); the first is the reference')
     p.add_argument('--out', type=Path, required=True, help='output folder for methods.md/.csv/.png')
@@ -282,4 +300,7 @@ def main(argv=None) -> int:
     except (UserError, ValueError, FileNotFoundError, FileExistsError, DownloadError) as e:
         print(f"mes_mtl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except JobsFailed as e:  # folds failed in parallel: the others are done, the message says how to resume
+        print(f"mes_mtl {args.command}: {e}", file=sys.stderr)
+        return 1
     return 0
