@@ -9,7 +9,8 @@ from contextlib import nullcontext
 from pathlib import Path
 import torch
 import fastai.learner
-from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier, get_model
+from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier, get_model, to_detach as detach_tensors
+from fastai.learner import Learner
 from fastai.distributed import DistributedDL  # also patches `Learner.distrib_ctx`
 from fastcore.basics import patch
 from .errors import UserError
@@ -32,6 +33,13 @@ def _broadcast(self: DistributedDL, t, rank):
     t = torch.tensor(t, dtype=torch.long, device='cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu')
     torch.distributed.broadcast(t, rank)
     return t.cpu().tolist()
+
+@patch
+def to_detach(self: Learner, b, cpu: bool = True, gather: bool = True):
+    "Detach `b` (to the CPU); gathered from all processes only where the data are split over them (`DistributedDL`)."
+    dl = getattr(self, 'dl', None)
+    gather = gather and isinstance(dl, DistributedDL)
+    return dl.to_detach(b, cpu, gather) if hasattr(dl, 'to_detach') else detach_tensors(b, cpu, gather)
 
 # %% ../nbs/19b_distributed.ipynb #8149bc21
 def init_distributed(quiet_others: bool = True) -> tuple[int, int]:
