@@ -4,14 +4,14 @@
 
 # %% ../nbs/08_parallel.ipynb #3c340044
 from __future__ import annotations
-import logging, os, re, shutil, tempfile, time
+import heapq, logging, os, re, shutil, tempfile, time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from .errors import UserError
 
 # %% auto #0
 __all__ = ['INSTALL_SCALE', 'import_ray', 'local_cores', 'ray_session', 'job_resources', 'JobResult', 'JobsFailed', 'run_job',
-           'run_jobs']
+           'run_jobs', 'wall_time']
 
 # %% ../nbs/08_parallel.ipynb #201637a2
 INSTALL_SCALE = "pip install 'mes_mtl[scale]' (or pip install ray)"
@@ -141,3 +141,10 @@ def _demo_job(key: int, marker: str) -> dict:
         open(marker, 'w').close()
         os.kill(os.getpid(), 9)  # SIGKILL: the worker dies, no exception to catch
     return dict(key=key, pid=os.getpid(), threads=torch.get_num_threads(), square=key * key)
+
+# %% ../nbs/08_parallel.ipynb #9d6bfb5a
+def wall_time(seconds, workers: int) -> float:
+    "Wall time of jobs taking `seconds` each, run in this order on `workers` workers, each job going to the first free one."
+    free = [0.] * max(1, workers)  # when each worker is next free
+    for s in seconds: heapq.heappush(free, heapq.heappop(free) + s)
+    return max(free)
