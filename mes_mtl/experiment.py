@@ -257,8 +257,8 @@ def _run_parallel(split, out: Path, cfg: CVConfig, todo: list, workers: int, add
     if failed:
         names = ', '.join(f'{a} fold {k}' for a, k in failed)
         raise JobsFailed(f"{len(failed)} of {len(todo)} folds failed ({names}); the other folds are finished and in the tables. "
-                         f"Run the study again with --resume (resume=True) to run them, only them with "
-                         f"--run-folds {' '.join(str(k) for k in sorted({k for _, k in failed}))}.", failed)
+                         f"Run the study again with --resume (resume=True) to run them; add "
+                         f"--run-folds {' '.join(str(k) for k in sorted({k for _, k in failed}))} to run only those folds.", failed)
     return tables
 
 # %% ../nbs/20_experiment.ipynb #ab0ad2ec

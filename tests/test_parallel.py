@@ -1,11 +1,12 @@
 """`mes_mtl cv --workers`: the folds as Ray tasks end with the serial run's results, a killed worker's fold is retried, a
 failing fold is reported while the others finish. One local Ray instance serves the whole module (a start costs seconds)."""
 import json, os, signal, sys, tempfile, threading, time
-import psutil, pytest, torch
+import pytest, torch
 from mes_mtl.cli import main
 from mes_mtl.parallel import local_cores, run_jobs, _demo_job
 
 ray = pytest.importorskip('ray')
+psutil = pytest.importorskip('psutil')  # comes with Ray
 
 TINY = ['--folds', '3', '--epochs', '1', '--f1-epochs', '1', '--size', '32', '--bs', '16', '--no-pretrained', '--lr', '1e-3',
         '--quiet']
