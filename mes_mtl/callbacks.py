@@ -86,8 +86,9 @@ class F1WeightedLoss(Callback):
 
     def after_batch(self):
         if self.training or not self.every_epoch or not self._listening: return
-        self.probs.append([F.softmax(p.float(), -1).detach().cpu() for p in self.pred])
-        self.targs.append(torch.stack([y.as_subclass(torch.Tensor) for y in self.yb], -1).cpu())
+        # `learn.to_detach` gathers the batch of every process in data-parallel training, without the padding
+        self.probs.append(self.learn.to_detach([F.softmax(p.float(), -1) for p in self.pred]))
+        self.targs.append(self.learn.to_detach(torch.stack([y.as_subclass(torch.Tensor) for y in self.yb], -1)))
 
     def after_epoch(self):
         if self.every_epoch and self._listening and self.targs:

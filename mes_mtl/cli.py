@@ -23,6 +23,8 @@ from .baselines import METHODS
 from .methods import write_method_comparison
 from .bench import bench_args, run_bench
 from .video import video_args, run_video
+from .parallel import import_ray, JobsFailed
+from .distributed import init_distributed, is_distributed, rank_folder_first, data_parallel
 from .metrics import report_table, markdown_table, plot_confusion_matrices
 
 # %% auto #0
@@ -237,14 +239,15 @@ def train(args):
     config = dict(command='train', arch=args.arch, pretrained=args.pretrained, epochs=args.epochs, lr=args.lr,
                   fold=args.fold, size=args.size, bs=args.bs, method=cfg.method, focal_gamma=cfg.focal_gamma,
                   cdw_power=cfg.cdw_power, augment=cfg.augment, **_data_config(args))
-    out, split = _setup(args, config)
+    init_distributed()  # one of several processes of `accelerate launch`: join them (alone: nothing to do)
+    out, split = rank_folder_first(args.out, lambda folder, first: _setup(_in_folder(args, folder, first), config))
     finished = (out/'metrics.json').is_file()
     try:
         with Staging(out) as st:
             dls = _loaders(args, split, st)
             learn = _learner(dls, args.arch, cfg, st.tmp)
             print(f"\nTraining {args.arch} (method {cfg.method!r}) for up to {args.epochs} epochs", flush=True)
-            learn.fit_mtl(args.epochs, log=st.tmp/'history.csv')
+            with data_parallel(learn): learn.fit_mtl(args.epochs, log=st.tmp/'history.csv')
             report, preds = evaluate_learner(learn, mtl_test_dl(dls, split))
             preds.to_csv(st.tmp/'predictions.csv', index=False)
             patient = write_patient_results(preds, split, st.tmp, log=(notes := []).append)  # None without ids
@@ -263,6 +266,10 @@ def train(args):
           "confusion_matrices.png, history.csv, model/")
     return report
 
+def _in_folder(args, folder: Path, first: bool) -> argparse.Namespace:
+    "`args` for the run's folder `folder` (a private copy on the other processes of a data-parallel run, which reuse it)."
+    return argparse.Namespace(**{**vars(args), 'out': folder, 'overwrite': args.overwrite and first})
+
 def print_summary(report: dict, title: str):
     "A short summary of a report: MES scores, remission vs active, and the per-class table of MES and the tasks."
     m, ra = report['mes'], report['remission_vs_active']
@@ -280,13 +287,21 @@ def cv(args):
     if args.peer and not args.peer.is_file():
         raise UserFileNotFoundError(f"--peer {args.peer}: no such file (a CSV with columns method, class, f1)")
     cfg = _study_config(args, args.arch)
+    if args.workers > 1 or args.ray_address: import_ray()  # Ray is an optional extra: say so before any work
+    if init_distributed()[1] > 1 and args.workers > 1:  # one of several processes of `accelerate launch`: join them
+        raise UserError("--workers runs folds in parallel, not under accelerate launch: use one or the other")
     meta = dict(command='cv', **_data_config(args))
-    out = writable_dir(args.out)
-    check_study(out, {**meta, **cfg.to_dict()}, args.resume, args.overwrite)
-    split = prepare_data(out, args.data, args.folds, not args.no_group, args.seed, args.skip_bad, args.overwrite)
-    check_folds(split, cfg.folds if cfg.folds is not None else sorted(split.fold[split.fold >= 0].unique()), cfg.bs)
-    claim_study(out, {**meta, **cfg.to_dict()}, args.resume, args.overwrite)  # only now: everything has been checked
-    tables = run_cv(split, out, cfg, resume=True, meta=meta, verbose=not args.quiet, peer=args.peer)
+    def setup(folder: Path, first: bool):  # the other processes of a data-parallel run resume what the first claimed
+        resume, overwrite = args.resume or not first, args.overwrite and first
+        folder = writable_dir(folder)
+        check_study(folder, {**meta, **cfg.to_dict()}, resume, overwrite)
+        split = prepare_data(folder, args.data, args.folds, not args.no_group, args.seed, args.skip_bad, overwrite)
+        check_folds(split, cfg.folds if cfg.folds is not None else sorted(split.fold[split.fold >= 0].unique()), cfg.bs)
+        claim_study(folder, {**meta, **cfg.to_dict()}, resume, overwrite)  # only now: everything has been checked
+        return folder, split
+    out, split = rank_folder_first(args.out, setup)
+    tables = run_cv(split, out, cfg, resume=True, meta=meta, verbose=not args.quiet, peer=args.peer,
+                    workers=args.workers, ray_address=args.ray_address)
     res = out/'results'
     print(f"\nTable 1: cross-validation accuracy (mean ± sd over folds)\n{(res/'table1_cv_accuracy.md').read_text()}")
     ens = tables['test_results'].query("model == 'ensemble'").drop(columns='model')
@@ -486,6 +501,10 @@ def parser() -> argparse.ArgumentParser:
                    help='CSV of published per-class MES F1 (columns method, class, f1) for Table 2')
     p.add_argument('--quiet', action='store_true',
                    help='one line per fold instead of per-epoch tables (warnings are still shown)')
+    p.add_argument('--workers', type=COUNT, default=1,
+                   help='folds at once, as Ray tasks with a GPU each (or a share of the CPU cores); needs mes_mtl[scale]')
+    p.add_argument('--ray-address', help="run the folds on this Ray cluster ('auto': the one this machine joined by "
+                                         "`ray start`; default: a local Ray instance for the run)")
     p = sub.add_parser('compare',
                        help='compare methods (one `mes_mtl cv` study each) on one backbone, Wilcoxon tests over folds')
     p.add_argument('studies', nargs='+',
@@ -562,4 +581,7 @@ def main(argv=None) -> int:
         print(f"mes_mtl {args.command}: interrupted: {kept}. {how} with: {_again(args.command, argv)}",
               file=sys.stderr)
         return 130
+    except JobsFailed as e:  # folds failed in parallel: the others are done, the message says how to resume
+        print(f"mes_mtl {args.command}: {e}", file=sys.stderr)
+        return 1
     return 0

@@ -145,6 +145,8 @@ def _peak_memory_mb() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 'process RSS'
 
 # %% ../nbs/20_experiment.ipynb #bd28d919
+from .distributed import data_parallel, num_distrib
+
 def _stage_dls(split, fold: int, cfg: CVConfig, arch: str, out: Path, stage: int):
     set_seed(cfg.seed * 1000 + fold * 10 + stage)
     return mtl_dataloaders(split, fold=fold, size=cfg.arch_size(arch), bs=cfg.bs, augment=cfg.augment,
@@ -173,9 +175,10 @@ def _run_stage(learn, stage: int, d: Path, cfg: CVConfig, test_dl, verbose: bool
     if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
     t0, cb = time.perf_counter(), None
     with _quiet(learn, verbose):
-        if stage == 1: learn.fit_mtl(cfg.epochs, log=hist)
-        else: cb = learn.fit_f1(cfg.f1_epochs or cfg.epochs, lr=cfg.f1_lr or cfg.lr, log=hist, every_epoch=cfg.every_epoch,
-                                smoothing=cfg.smoothing, min_f1=cfg.min_f1, task_weights=cfg.task_weights)
+        with data_parallel(learn):  # under `accelerate launch`: data-parallel training (`mes_mtl.distributed`)
+            if stage == 1: learn.fit_mtl(cfg.epochs, log=hist)
+            else: cb = learn.fit_f1(cfg.f1_epochs or cfg.epochs, lr=cfg.f1_lr or cfg.lr, log=hist, every_epoch=cfg.every_epoch,
+                                    smoothing=cfg.smoothing, min_f1=cfg.min_f1, task_weights=cfg.task_weights)
         seconds, epochs, n = time.perf_counter() - t0, len(learn.recorder.values), len(learn.dls.train_ds)
         mem, kind = _peak_memory_mb()
         reports, preds = {}, []
@@ -184,7 +187,7 @@ def _run_stage(learn, stage: int, d: Path, cfg: CVConfig, test_dl, verbose: bool
             preds.append(p.assign(set=name, stage=stage))
     compute = dict(seconds=round(seconds, 2), epochs=epochs, seconds_per_epoch=round(seconds / max(epochs, 1), 3),
                    train_images=n, images_per_s=round(n * epochs / seconds, 1), peak_memory_mb=round(mem), memory=kind,
-                   device=str(learn.dls.device))
+                   device=str(learn.dls.device), threads=torch.get_num_threads(), processes=max(1, num_distrib()))
     return reports, pd.concat(preds, ignore_index=True), compute, cb
 
 # %% ../nbs/20_experiment.ipynb #fea549e5
@@ -299,7 +302,9 @@ def _kept(out: Path, jobs: list, current) -> str:
     return f"{out} keeps {done} of {len(jobs)} fold run(s) finished{also}"
 
 def run_cv(split: pd.DataFrame, out, cfg: CVConfig | None = None, resume: bool = False, overwrite: bool = False,
-           meta: dict | None = None, verbose: bool = True, peer=None) -> dict:
+           meta: dict | None = None, verbose: bool = True, peer=None,
+           workers: int = 1,  # folds at once, as Ray tasks (`mes_mtl.parallel`); 1: one after another in this process
+           ray_address: str | None = None) -> dict:  # the Ray cluster for them ('auto': this machine's); None: a local instance
     "Run (or resume) the study `cfg` on `split` in folder `out`; returns `collect_results`' tables."
     cfg = cfg or CVConfig()
     all_folds = sorted(split.fold[split.fold >= 0].unique().tolist())
@@ -310,6 +315,8 @@ def run_cv(split: pd.DataFrame, out, cfg: CVConfig | None = None, resume: bool =
     jobs = [(a, k) for a in cfg.archs for k in folds]
     todo = [j for j in jobs if not (fold_dir(out, *j)/'metrics.json').is_file()]
     print(f"Study in {out}: {len(cfg.archs)} backbone(s) x {len(folds)} fold(s); {len(jobs) - len(todo)} done, {len(todo)} to run")
+    image_sums(split[~split.is_test], cache=out/'image_sums.csv', progress=verbose)  # folds at once only read it
+    if workers > 1 or ray_address: return _run_parallel(split, out, cfg, todo, workers, ray_address, peer)
     times, job = [], None
     try:
         for i, job in enumerate(todo):
@@ -323,6 +330,31 @@ def run_cv(split: pd.DataFrame, out, cfg: CVConfig | None = None, resume: bool =
     except KeyboardInterrupt as e:
         if isinstance(e, Interrupted): raise
         raise Interrupted(_kept(out, jobs, job)) from None
+
+# %% ../nbs/20_experiment.ipynb #d71d0f94
+import math
+from .splits import image_sums
+from .parallel import run_jobs, JobsFailed
+
+def _run_parallel(split, out: Path, cfg: CVConfig, todo: list, workers: int, address, peer) -> dict:
+    "`run_cv`'s folds `todo` as Ray tasks, a line per finished fold; failed folds are reported, then raised as `JobsFailed`."
+    times = []
+    def report(r, i, n):
+        (arch, fold), head = r.key, f"[{i}/{n}] {r.key[0]} fold {r.key[1]}"
+        if not r.ok: return print(f"{head}: FAILED, {r.error}", flush=True)
+        times.append(r.seconds)
+        left = np.mean(times) * math.ceil((n - i) / workers)
+        print(f"{head}: {_fold_line(r.value, r.seconds)}; about {left / 60:.0f} min left", flush=True)
+    jobs = {(arch, fold): (split, arch, fold, cfg, out.resolve(), False) for arch, fold in todo}
+    results = run_jobs(run_fold, jobs, workers=workers, address=address, on_result=report)
+    failed = [k for k, r in results.items() if not r.ok]
+    tables = collect_results(out, peer=peer) if finished_folds(out) else {}
+    if failed:
+        names = ', '.join(f'{a} fold {k}' for a, k in failed)
+        raise JobsFailed(f"{len(failed)} of {len(todo)} folds failed ({names}); the other folds are finished and in the tables. "
+                         f"Run the study again with --resume (resume=True) to run them; add "
+                         f"--run-folds {' '.join(str(k) for k in sorted({k for _, k in failed}))} to run only those folds.", failed)
+    return tables
 
 # %% ../nbs/20_experiment.ipynb #ab0ad2ec
 def _report_rows(report: dict) -> list[tuple]:
