@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image, ImageFilter
 from scipy.ndimage import uniform_filter1d
-from .errors import UserError
+from .errors import UserError, UserFileExistsError
 from .labels import check_mes
 from .demo import mucosa_image, LIMUC_SIZE
 
@@ -167,7 +167,7 @@ def make_demo_video(dest, segments=DEMO_SEGMENTS, artefacts=DEMO_ARTEFACTS, fps:
     truth = demo_video_truth(segments, artefacts, fps)  # checks the arguments before anything is written
     files = [dest, dest.with_name(f'{dest.stem}_truth.csv'), dest.with_name(f'{dest.stem}_truth.json')]
     if (old := [str(f) for f in files if f.exists()]) and not overwrite:
-        raise FileExistsError(f"{', '.join(old)} exist: pass overwrite=True (CLI: --overwrite) or choose another name")
+        raise UserFileExistsError(f"{', '.join(old)} exist: pass overwrite=True (CLI: --overwrite) or choose another name")
     dest.parent.mkdir(parents=True, exist_ok=True)
     write_video(demo_video_frames(truth, size, seed), dest, fps, codec)
     if (n := count_frames(dest)) != len(truth): raise RuntimeError(f"{dest}: {n} frames decode back, {len(truth)} written")

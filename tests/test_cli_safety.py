@@ -83,8 +83,8 @@ def test_rerun_replaces_at_the_end_and_records_method_and_augment(finished, demo
     assert json.loads((out/'model'/'config.json').read_text())['method'] == 'ce'
     assert (out/'model'/'model.safetensors').read_bytes() != old_model
     assert sorted(p.name for p in out.iterdir()) == sorted(['confusion_matrices.png', 'config.json', 'history.csv',
-                                                            'image_sums.csv', 'metrics.json', 'model', 'predictions.csv',
-                                                            'split.csv'])
+                                                            'image_sums.csv', 'metrics.json', 'model', 'patients.csv',
+                                                            'predictions.csv', 'split.csv'])
     assert len(pd.read_csv(out/'history.csv')) == 1
 
 

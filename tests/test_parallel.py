@@ -106,4 +106,4 @@ def test_workers_need_ray(monkeypatch, tmp_path, capsys):
 
 def test_bad_workers(tmp_path, capsys):
     assert main(['cv', '--out', str(tmp_path/'study'), '--workers', '0']) == 2
-    assert '--workers must be at least 1' in capsys.readouterr().err
+    assert 'argument --workers: must be an integer of at least 1' in capsys.readouterr().err
