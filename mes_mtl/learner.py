@@ -97,7 +97,7 @@ def mtl_learner(dls,  # DataLoaders of `mtl_dataloaders`
 
 # %% ../nbs/14_learner.ipynb #9c971aab
 def _protocol(learn: Learner) -> TrainingProtocol:
-    if isinstance(p := getattr(learn, 'protocol', None), TrainingProtocol): return p
+    if (p := getattr(learn, 'protocol', None)) is not None: return p
     raise AttributeError("this Learner has no training protocol: build it with `mtl_learner`, `baseline_learner` or "
                          "`protocol_learner`, or set `learn.protocol = TrainingProtocol(arch)`")
 
