@@ -18,11 +18,16 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
+def restore_sigint():
+    "Give the child the default SIGINT, as a terminal would: a shell starts background jobs (`.ci/test` runs pytest\n    with `&`) with SIGINT ignored, children inherit that, and Python then never raises KeyboardInterrupt."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(args, marker: str, delay: float = 1.0, timeout: float = 600) -> tuple[int, str, str]:
     "Run `mes_mtl ARGS`, press Ctrl-C (SIGINT) `delay` s after `marker` appears on its output: (exit code, stdout, stderr)."
     with tempfile.TemporaryFile('w+') as err:
         p = subprocess.Popen(['mes_mtl', *map(str, args)], stdout=subprocess.PIPE, stderr=err, text=True,
-                             env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+                             env={**os.environ, 'PYTHONUNBUFFERED': '1'}, preexec_fn=restore_sigint)
         lines = []
         for line in p.stdout:
             lines.append(line)
