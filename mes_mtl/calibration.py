@@ -51,7 +51,11 @@ def predictions_report(preds: pd.DataFrame, rule: str = 'prob') -> dict:
 class CalibrationWarning(UserWarning):
     "Temperature scaling that the data cannot support: an unidentifiable temperature, or a worse held-out NLL."
 
-def fit_temperature(p1, y, bounds: tuple[float, float] = (0.05, 20.), name: str = 'head') -> float:
+def fit_temperature(p1,  # a head's p(class 1) per image
+                    y,  # its targets (0, 1; `IGNORE` where the head does not apply)
+                    bounds: tuple[float, float] = (0.05, 20.),  # the temperatures searched
+                    name: str = 'head',  # the head's name, for warnings
+                   ) -> float:
     "T minimising the NLL of `sigmoid(logit(p1) / T)` for targets `y` (`IGNORE` skipped); 1 where none is identified."
     p1, y = np.asarray(p1, dtype=float), np.asarray(y)
     if p1.shape != y.shape: raise ValueError(f"need one target per probability; got {p1.shape} and {y.shape}")

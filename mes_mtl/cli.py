@@ -73,7 +73,9 @@ def writable_file(path, flag: str = '--output') -> Path:
 
 def write_text(path: Path, text: str):
     "Write `text` to `path` atomically: a reader never sees half a file, and an interrupted write leaves the old one."
-    tmp = path.with_name(f'.{path.name}.tmp'); tmp.write_text(text); tmp.replace(path)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(text)
+    tmp.replace(path)
 
 # %% ../nbs/90_cli.ipynb #b1a20003
 @contextmanager
@@ -118,12 +120,22 @@ def _demo(out: Path, n_images: int, seed: int, log=print) -> Path:
     if not data.exists():
         log(f"No --data given: generating the demo dataset ({n_images} images) in {data}")
         tmp = Path(tempfile.mkdtemp(prefix='.demo_data-', dir=out))
-        try: make_demo_limuc(tmp, n_images=n_images, n_patients=max(20, n_images // 10), seed=seed); tmp.rename(data)
+        try:
+            make_demo_limuc(tmp, n_images=n_images, n_patients=max(20, n_images // 10), seed=seed)
+            tmp.rename(data)
         finally: shutil.rmtree(tmp, ignore_errors=True)
     return data
 
-def prepare_data(out: Path, data=None, n_folds: int = 10, group: bool = True, seed: int = 0, skip_bad: bool = False,
-                 overwrite: bool = False, demo_images: int = 400, log=print) -> pd.DataFrame:
+def prepare_data(out: Path,  # the output folder: its split.csv is reused while the images match it
+                 data=None,  # the LIMUC folder; None: the demo dataset (made in `out` if missing)
+                 n_folds: int = 10,  # cross-validation folds of a new split
+                 group: bool = True,  # split by patient (else by image, the paper)
+                 seed: int = 0,  # the seed of a new split (and of the demo data)
+                 skip_bad: bool = False,  # leave unreadable images out with a warning (else: refuse)
+                 overwrite: bool = False,  # split afresh, even where `out` holds a split
+                 demo_images: int = 400,  # images of the demo dataset
+                 log=print,  # where the summary lines go
+                ) -> pd.DataFrame:
     "Read (or make, if `data` is None) the dataset; split it, or reuse `out/split.csv` while the images match it."
     out = Path(out)
     data = _demo(out, demo_images, seed, log) if data is None else Path(data)
@@ -157,7 +169,11 @@ def _old_config(out: Path) -> dict:
     if 'n_folds' not in old and 'folds' in old: old['n_folds'] = old.pop('folds')  # its name before `n_folds`
     return {**RUN_ADDED, **old}
 
-def check_out(out: Path, config: dict, overwrite: bool = False, log=print) -> dict:
+def check_out(out: Path,  # the output folder
+              config: dict,  # the new run's settings
+              overwrite: bool = False,  # the new run will replace the old one: no check
+              log=print,  # where a note on moved data goes
+             ) -> dict:
     "The settings of the run in `out`, if any; a `UserError` where they differ from `config` (unless `overwrite`)."
     old = _old_config(out)
     if not old or overwrite: return old
@@ -372,8 +388,11 @@ def _score(pred, files: list[Path], bs: int, progress: bool = False) -> tuple[pd
     for i in (progress_bar(starts) if progress else starts):
         good, imgs = [], []
         for f in files[i:i + bs]:
-            try: imgs.append(pred.load(f)); good.append(str(f))
-            except UserError as e: bad.append(str(e))
+            try: imgs.append(pred.load(f))
+            except UserError as e:
+                bad.append(str(e))
+                continue
+            good.append(str(f))
         if imgs: parts.append(pred.predict(imgs, bs=bs).assign(image=good))
     return (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()), bad
 
@@ -391,8 +410,10 @@ def predict(args):
     if bad: print(f"mes_mtl predict: warning: {len(bad)} of {len(files)} images cannot be read and are left out "
                   f"(--strict refuses them):\n  {listing}", file=sys.stderr)
     text = df.to_json(orient='records', indent=2) if args.json else df.to_csv(index=False)
-    if output: write_text(output, text); print(f"Wrote {len(df)} predictions to {output}")
-    else: sys.stdout.write(text)
+    if not output: sys.stdout.write(text)
+    else:
+        write_text(output, text)
+        print(f"Wrote {len(df)} predictions to {output}")
     return df
 
 # %% ../nbs/90_cli.ipynb #dddff1a0
@@ -481,21 +502,30 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest='command', required=True)
     p = sub.add_parser('demo-data', help='write the synthetic demo dataset (LIMUC layout)')
     p.add_argument('dest', type=_path)
-    p.add_argument('--n-images', type=COUNT, default=400); p.add_argument('--patients', type=COUNT, default=40)
-    p.add_argument('--seed', type=INDEX, default=0); p.add_argument('--overwrite', action='store_true')
+    p.add_argument('--n-images', type=COUNT, default=400)
+    p.add_argument('--patients', type=COUNT, default=40)
+    p.add_argument('--seed', type=INDEX, default=0)
+    p.add_argument('--overwrite', action='store_true')
     p.add_argument('--video', action='store_true',
                    help='write the demo video (DEST/demo_video.mp4 and its ground truth) instead of the images')
     p = sub.add_parser('download', help='download and extract LIMUC from Zenodo (11,276 images, ~2 GB)',
                        description='Download and extract LIMUC from Zenodo (record 5827695): resumable, md5-verified.')
-    p.add_argument('dest', type=_path); p.add_argument('--keep-zips', action='store_true')
+    p.add_argument('dest', type=_path)
+    p.add_argument('--keep-zips', action='store_true')
     p = sub.add_parser('prepare', help='read, split and load the data; report a batch')
-    _add_data_args(p); _add_loader_args(p)
+    _add_data_args(p)
+    _add_loader_args(p)
     p = sub.add_parser('train', help='train on one fold, evaluate on the held-out test set (the main job)')
-    _add_data_args(p); _add_loader_args(p); _add_model_args(p)
+    _add_data_args(p)
+    _add_loader_args(p)
+    _add_model_args(p)
     p = sub.add_parser('cv', help='the cross-validation study: backbones x folds, F1 optimisation, tables and figures',
                        description='The study of the paper: every backbone on every fold, stage 1 and F1-weighted '
                                    'stage 2, evaluated on the validation folds and the held-out test set; resumable.')
-    _add_data_args(p, fold=False); _add_loader_args(p); _add_model_args(p, several=True); _add_stage2_args(p)
+    _add_data_args(p, fold=False)
+    _add_loader_args(p)
+    _add_model_args(p, several=True)
+    _add_stage2_args(p)
     p.add_argument('--run-folds', type=INDEX, nargs='+', help='run only these folds (default: all)')
     p.add_argument('--resume', action='store_true', help='continue the study in --out, skipping finished folds')
     p.add_argument('--peer', type=_path,

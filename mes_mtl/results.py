@@ -284,7 +284,7 @@ def study_items(out) -> pd.DataFrame | None:
 
 PATIENT_LONG_COLS = ['arch', 'model', 'fold', 'set', 'rule', 'block', 'class', 'metric', 'value']
 
-def patient_metrics(out,
+def patient_metrics(out,  # the study folder
                     decode_rule: str = 'prob',  # the study's rule from the heads to a Mayo score (fold ensemble)
                     rules=STUDY_RULES,  # the patient-level rules, as (rule, q) pairs
                     archs=None,  # the backbones; None: all of the study

@@ -291,7 +291,9 @@ def split_diff(saved: pd.DataFrame, new: pd.DataFrame) -> str:
 def _check_split(split: pd.DataFrame, out: Path) -> pd.DataFrame:
     "Save `split`'s manifest in `out`, or check it equals the one saved there (a resumed study keeps its folds)."
     fn = out/'split.csv'
-    if not fn.is_file(): save_split(split, fn); return split
+    if not fn.is_file():
+        save_split(split, fn)
+        return split
     saved = pd.read_csv(fn, dtype={'patient': str, 'key': str, 'source': str})
     if diff := split_diff(saved, split):
         raise UserError(f"{fn} holds another split than the one given ({diff}): a resumed study must use the same "
@@ -326,7 +328,9 @@ def _fold_line(m: dict, secs: float) -> str:
 # %% ../nbs/20c_study.ipynb #5415197f
 class Interrupted(KeyboardInterrupt):
     "A Ctrl-C that says what was kept (`kept`): raised by `run_cv` (and the command line) for a `KeyboardInterrupt`."
-    def __init__(self, kept: str): super().__init__(kept); self.kept = kept
+    def __init__(self, kept: str):
+        super().__init__(kept)
+        self.kept = kept
 
 def _kept(out: Path, jobs: list, current) -> str:
     "What an interrupted study `out` keeps: its finished fold runs, and stage 1 of the `current` one when it is done."
