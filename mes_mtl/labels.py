@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 # %% auto #0
-__all__ = ['MES_CLASSES', 'TASKS', 'IGNORE', 'TASK_CLASSES', 'LABEL_TABLE', 'check_mes', 'mes_to_tasks', 'tasks_to_mes',
-           'class1_prob', 'mes_probs', 'heads_from_mes', 'mes_decode']
+__all__ = ['MES_CLASSES', 'TASKS', 'IGNORE', 'TASK_CLASSES', 'LABEL_TABLE', 'HEAD_COLUMNS', 'MES_COLUMNS', 'check_mes',
+           'mes_to_tasks', 'tasks_to_mes', 'class1_prob', 'mes_probs', 'heads_from_mes', 'mes_decode']
 
 # %% ../nbs/00_labels.ipynb #439453cc
 MES_CLASSES = (0, 1, 2, 3)
@@ -68,6 +68,10 @@ def heads_from_mes(p_mes) -> list[np.ndarray]:
     if p.ndim != 2 or p.shape[1] != 4: raise ValueError(f"`p_mes` must have shape (n, 4); got {p.shape}")
     branch = lambda a, b: np.divide(p[:, b], p[:, a] + p[:, b], out=np.full(len(p), 0.5), where=(p[:, a] + p[:, b]) > 0)
     return [np.clip(p[:, 2] + p[:, 3], 0, 1), branch(0, 1), branch(2, 3)]  # clip: float rounding can give 1 + 2e-16
+
+# %% ../nbs/00_labels.ipynb #5e1d0c02
+HEAD_COLUMNS = [f'p_{t}' for t in TASKS]  # each head's p(class 1) in a prediction table, in the order of `TASKS`
+MES_COLUMNS = [f'p_mes{k}' for k in MES_CLASSES]  # P(MES = k) in a prediction table
 
 # %% ../nbs/00_labels.ipynb #f3bd1270
 def mes_decode(p_primary, p_remission, p_active, rule: str = 'prob') -> np.ndarray:
