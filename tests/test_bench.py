@@ -10,7 +10,8 @@ def parse(*argv):
 
 def test_quick_bench_writes_json(tmp_path, capsys):
     fn, threads = tmp_path/'out'/'bench.json', torch.get_num_threads()
-    res = run_bench(parse('--quick', '--arch', 'resnet18', '--optimise', 'none', '--threads', 1, '--json', fn))  # 1 thread: robust on a busy machine
+    # 1 thread: robust on a busy machine
+    res = run_bench(parse('--quick', '--arch', 'resnet18', '--optimise', 'none', '--threads', 1, '--json', fn))
     saved = json.loads(fn.read_text())
     assert saved == json.loads(json.dumps(res))
     train = saved['train']
@@ -43,3 +44,26 @@ def test_bad_input(argv, msg):
 @pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
 def test_no_gpu():
     with pytest.raises(ValueError, match='sees no GPU'): run_bench(parse('--quick', '--device', 'cuda'))
+
+
+def test_report_of_saved_results():
+    "The report and tables of a saved full run (nbs/bench_cpu.json) render without measuring anything."
+    from pathlib import Path
+    from mes_mtl.bench import bench_report, bench_tables, bench_targets
+    from mes_mtl.metrics import markdown_table
+    res = json.loads((Path(__file__).parents[1]/'nbs'/'bench_cpu.json').read_text())
+    tables = bench_tables(res)
+    assert list(tables['inference'].arch) == list(res['inference'])
+    assert tables['study'].arch.iloc[-1] == 'all'
+    assert tables['study'].study_h.iloc[-1] == pytest.approx(res['study']['total_h'])
+    report = bench_report(res)
+    assert '| mtl_learner (fastai) |' in report and 'Full study on this machine' in report
+    targets = bench_targets(res)
+    assert report.endswith(markdown_table(targets, 3)) and targets.met.dtype == bool
+
+
+def test_optimised_forward_rejects_unknown_path():
+    from mes_mtl.bench import optimised_forward
+    with pytest.raises(ValueError, match="'onnx', 'compile' or 'none'"):
+        optimised_forward(None, torch.zeros(1), 'tensorrt')
+    assert optimised_forward(None, torch.zeros(1), 'none') == (None, 'not asked for', None)

@@ -95,7 +95,7 @@ def test_live_scorer_is_the_offline_scorer(scored, demo, model):
 
 def test_memory_does_not_grow_with_length(model, tmp_path):
     "Scoring a 4 times longer video needs no more memory at its peak (frames stream; only a batch is held)."
-    from mes_mtl.bench import PeakMemory
+    from mes_mtl.profiling import PeakMemory
     pred = load_predictor(model, device='cpu')
     short, long = tmp_path/'short.mp4', tmp_path/'long.mp4'
     make_demo_video(short, segments=((1, 2.0),), artefacts=())
