@@ -20,7 +20,7 @@ from .model import default_size, LIMUC_SIZE, PAPER_ARCHS
 from .results import finished_folds
 from .report import save_figure
 from .study import (CVConfig, ADDED_SETTINGS, Interrupted, check_study, claim_study, check_folds, split_diff,
-                           run_cv, study_learner, write_json)
+                           run_cv, settings_changes, study_learner, write_json)
 from .baselines import METHODS
 from .methods import write_method_comparison
 from .bench import bench_args, run_bench
@@ -30,10 +30,10 @@ from .distributed import init_distributed, rank_folder_first, data_parallel
 from .metrics import report_table, markdown_table, plot_confusion_matrices
 
 # %% auto #0
-__all__ = ['RUN_ADDED', 'DEMO_DEFAULTS', 'PAPER_DEFAULTS', 'CV_DEMO_DEFAULTS', 'CV_PAPER_DEFAULTS', 'METHOD_SETTINGS', 'COUNT',
-           'INDEX', 'FOLDS', 'SIZE', 'POSITIVE', 'NON_NEGATIVE', 'UNIT', 'SHARE', 'COMMANDS', 'writable_dir',
-           'writable_file', 'write_text', 'Staging', 'data_root', 'prepare_data', 'check_out', 'prepare', 'train',
-           'print_summary', 'cv', 'check_comparable', 'compare_studies', 'predict', 'parser', 'main']
+__all__ = ['DEMO_DEFAULTS', 'PAPER_DEFAULTS', 'CV_DEMO_DEFAULTS', 'CV_PAPER_DEFAULTS', 'METHOD_SETTINGS', 'COUNT', 'INDEX',
+           'FOLDS', 'SIZE', 'POSITIVE', 'NON_NEGATIVE', 'UNIT', 'SHARE', 'COMMANDS', 'writable_dir', 'writable_file',
+           'write_text', 'Staging', 'data_root', 'prepare_data', 'check_out', 'prepare', 'train', 'print_summary', 'cv',
+           'check_comparable', 'compare_studies', 'predict', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #df2a452e
 def _why(path: Path, e: OSError) -> str:
@@ -155,9 +155,6 @@ def prepare_data(out: Path,  # the output folder: its split.csv is reused while 
     return split
 
 # %% ../nbs/90_cli.ipynb #b1a20006
-# settings newer than some runs' config.json, with the value those runs had
-RUN_ADDED = {'method': 'mtl', 'focal_gamma': 0., 'cdw_power': 2., 'augment': 'paper'}
-
 def _data_config(args) -> dict:
     "The settings that shape the split (what a reused output folder must agree on)."
     return dict(data=str(args.data) if args.data else None, n_folds=args.folds, group=not args.no_group, seed=args.seed)
@@ -167,7 +164,7 @@ def _old_config(out: Path) -> dict:
     if not (fn := out/'config.json').is_file(): return {}
     old = json.loads(fn.read_text())
     if 'n_folds' not in old and 'folds' in old: old['n_folds'] = old.pop('folds')  # its name before `n_folds`
-    return {**RUN_ADDED, **old}
+    return {**ADDED_SETTINGS, **old}
 
 def check_out(out: Path,  # the output folder
               config: dict,  # the new run's settings
@@ -177,9 +174,8 @@ def check_out(out: Path,  # the output folder
     "The settings of the run in `out`, if any; a `UserError` where they differ from `config` (unless `overwrite`)."
     old = _old_config(out)
     if not old or overwrite: return old
-    diff = {k: (old.get(k), v) for k, v in json.loads(json.dumps(config)).items() if k != 'data' and old.get(k) != v}
-    if diff:
-        changes = ', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())
+    config = json.loads(json.dumps(config))  # as config.json holds it: tuples become lists
+    if changes := settings_changes(old, config, [k for k in config if k != 'data']):
         raise UserFileExistsError(f"{out} already holds a run with other settings ({changes}). Choose another "
                                   f"--out, or pass --overwrite to replace it (when the new run has finished).")
     if old.get('data') != config['data']:

@@ -24,8 +24,8 @@ from .results import finished_folds
 from .report import collect_results
 
 # %% auto #0
-__all__ = ['CAN_CHANGE_ON_RESUME', 'MAY_MOVE', 'ADDED_SETTINGS', 'CVConfig', 'write_json', 'check_study', 'claim_study',
-           'fold_dir', 'study_learner', 'run_fold', 'split_diff', 'check_folds', 'Interrupted', 'run_cv']
+__all__ = ['CAN_CHANGE_ON_RESUME', 'MAY_MOVE', 'ADDED_SETTINGS', 'CVConfig', 'write_json', 'settings_changes', 'check_study',
+           'claim_study', 'fold_dir', 'study_learner', 'run_fold', 'split_diff', 'check_folds', 'Interrupted', 'run_cv']
 
 # %% ../nbs/20c_study.ipynb #7d14918f
 @dataclass
@@ -96,6 +96,10 @@ MAY_MOVE = ('data',)  # may differ on resume: the split manifest check (`_check_
 # settings newer than some studies' config.json, with the value those studies had
 ADDED_SETTINGS = {'focal_gamma': 0., 'method': 'mtl', 'cdw_power': 2., 'augment': 'paper'}
 
+def settings_changes(old: dict, new: dict, keys) -> str:
+    "The settings among `keys` in which `new` differs from `old`, as `key: old -> new`; '' when none differ."
+    return ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys if old.get(k) != new.get(k))
+
 def _saved_n_folds(out: Path) -> int | None:
     "The number of folds of the split manifest saved in `out` (for studies whose config.json predates `n_folds`)."
     fn = out/'split.csv'
@@ -116,8 +120,7 @@ def check_study(out,  # the study folder
                                   f"output folder.")
     old = {**ADDED_SETTINGS, 'n_folds': _saved_n_folds(out), **json.loads(fn.read_text())}
     fixed = [k for k in config if k not in CAN_CHANGE_ON_RESUME + MAY_MOVE]
-    if diff := {k: (old.get(k), config[k]) for k in fixed if old.get(k) != config[k]}:
-        changes = ', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())
+    if changes := settings_changes(old, config, fixed):
         raise UserError(f"{out} holds a study with other settings ({changes}); "
                         f"resume it with the same settings, or use --overwrite or another output folder.")
     return {**config, 'archs': list(dict.fromkeys([*old.get('archs', []), *config.get('archs', [])]))}

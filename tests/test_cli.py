@@ -1,6 +1,5 @@
 "The `mes_mtl` command: subcommands as a user runs them (a real subprocess, or `main` in this process), exit code 2 on bad input."
-import json, subprocess, sys
-from types import SimpleNamespace
+import json, subprocess
 import pytest
 from mes_mtl.cli import main
 
@@ -11,19 +10,17 @@ def run(*args, cwd=None):
 
 
 @pytest.fixture
-def cli(capsys):
+def cli(mes_mtl):
     "`mes_mtl ARGS` in this process (no interpreter start-up): a result like `run`'s."
-    def call(*args):
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
-    return call
+    return mes_mtl
 
 
-def test_help_and_version():
+def test_help_and_version(cli):
+    "The installed entry point runs (a real subprocess); `--version` in this process."
     r = run('--help')
     assert r.returncode == 0 and 'prepare' in r.stdout and 'demo-data' in r.stdout
-    assert run('--version').stdout.startswith('mes_mtl ')
+    r = cli('--version')
+    assert r.returncode == 0 and r.stdout.startswith('mes_mtl ')
 
 
 def test_demo_data(tmp_path, cli):
@@ -69,10 +66,10 @@ TINY = ('--size', 32, '--epochs', 1, '--folds', 3, '--bs', 16, '--no-pretrained'
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory, demo_root):
+def trained(tmp_path_factory, demo_root, mes_mtl):
     "One short training run on the demo data (the README's main job, tiny), shared below."
     out = tmp_path_factory.mktemp('train')/'run'
-    r = run('train', '--out', out, '--data', demo_root, *TINY)
+    r = mes_mtl('train', '--out', out, '--data', demo_root, *TINY)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return out, r
 
@@ -110,17 +107,17 @@ def test_metrics_agree_with_predictions(trained):
     assert len(p) == pd.read_csv(out/'split.csv').is_test.sum()
 
 
-def test_predict_csv_and_json(trained, tmp_path, demo_root):
+def test_predict_csv_and_json(trained, tmp_path, demo_root, cli):
     import pandas as pd
     out, _ = trained
     folder = demo_root/'patient_based_classified_images'/'1'
-    r = run('predict', '--model', out/'model', folder)
+    r = cli('predict', '--model', out/'model', folder)
     assert r.returncode == 0, r.stderr
     from io import StringIO
     df = pd.read_csv(StringIO(r.stdout))
     assert len(df) == len(list(folder.rglob('*.bmp'))) and set(df.mes) <= {0, 1, 2, 3}
     assert df.filter(like='p_mes').sum(axis=1).to_numpy() == pytest.approx(1)
-    r = run('predict', '--model', out/'model', '--json', '--output', tmp_path/'p.json', next(folder.rglob('*.bmp')))
+    r = cli('predict', '--model', out/'model', '--json', '--output', tmp_path/'p.json', next(folder.rglob('*.bmp')))
     assert r.returncode == 0 and len(json.loads((tmp_path/'p.json').read_text())) == 1
 
 

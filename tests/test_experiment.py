@@ -7,8 +7,10 @@ TINY = ('--arch', 'resnet18', '--folds', 3, '--epochs', 2, '--f1-epochs', 1, '--
         '--no-pretrained', '--lr', 1e-3, '--quiet')
 
 
-def cv(*args):
-    return subprocess.run(['mes_mtl', 'cv', *map(str, args)], capture_output=True, text=True)
+@pytest.fixture(scope='session')
+def cv(mes_mtl):
+    "`mes_mtl cv ARGS` in this process."
+    return lambda *args: mes_mtl('cv', *args)
 
 
 def fold_files(out):
@@ -25,7 +27,7 @@ def same(a, b) -> bool:
 
 
 @pytest.fixture(scope='module')
-def study(demo_root, tmp_path_factory):
+def study(demo_root, tmp_path_factory, cv):
     "A tiny study that ran straight through."
     out = tmp_path_factory.mktemp('cv')/'study'
     r = cv('--data', demo_root, '--out', out, *TINY)
@@ -78,7 +80,7 @@ def test_cv_patient_tables(study):
     assert 'folds (mean ± sd)' in md and '| ensemble |' in md
 
 
-def test_cv_interrupted_and_resumed_equals_uninterrupted(study, demo_root, tmp_path):
+def test_cv_interrupted_and_resumed_equals_uninterrupted(study, demo_root, tmp_path, cv):
     "A study killed in the middle (like a Colab disconnect) and resumed ends with the same result files."
     ref, _ = study
     out = tmp_path/'study'
@@ -107,20 +109,20 @@ def test_cv_interrupted_and_resumed_equals_uninterrupted(study, demo_root, tmp_p
     (('--epochs', 0), 'argument --epochs: must be an integer of at least 1'),
     (('--method', 'regression', '--focal-gamma', 2), "focal_gamma applies to the cross-entropy methods"),
 ])
-def test_cv_bad_input(demo_root, tmp_path, args, msg):
+def test_cv_bad_input(demo_root, tmp_path, args, msg, cv):
     r = cv('--data', demo_root, '--out', tmp_path/'o', '--folds', 3, '--no-pretrained', *args)
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     assert msg in r.stderr and 'Traceback' not in r.stderr
 
 
-def test_cv_resume_with_other_settings(study, demo_root):
+def test_cv_resume_with_other_settings(study, demo_root, cv):
     out, _ = study
     r = cv('--data', demo_root, '--out', out, *TINY[:-3], '--lr', 0.01, '--quiet', '--resume')
     assert r.returncode == 2 and 'lr: 0.001 -> 0.01' in r.stderr
 
 
 @pytest.fixture(scope='module')
-def baseline(demo_root, tmp_path_factory):
+def baseline(demo_root, tmp_path_factory, cv):
     "A tiny single-task baseline study (CDW-CE) on the same data and folds as `study`."
     out = tmp_path_factory.mktemp('cv')/'cdw'
     r = cv('--data', demo_root, '--out', out, *TINY, '--method', 'cdw-ce')
@@ -128,7 +130,7 @@ def baseline(demo_root, tmp_path_factory):
     return out, r
 
 
-def test_cv_baseline_outputs(baseline, study):
+def test_cv_baseline_outputs(baseline, study, mes_mtl):
     out, r = baseline
     assert r.stdout.count('resnet18 fold') == 3 and '->' not in r.stdout.split('resnet18 fold 0')[1].splitlines()[0]
     d = out/'folds'/'resnet18'/'fold0'
@@ -139,13 +141,12 @@ def test_cv_baseline_outputs(baseline, study):
     test = pd.read_csv(out/'results'/'test_results.csv')
     assert test.model.tolist() == ['fold 0', 'fold 1', 'fold 2', 'mean', 'sd', 'ensemble']
     assert not (out/'results'/'fig3_before_after.png').exists() and (out/'results'/'fig2_classwise.png').is_file()
-    preds = subprocess.run(['mes_mtl', 'predict', '--model', d/'model', *pd.read_csv(d/'predictions.csv').path[:2]],
-                           capture_output=True, text=True)
+    preds = mes_mtl('predict', '--model', d/'model', *pd.read_csv(d/'predictions.csv').path[:2])
     assert preds.returncode == 0, preds.stderr[-2000:]
 
 
-def test_compare_methods(study, baseline, tmp_path):
-    r = subprocess.run(['mes_mtl', 'compare', f'mtl={study[0]}', f'cdw={baseline[0]}', '--out', tmp_path/'m'], capture_output=True, text=True)
+def test_compare_methods(study, baseline, tmp_path, mes_mtl):
+    r = mes_mtl('compare', f'mtl={study[0]}', f'cdw={baseline[0]}', '--out', tmp_path/'m')
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert '| mtl |' in r.stdout and '| cdw |' in r.stdout
     t = pd.read_csv(tmp_path/'m'/'methods.csv')
@@ -153,5 +154,5 @@ def test_compare_methods(study, baseline, tmp_path):
     assert {'patient MES macro F1', 'patient QWK'} <= set(t.column)
     assert 'patient QWK' in r.stdout.splitlines()[2]   # a column of the printed table
     assert (tmp_path/'m'/'methods.png').stat().st_size > 10_000
-    bad = subprocess.run(['mes_mtl', 'compare', f'mtl={study[0]}', f'x={tmp_path}', '--out', tmp_path/'m2'], capture_output=True, text=True)
+    bad = mes_mtl('compare', f'mtl={study[0]}', f'x={tmp_path}', '--out', tmp_path/'m2')
     assert bad.returncode == 2 and 'not a study folder' in bad.stderr
