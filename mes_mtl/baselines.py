@@ -5,72 +5,29 @@
 # %% ../nbs/15_baselines.ipynb #6e8e20de
 from __future__ import annotations
 import math
-from functools import partial
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from fastai.learner import Learner, Metric
+from fastai.learner import Learner
 from fastai.torch_core import to_np
 from coral_pytorch.losses import coral_loss
 from coral_pytorch.layers import CoralLayer
 from coral_pytorch.dataset import proba_to_label
-from .labels import MES_CLASSES, TASKS, LABEL_TABLE, mes_to_tasks
-from .model import create_body, feature_width
+from .labels import MES_CLASSES, mes_to_tasks, tasks_to_mes
+from .model import create_mes_model
 from .losses import masked_cross_entropy, _check_choice, _check_weights
-from .metrics import MTL_METRICS, mes_block, task_report, mes_pred_to_tasks, metric_names
+from .metrics import MTL_METRICS, MTLMetric, mes_pred_to_tasks, metric_names
 from .learner import DEFAULT_METRICS, protocol_learner
 
 # %% auto #0
-__all__ = ['METHODS', 'BASELINES', 'MES_THRESHOLDS', 'N_CUTS', 'MESModel', 'create_mes_model', 'mes_targets', 'MESLoss',
-           'MESCrossEntropy', 'CDWCELoss', 'MESRegressionLoss', 'mes_levels', 'coral_head', 'MESCoralLoss',
-           'MESCornLoss', 'mes_value', 'MESMetric', 'baseline_metrics', 'baseline_loss', 'baseline_learner']
+__all__ = ['METHODS', 'BASELINES', 'MES_THRESHOLDS', 'N_CUTS', 'MESLoss', 'MESCrossEntropy', 'CDWCELoss', 'MESRegressionLoss',
+           'mes_levels', 'coral_head', 'MESCoralLoss', 'MESCornLoss', 'decode_baseline', 'baseline_metrics',
+           'baseline_loss', 'baseline_learner']
 
 # %% ../nbs/15_baselines.ipynb #f3bf1ff4
 METHODS = ('mtl', 'ce', 'regression', 'cdw-ce', 'coral', 'corn')  # the multi-task model and the single-task baselines
 BASELINES = METHODS[1:]
-
-# %% ../nbs/15_baselines.ipynb #058bdd39
-class MESModel(nn.Module):
-    "A `body` (images -> features (n, C)) and one head of `n_out` outputs (4 MES logits, 1 score or 3 ordinal logits)."
-    def __init__(self,
-                 body: nn.Module,  # images -> features (n, C)
-                 n_out: int,  # outputs of the head
-                 n_features: int | None = None,  # C; None: measured with a dummy forward pass
-                 dropout: float = 0.,  # dropout before the head
-                 head=nn.Linear):  # head(n_features, n_out) -> the head module
-        super().__init__()
-        self.body, self.n_out = body, n_out
-        self.n_features = n_features or feature_width(body)
-        self.drop = nn.Dropout(dropout)
-        self.heads = nn.ModuleList([head(self.n_features, n_out)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        "The head's output (n, n_out)."
-        return self.heads[0](self.drop(self.body(x)))
-
-def create_mes_model(arch: str,  # a timm backbone
-                     n_out: int,  # outputs of the head
-                     pretrained: bool = True,  # ImageNet weights
-                     dropout: float = 0.,  # dropout before the head
-                     head=nn.Linear,  # head(n_features, n_out) -> the head module
-                     **timm_kwargs) -> MESModel:
-    "`MESModel` on the timm backbone `arch` with the head `head(n_features, n_out)`."
-    body, n_features = create_body(arch, pretrained, **timm_kwargs)
-    return MESModel(body, n_out, n_features, dropout, head)
-
-# %% ../nbs/15_baselines.ipynb #4d125400
-def mes_targets(*targets) -> torch.Tensor:
-    "Mayo scores (n,) from the task targets `primary, remission, active` (three tensors (n,) or one (n, 3))."
-    if len(targets) == 1 and targets[0].ndim == 2: targets = targets[0].unbind(-1)
-    if len(targets) != len(TASKS):
-        raise ValueError(f"need the {len(TASKS)} task targets {TASKS} (or one (n, 3) tensor); got {len(targets)}")
-    primary, remission, active = (torch.as_tensor(t).long() for t in targets)
-    mes = torch.where(primary == 1, 2 + active, remission)
-    table = torch.as_tensor(LABEL_TABLE, device=mes.device)
-    if ((mes < 0) | (mes > 3)).any() or (table[mes.clamp(0, 3)] != torch.stack([primary, remission, active], -1)).any():
-        raise ValueError("task targets do not match the label table (see `mes_mtl.labels.LABEL_TABLE`)")
-    return mes
 
 # %% ../nbs/15_baselines.ipynb #5ec59947
 class MESLoss(nn.Module):
@@ -95,9 +52,10 @@ class MESLoss(nn.Module):
     def forward(self, pred, *targets) -> torch.Tensor:
         "The loss of the model's output `pred` for the task `targets` (three tensors (n,) or one (n, 3))."
         if not isinstance(pred, torch.Tensor):
-            raise ValueError(f"{type(self).__name__} needs one output tensor (a single-task `MESModel`); got a "
-                             f"{type(pred).__name__} (a multi-task model is trained with `JointLoss`)")
-        items, w = self.item_losses(pred, mes_targets(*targets).to(pred.device))
+            raise ValueError(f"{type(self).__name__} needs one output tensor (a single-task model, `create_mes_model`); "
+                             f"got a {type(pred).__name__} (a multi-task model is trained with `JointLoss`)")
+        mes = tasks_to_mes(*targets).to(pred.device)
+        items, w = self.item_losses(pred, mes)
         if self.reduction == 'none': return items
         return items.sum() if self.reduction == 'sum' else items.sum() / w.sum()
 
@@ -288,36 +246,18 @@ class MESCornLoss(_Ordinal):
         return F.logsigmoid(logits.float()).cumsum(-1)
 
 # %% ../nbs/15_baselines.ipynb #c891289d
-def mes_value(mes_true, mes_pred, block: str, key: str) -> float:
-    "`key` of report block `block` (as in `report_from_predictions`) from Mayo truths and predictions."
-    if block == 'mes': return mes_block(mes_true, mes_pred)[key]
-    j = TASKS.index(block)
-    return task_report(mes_to_tasks(mes_true)[:, j], mes_pred_to_tasks(mes_pred)[:, j], (0, 1))[key]
+def decode_baseline(pred, loss_func) -> tuple[np.ndarray, np.ndarray]:
+    "Mayo scores (n,) and task predictions (n, 3) of a single-task output `pred`, decoded by its `MESLoss`."
+    if not (isinstance(pred, torch.Tensor) and isinstance(loss_func, MESLoss)):
+        raise ValueError(f"the baseline metrics need a single-task learner (`baseline_learner`: one output tensor and "
+                         f"an `MESLoss`); got a {type(pred).__name__} output and a {type(loss_func).__name__} "
+                         f"(a multi-task learner is tracked by `mtl_metrics`)")
+    mes = to_np(loss_func.decodes(loss_func.activation(pred))).astype(np.int64)
+    return mes, mes_pred_to_tasks(mes)
 
-class MESMetric(Metric):
-    "Epoch metric of a single-task model: accumulates decoded and true Mayo scores, `func(mes_true, mes_pred)` gives the value."
-    def __init__(self, func, name: str): self.func, self._name = func, name
-    def reset(self): self.preds, self.targs = [], []
-
-    def accumulate(self, learn):
-        loss = learn.loss_func
-        if not (isinstance(learn.pred, torch.Tensor) and isinstance(loss, MESLoss)):
-            raise ValueError(f"`{self.name}` needs a single-task learner (`baseline_learner`: one output tensor and an "
-                             f"`MESLoss`); got a {type(learn.pred).__name__} output and a {type(loss).__name__} (use `mtl_metrics`)")
-        self.preds.append(learn.to_detach(loss.decodes(loss.activation(learn.pred))))
-        self.targs.append(learn.to_detach(mes_targets(*learn.yb)))
-
-    @property
-    def value(self):
-        if not self.targs: return None
-        return self.func(torch.cat(self.targs).numpy(), torch.cat(self.preds).numpy())
-
-    @property
-    def name(self) -> str: return self._name
-
-def baseline_metrics(names=None) -> list[MESMetric]:
-    "New `MESMetric`s for a baseline `Learner`, by name (default: all of `metrics.MTL_METRICS`)."
-    return [MESMetric(partial(mes_value, block=MTL_METRICS[n][0], key=MTL_METRICS[n][1]), n) for n in metric_names(names)]
+def baseline_metrics(names=None) -> list[MTLMetric]:
+    "New `MTLMetric`s for a baseline `Learner` (`decode_baseline`), by name (default: all of `metrics.MTL_METRICS`)."
+    return [MTLMetric(n, *MTL_METRICS[n], decode=decode_baseline) for n in metric_names(names)]
 
 # %% ../nbs/15_baselines.ipynb #c1a654cf
 def _check_method(method: str) -> str:

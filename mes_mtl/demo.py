@@ -18,7 +18,7 @@ __all__ = ['LIMUC_SIZE', 'CUE_RAMPS', 'NORMAL_RGB', 'ERYTHEMA_RGB', 'VESSEL_RGB'
            'mes_counts', 'demo_layout', 'make_demo_limuc']
 
 # %% ../nbs/01_demo.ipynb #941dc61d
-LIMUC_SIZE = (352, 288)  # (width, height) of a LIMUC image
+LIMUC_SIZE = (288, 352)  # (height, width) of every LIMUC image, the order of torch and fastai: 352 x 288 px (w x h)
 CUE_RAMPS = {            # severity at which a cue appears and at which it is at full strength
     'erythema': (0.2, 2.4), 'vessel_loss': (0.1, 1.9), 'vessel_blur': (0.2, 1.6), 'granularity': (0.9, 2.6),
     'friability': (0.6, 2.6), 'erosions': (1.3, 2.6), 'bleeding': (2.2, 3.4), 'ulcers': (2.3, 3.4)}
@@ -36,8 +36,8 @@ FIBRIN_RGB = np.array([0.95, 0.88, 0.64], np.float32)    # erosions, ulcer beds
 WHITE = np.ones(3, np.float32)
 
 def _field(rng, size, cell, angle, aspect=1.0) -> np.ndarray:
-    "Smooth random field (h, w), unit std, blobs ~`cell` px across (`aspect` times longer along the axis rotated by `angle`)."
-    w, h = size
+    "Smooth random field `size` (h, w), unit std, blobs ~`cell` px across (`aspect` times longer along the axis at `angle`)."
+    h, w = size
     diag = np.hypot(w, h)
     gw, gh = int(diag / (cell * aspect)) + 4, int(diag / cell) + 4
     up = int(np.ceil(cell / 6))  # bicubic upsampling to ~6 px steps, then a cheap bilinear rotation
@@ -78,9 +78,9 @@ def _optics(img, rng, field):
 _LAYERS = ('colour', 'vessels', 'texture', 'friability', 'erosions', 'bleeding', 'ulcers', 'optics')
 
 def mucosa_image(severity: float, rng: np.random.Generator, size=LIMUC_SIZE) -> np.ndarray:
-    "A synthetic colonoscopy frame (h, w, 3) uint8 at disease `severity` (0 normal .. 3.5 worst); `size` is (width, height)."
-    w, h = size
-    if min(w, h) < 8: raise ValueError(f"size must be (width, height) of at least 8 px each; got {size}")
+    "A synthetic colonoscopy frame (h, w, 3) uint8 at disease `severity` (0 normal .. 3.5 worst) of `size` (h, w)."
+    h, w = size
+    if min(h, w) < 8: raise ValueError(f"size must be (height, width) of at least 8 px each; got {size}")
     cue = severity_cues(severity)
     rngs = dict(zip(_LAYERS, rng.spawn(len(_LAYERS))))
     angle = rngs['optics'].uniform(0, 2 * np.pi)

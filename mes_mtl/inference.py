@@ -13,8 +13,8 @@ from PIL import Image, UnidentifiedImageError
 from safetensors.torch import save_model, load_model
 import mes_mtl
 from .labels import TASKS, LABEL_TABLE, mes_probs, mes_decode, heads_from_mes
-from .model import create_mtl_model, MTLModel
-from .baselines import METHODS, MESModel, create_mes_model, baseline_loss
+from .model import create_mtl_model, create_mes_model, MTLModel
+from .baselines import METHODS, baseline_loss
 from .errors import UserError, UserFileNotFoundError
 
 # %% auto #0
@@ -42,8 +42,8 @@ def save_mtl_model(learn, path) -> Path:
     return path
 
 # %% ../nbs/16_inference.ipynb #d4b38645
-def load_mtl_model(path) -> tuple[MTLModel | MESModel, dict]:
-    "The model (`MTLModel`, or a baseline's `MESModel`) and config saved by `save_mtl_model` in `path`; clear errors for missing or mismatched files."
+def load_mtl_model(path) -> tuple[MTLModel, dict]:
+    "The `MTLModel` (three heads, or a baseline's one) and config saved by `save_mtl_model` in `path`; clear errors."
     path = Path(path)
     if missing := [f for f in MODEL_FILES if not (path/f).is_file()]:
         raise UserFileNotFoundError(f"{path}: not a mes_mtl model folder, {' and '.join(missing)} missing "
@@ -75,7 +75,7 @@ def _as_images(imgs) -> list | np.ndarray:
 
 class MESPredictor:
     "Mayo scores and probabilities for images, from a model folder (`from_folder`) or a trained Learner (`from_learner`)."
-    def __init__(self, model: MTLModel | MESModel, config: dict, device=None, runtime: str = 'torch', folder=None):
+    def __init__(self, model: MTLModel, config: dict, device=None, runtime: str = 'torch', folder=None):
         "`runtime`: 'torch' or 'onnx' (ONNX Runtime, the export cached in model folder `folder` if given, else in memory)."
         if runtime not in RUNTIMES: raise UserError(f"runtime must be one of {RUNTIMES}; got {runtime!r}")
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))

@@ -19,7 +19,7 @@ from coral_pytorch.layers import CoralLayer
 from .errors import UserError
 from .labels import TASKS, TASK_CLASSES, MES_CLASSES, mes_probs, mes_decode
 from .model import MTLModel, eval_mode
-from .baselines import BASELINES, MES_THRESHOLDS, MESModel, MESLoss, MESRegressionLoss, baseline_loss
+from .baselines import BASELINES, MES_THRESHOLDS, MESLoss, MESRegressionLoss, baseline_loss
 from .inference import MESPredictor
 
 # %% auto #0
@@ -120,31 +120,31 @@ def cam_layer(body: nn.Module, size, layer: str | None = None) -> tuple[str, nn.
 # %% ../nbs/17_interpret.ipynb #6ef0edcb
 class _Source(NamedTuple):
     "What Grad-CAM needs to know of the object it is given."
-    model: nn.Module  # the `MTLModel` or a baseline's `MESModel`
+    model: nn.Module  # the `MTLModel`: three heads, or a baseline's one
     src: Learner | MESPredictor | None  # what knows the preprocessing (None: a bare model)
     loss: MESLoss | None  # a baseline's loss (activation, MES probabilities, decoding); None: the multi-task model
     method: str  # 'mtl' or the baseline
 
-def _model_loss(model: MESModel) -> MESLoss:
-    "The loss that reads a bare `MESModel`'s output, from its head ('ce' and 'cdw-ce' share the softmax and the arg-max)."
+def _model_loss(model: MTLModel) -> MESLoss:
+    "The loss that reads a bare single-task model's output, from its head ('ce' and 'cdw-ce' read theirs alike)."
     if isinstance(model.heads[0], CoralLayer): return baseline_loss('coral')
     if (method := {1: 'regression', 3: 'corn', 4: 'ce'}.get(model.n_out)) is None:
-        raise UserError(f"an MESModel with {model.n_out} outputs is none of the baselines {BASELINES}: "
+        raise UserError(f"a single-task model with {model.n_out} outputs is none of the baselines {BASELINES}: "
                         "give its Learner (`baseline_learner`) or an MESPredictor (`MESPredictor.from_folder`)")
     return baseline_loss(method)
 
 def _resolve(obj) -> _Source:
-    "The model of an `MTLModel`, an `MESModel`, a fastai `Learner` or an `MESPredictor`, the preprocessing and the method."
+    "The model of an `MTLModel`, a fastai `Learner` or an `MESPredictor`, the preprocessing and the method."
     if isinstance(obj, MESPredictor): return _Source(obj.model, obj, obj.loss, obj.method)
     if isinstance(obj, Learner):
-        if not isinstance(obj.model, MESModel): return _Source(obj.model, obj, None, 'mtl')
+        if not getattr(obj.model, 'single_task', False): return _Source(obj.model, obj, None, 'mtl')
         if not isinstance(obj.loss_func, MESLoss):
-            raise UserError(f"a Learner of a single-task MESModel needs a baseline loss (`baseline_learner`) to read its "
+            raise UserError(f"a Learner of a single-task model needs a baseline loss (`baseline_learner`) to read its "
                             f"output; got loss_func {type(obj.loss_func).__name__}")
         return _Source(obj.model, obj, obj.loss_func, _method(obj.loss_func))
+    if isinstance(obj, MTLModel) and obj.single_task: return _Source(obj, None, loss := _model_loss(obj), _method(loss))
     if isinstance(obj, MTLModel): return _Source(obj, None, None, 'mtl')
-    if isinstance(obj, MESModel): return _Source(obj, None, loss := _model_loss(obj), _method(loss))
-    raise TypeError(f"expected an MTLModel or MESModel, a fastai Learner from `mtl_learner` or `baseline_learner`, or an "
+    raise TypeError(f"expected an MTLModel (three heads or one), a fastai Learner from `mtl_learner` or `baseline_learner`, or an "
                     f"MESPredictor; got {type(obj).__name__}")
 
 def _predictor(obj, model: nn.Module) -> MESPredictor | None:
@@ -186,20 +186,34 @@ def _classes(cls, target: str, n: int, default: torch.Tensor) -> torch.Tensor:
                         f"({', '.join(target_classes(target))}), one for all images or one per image; got {cls!r}")
     return torch.as_tensor(np.broadcast_to(c, (n,)).astype(np.int64), device=default.device)
 
-def _forward_keeping(model: nn.Module, x: torch.Tensor, module: nn.Module) -> tuple:
-    "The output of `model(x)` (the heads' logits or a baseline's tensor) and of `module` in it, detached there."
+def _splits_at(body: nn.Module, module: nn.Module) -> bool:
+    "Whether `module` is the deepest stage of the timm `body`, whose map `forward_features` returns (same width)."
+    info = getattr(body, 'feature_info', None)
+    if not info or not hasattr(body, 'forward_features'): return False
+    last = dict(body.named_modules()).get(info[-1]['module'])
+    return module is last and info[-1]['num_chs'] == getattr(body, 'num_features', None)
+
+def _hooked_features(model: nn.Module, x: torch.Tensor, module: nn.Module) -> tuple:
+    "The body's feature map of `x` and the map of `module` in it, detached there: the rest runs on the leaf."
     kept = []
     def keep(mod, inputs, out):
         kept.append(out.detach().requires_grad_(True))
         return kept[-1]
     handle = module.register_forward_hook(keep)
-    try:
-        with torch.enable_grad(): out = model(x)
+    try: fmap = model.forward_features(x)
     finally: handle.remove()
-    if kept[-1].ndim != 4:
-        raise UserError(f"the Grad-CAM layer returns shape {tuple(kept[-1].shape)}, not a spatial feature map "
+    return fmap, kept[-1]
+
+def _forward_keeping(model: nn.Module, x: torch.Tensor, module: nn.Module, hook: bool = False) -> tuple:
+    "The model's output for `x` (the heads' logits or a baseline's tensor) and the detached map of `module` in it."
+    with torch.enable_grad():
+        if hook or not _splits_at(model.body, module): fmap, feats = _hooked_features(model, x, module)
+        else: fmap = feats = model.forward_features(x).detach().requires_grad_(True)
+        out = model.forward_head(fmap)
+    if feats.ndim != 4:
+        raise UserError(f"the Grad-CAM layer returns shape {tuple(feats.shape)}, not a spatial feature map "
                         "(n, C, h, w): choose a convolutional stage with `layer=`")
-    return out, kept[-1]
+    return out, feats
 
 def _predictions(out, target: str, loss: MESLoss | None, rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "The method's MES probabilities (n, 4), its decoded MES (n,) and the predicted class of `target` (n,)."
@@ -257,7 +271,7 @@ def _gradcam(obj, images, target: str = 'mes', cls=None, bs: int = 16, layer: st
     return _Cams(*(cat(f) for f in _Cams._fields[:6]), shown, s.method)
 
 # %% ../nbs/17_interpret.ipynb #b2f0308a
-def gradcam(model,  # `MTLModel`/`MESModel`, a `Learner` of `mtl_learner`/`baseline_learner`, or an `MESPredictor`
+def gradcam(model,  # an `MTLModel`, a `Learner` of `mtl_learner`/`baseline_learner`, or an `MESPredictor`
             images,  # image files, PIL images or arrays (with a Learner or predictor), or a normalised tensor
             target: str = 'mes',  # 'mes' (the decoded Mayo score) or a multi-task head: 'primary', 'remission', 'active'
             cls=None,  # the class to explain, one for all or one per image; default: the predicted one

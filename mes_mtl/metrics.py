@@ -18,7 +18,7 @@ from .labels import MES_CLASSES, TASKS, IGNORE, TASK_CLASSES, check_mes, mes_to_
 # %% auto #0
 __all__ = ['CLASS_NAMES', 'MTL_METRICS', 'task_report', 'mes_block', 'remission_vs_active', 'mes_pred_to_tasks',
            'report_from_predictions', 'mtl_report', 'report_table', 'markdown_table', 'plot_confusion_matrices',
-           'mtl_value', 'MTLMetric', 'metric_names', 'mtl_metrics']
+           'decode_heads', 'metric_value', 'MTLMetric', 'metric_names', 'mtl_metrics']
 
 # %% ../nbs/12_metrics.ipynb #7d36b2cb
 def task_report(y_true, y_pred, labels) -> dict:
@@ -139,31 +139,46 @@ def plot_confusion_matrices(report: dict, cmap: str = 'Blues', figsize: tuple = 
 MTL_METRICS = {'mes_accuracy': ('mes', 'accuracy'), 'mes_macro_f1': ('mes', 'macro_f1'), 'mes_qwk': ('mes', 'qwk'),
                **{f'{t}_acc': (t, 'accuracy') for t in TASKS}, **{f'{t}_f1': (t, 'macro_f1') for t in TASKS}}
 
-def mtl_value(probs, targs, block: str, key: str, rule: str = 'prob') -> float:
-    "`key` of report block `block` (as in `mtl_report`) from the heads' probabilities `probs` and the task targets `targs` (n, 3)."
+def decode_heads(pred, loss_func=None, rule: str = 'prob') -> tuple[np.ndarray, np.ndarray]:
+    "Mayo scores (n,) by `rule` and task predictions (n, 3) of the multi-task output `pred`: three logit tensors (n, 2)."
+    if not (isinstance(pred, (tuple, list)) and len(pred) == len(TASKS)):
+        raise ValueError(f"the multi-task metrics need a model that returns a tuple of {len(TASKS)} logit tensors {TASKS}; "
+                         f"got a {type(pred).__name__} (a single-task baseline is tracked by `baseline_metrics`)")
+    probs = [F.softmax(p.float(), dim=-1).cpu().numpy() for p in pred]
+    tasks = np.stack([_head_pred(p, t) for p, t in zip(probs, TASKS)], axis=-1)
+    return mes_decode(*probs, rule=rule), tasks
+
+def metric_value(targs, mes_pred, task_pred, block: str, key: str) -> float:
+    "`key` of report block `block` (as in `report_from_predictions`) from task targets (n, 3) and predictions."
     targs = np.asarray(targs)
-    if block == 'mes': return mes_block(tasks_to_mes(targs), mes_decode(*probs, rule=rule))[key]
+    if block == 'mes': return mes_block(tasks_to_mes(targs), mes_pred)[key]
     j = TASKS.index(block)
-    return task_report(targs[:, j], _head_pred(probs[j], block), (0, 1))[key]
+    return task_report(targs[:, j], np.asarray(task_pred)[:, j], (0, 1))[key]
 
 class MTLMetric(Metric):
-    "Epoch metric of a 3-head model: accumulates the heads' softmax probabilities and targets, `func(probs, targs)` gives the value."
-    def __init__(self, func, name: str): self.func, self._name = func, name
-    def reset(self): self.probs, self.targs = [], []
+    "Epoch metric `name`: `key` of report block `block` over the batches' `decode(pred, loss_func)` and targets."
+    def __init__(self,
+                 name: str,  # the name fastai shows and trackers monitor
+                 block: str,  # report block: 'mes' or a task
+                 key: str,  # entry of the block: 'accuracy', 'macro_f1', 'qwk', ...
+                 decode=decode_heads):  # (pred, loss_func) -> Mayo scores (n,), task predictions (n, 3)
+        self._name, self.block, self.key, self.decode = name, block, key, decode
+    def reset(self): self.mes, self.tasks, self.targs = [], [], []
 
     def accumulate(self, learn):
-        pred, yb = learn.pred, learn.yb
-        if not (isinstance(pred, (tuple, list)) and len(pred) == len(TASKS) and len(yb) == len(TASKS)):
-            raise ValueError(f"`{self.name}` needs a model that returns a tuple of {len(TASKS)} logit tensors {TASKS} and "
-                             f"{len(TASKS)} targets per batch; got a {type(pred).__name__} and {len(yb)} target(s)")
-        self.probs.append(learn.to_detach(tuple(F.softmax(p.float(), dim=-1) for p in pred)))
-        self.targs.append(learn.to_detach(torch.stack(list(yb), dim=-1)))
+        yb = learn.yb
+        if len(yb) != len(TASKS):
+            raise ValueError(f"`{self.name}` needs the {len(TASKS)} task targets {TASKS} per batch; got {len(yb)}")
+        mes, tasks = self.decode(learn.to_detach(learn.pred), learn.loss_func)
+        self.mes.append(np.asarray(mes))
+        self.tasks.append(np.asarray(tasks))
+        self.targs.append(learn.to_detach(torch.stack(list(yb), dim=-1)).numpy())
 
     @property
     def value(self):
         if not self.targs: return None
-        probs = [torch.cat(head).numpy() for head in zip(*self.probs)]
-        return self.func(probs, torch.cat(self.targs).numpy())
+        targs, mes, tasks = (np.concatenate(a) for a in (self.targs, self.mes, self.tasks))
+        return metric_value(targs, mes, tasks, self.block, self.key)
 
     @property
     def name(self) -> str: return self._name
@@ -176,5 +191,6 @@ def metric_names(names=None) -> list[str]:
     return names
 
 def mtl_metrics(names=None, rule: str = 'prob') -> list[MTLMetric]:
-    "New `MTLMetric`s for a `Learner`, by name (default: all of `MTL_METRICS`); Mayo scores decoded with `rule`."
-    return [MTLMetric(partial(mtl_value, block=MTL_METRICS[n][0], key=MTL_METRICS[n][1], rule=rule), n) for n in metric_names(names)]
+    "New `MTLMetric`s for a multi-task `Learner`, by name (default: all of `MTL_METRICS`); Mayo scores decoded with `rule`."
+    decode = partial(decode_heads, rule=rule)
+    return [MTLMetric(n, *MTL_METRICS[n], decode=decode) for n in metric_names(names)]

@@ -12,21 +12,22 @@ import timm
 from timm.models import parse_model_name
 from fastai.torch_core import params
 from .labels import TASKS, TASK_CLASSES
+from .demo import LIMUC_SIZE
 from .errors import UserError
 
 # %% auto #0
-__all__ = ['PAPER_ARCHS', 'LIMUC_SIZE', 'default_size', 'check_arch', 'eval_mode', 'feature_width', 'MTLModel', 'create_body',
-           'create_mtl_model', 'mtl_splitter']
+__all__ = ['PAPER_ARCHS', 'default_size', 'check_arch', 'eval_mode', 'feature_width', 'MTLModel', 'create_body',
+           'create_mtl_model', 'create_mes_model', 'mtl_splitter']
 
 # %% ../nbs/10_model.ipynb #f20363d0
 PAPER_ARCHS = {'resnet18': (224, 224), 'resnet50': (224, 224), 'densenet121': (224, 224),
                'inception_v3': (299, 299), 'mobilenetv3_large_100': (224, 224)}  # timm name -> native (h, w)
-LIMUC_SIZE = (288, 352)  # (h, w) of every LIMUC image (352 x 288 pixels)
 
 # %% ../nbs/10_model.ipynb #45fa1100
 def default_size(arch: str) -> tuple[int, int]:
     "Training image size (h, w) for `arch`: LIMUC's native 288 x 352, except Inception-v3 at its native 299 x 299."
-    return PAPER_ARCHS['inception_v3'] if parse_model_name(arch)[1].split('.')[0] == 'inception_v3' else LIMUC_SIZE
+    family = parse_model_name(arch)[1].split('.')[0]  # 'inception_v3.tv_in1k' -> 'inception_v3'
+    return PAPER_ARCHS['inception_v3'] if family == 'inception_v3' else LIMUC_SIZE
 
 # %% ../nbs/10_model.ipynb #135bf905
 def check_arch(arch: str) -> str:
@@ -42,7 +43,7 @@ def check_arch(arch: str) -> str:
 # %% ../nbs/10_model.ipynb #b360f6a1
 @contextmanager
 def eval_mode(model: nn.Module):
-    "Context: `model` in eval mode (BatchNorm statistics, no dropout); every module's own train/eval flag restored on exit."
+    "Context: `model` in eval mode (BatchNorm statistics, no dropout); each module's own train/eval flag restored on exit."
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try: yield model
@@ -52,12 +53,14 @@ def eval_mode(model: nn.Module):
 def _probe(body: nn.Module, in_chans: int, size) -> torch.Tensor:
     h, w = (size, size) if isinstance(size, int) else size
     p = next(body.parameters(), None)
-    x = torch.zeros(1, in_chans, h, w, device=p.device if p is not None else 'cpu', dtype=p.dtype if p is not None else None)
+    device, dtype = (p.device, p.dtype) if p is not None else ('cpu', None)
+    x = torch.zeros(1, in_chans, h, w, device=device, dtype=dtype)
     with torch.no_grad(), eval_mode(body): return body(x)
 
 def feature_width(body: nn.Module, in_chans: int = 3, size: int | tuple[int, int] | None = None) -> int:
     "Width of the feature vectors `body` really returns, from a forward pass of one zero image (96 px or its native size)."
-    sizes = [size] if size is not None else [96, getattr(body, 'pretrained_cfg', {}).get('input_size', (3, 224, 224))[1:]]
+    native = getattr(body, 'pretrained_cfg', {}).get('input_size', (3, 224, 224))[1:]
+    sizes = [size] if size is not None else [96, native]
     for s in sizes:
         try: out = _probe(body, in_chans, s)
         except Exception as e: err = e; continue
@@ -69,19 +72,40 @@ def feature_width(body: nn.Module, in_chans: int = 3, size: int | tuple[int, int
                      "pass the size it expects (`size`, or `img_size` to `create_mtl_model`)") from err
 
 # %% ../nbs/10_model.ipynb #c12f1d9a
+def _task_outputs() -> tuple[int, ...]: return tuple(len(TASK_CLASSES[t]) for t in TASKS)  # (2, 2, 2)
+
 class MTLModel(nn.Module):
-    "A shared `body` (images -> features (n, C)) feeding one linear head per task in `TASKS`; returns their logits."
-    def __init__(self, body: nn.Module, n_features: int | None = None, dropout: float = 0.):
+    "A shared `body` (images -> features (n, C)) and heads: a tuple of logits for several, one tensor for one (int `n_out`)."
+    def __init__(self,
+                 body: nn.Module,  # images -> features (n, C): a timm model with `num_classes=0`, or any module
+                 n_features: int | None = None,  # C; None: measured with a dummy forward pass
+                 dropout: float = 0.,  # dropout before the heads
+                 n_out: int | tuple[int, ...] | None = None,  # outputs per head; an int: one head; None: one per task
+                 head=nn.Linear):  # head(n_features, n_out) -> one head module
         super().__init__()
         self.body = body
+        self.n_out = _task_outputs() if n_out is None else n_out
+        self.single_task = isinstance(self.n_out, int)  # one head: `forward` returns one tensor, not a tuple
         self.n_features = n_features or feature_width(body)
         self.drop = nn.Dropout(dropout)
-        self.heads = nn.ModuleList([nn.Linear(self.n_features, len(TASK_CLASSES[t])) for t in TASKS])
+        widths = [self.n_out] if self.single_task else self.n_out
+        self.heads = nn.ModuleList([head(self.n_features, k) for k in widths])
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        "Logits (n, 2) of the primary, remission and active heads."
-        features = self.drop(self.body(x))
-        return tuple(head(features) for head in self.heads)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        "The body's last feature map (n, C, h, w) (timm's `forward_features`); a body without one: its output."
+        features = getattr(self.body, 'forward_features', None)
+        return self.body(x) if features is None else features(x)
+
+    def forward_head(self, features: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor:
+        "The heads' outputs from the feature map `features`: timm's `forward_head` (pooling), dropout, the heads."
+        pool = getattr(self.body, 'forward_head', None)
+        pooled = self.drop(features if pool is None else pool(features))
+        out = tuple(head(pooled) for head in self.heads)
+        return out[0] if self.single_task else out
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor:
+        "Logits (n, 2) of the primary, remission and active heads (a tuple), or the single head's output (n, n_out)."
+        return self.forward_head(self.forward_features(x))
 
 # %% ../nbs/10_model.ipynb #f84f1ffd
 def create_body(arch: str = 'resnet18', pretrained: bool = True, **timm_kwargs) -> tuple[nn.Module, int]:
@@ -92,6 +116,16 @@ def create_body(arch: str = 'resnet18', pretrained: bool = True, **timm_kwargs) 
 def create_mtl_model(arch: str = 'resnet18', pretrained: bool = True, dropout: float = 0., **timm_kwargs) -> MTLModel:
     "`MTLModel` on the timm backbone `arch` (ImageNet weights if `pretrained`), heads sized from the body's real output."
     return MTLModel(*create_body(arch, pretrained, **timm_kwargs), dropout)
+
+def create_mes_model(arch: str,  # a timm backbone
+                     n_out: int,  # outputs of the head
+                     pretrained: bool = True,  # ImageNet weights
+                     dropout: float = 0.,  # dropout before the head
+                     head=nn.Linear,  # head(n_features, n_out) -> the head module
+                     **timm_kwargs) -> MTLModel:
+    "A single-task `MTLModel` on the timm backbone `arch`: one head `head(n_features, n_out)`, one output tensor."
+    body, n_features = create_body(arch, pretrained, **timm_kwargs)
+    return MTLModel(body, n_features, dropout, n_out=n_out, head=head)
 
 # %% ../nbs/10_model.ipynb #914b8642
 def mtl_splitter(model: MTLModel) -> list[list[nn.Parameter]]:
