@@ -28,7 +28,8 @@ def check_mes(mes) -> np.ndarray:
     if arr.dtype.kind == 'f' and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)): arr = arr.astype(int)
     bad = ~np.isin(arr, MES_CLASSES) if arr.dtype.kind in 'iu' else np.ones(arr.shape, bool)
     if bad.any():
-        raise ValueError(f"Mayo endoscopic scores must be integers 0, 1, 2 or 3; got {np.unique(arr[bad])[:10].tolist()}")
+        bad_values = np.unique(arr[bad])[:10].tolist()
+        raise ValueError(f"Mayo endoscopic scores must be integers 0, 1, 2 or 3; got {bad_values}")
     return arr.astype(np.int64)
 
 # %% ../nbs/00_labels.ipynb #1b9a67d1
@@ -78,7 +79,7 @@ def mes_probs(p_primary, p_remission, p_active) -> np.ndarray:
 
 # %% ../nbs/00_labels.ipynb #1132ca24
 def heads_from_mes(p_mes) -> list[np.ndarray]:
-    "The three heads' p(class 1) whose product rule gives the MES probabilities `p_mes` (n, 4) (0.5 where a branch has no mass)."
+    "The heads' p(class 1) whose product rule gives the MES probabilities `p_mes` (n, 4); 0.5 in a branch of no mass."
     p = np.asarray(p_mes, dtype=float)
     if p.ndim != 2 or p.shape[1] != 4: raise ValueError(f"`p_mes` must have shape (n, 4); got {p.shape}")
     branch = lambda a, b: np.divide(p[:, b], p[:, a] + p[:, b], out=np.full(len(p), 0.5), where=(p[:, a] + p[:, b]) > 0)
