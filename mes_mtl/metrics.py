@@ -177,7 +177,7 @@ class MTLMetric(Metric):
         yb = learn.yb
         if len(yb) != len(TASKS):
             raise ValueError(f"`{self.name}` needs the {len(TASKS)} task targets {TASKS} per batch; got {len(yb)}")
-        mes, tasks = self.decode(learn.to_detach(learn.pred), learn.loss_func)
+        mes, tasks = self.decode(learn.to_detach(learn.pred), getattr(learn, 'loss_func', None))
         self.mes.append(np.asarray(mes))
         self.tasks.append(np.asarray(tasks))
         self.targs.append(learn.to_detach(torch.stack(list(yb), dim=-1)).numpy())
