@@ -74,10 +74,10 @@ def view_frame(texture: np.ndarray, # (th, tw, 3) uint8 image larger than a fram
                scale: float, # the window's size, times `size`
                x: float, # the window's horizontal position in [0, 1] of the free room
                y: float, # and its vertical position
-               size=LIMUC_SIZE, # (width, height) of the frame
+               size=LIMUC_SIZE, # (h, w) of the frame
               ) -> np.ndarray:
     "The frame (h, w, 3) that the window sees of `texture`, resized to `size`."
-    w, h = size
+    h, w = size
     th, tw = texture.shape[:2]
     cw, ch = w * scale, h * scale
     x0, y0 = x * (tw - cw), y * (th - ch)
@@ -105,7 +105,7 @@ def spoil(frame: np.ndarray, kind: str) -> np.ndarray:
 # %% ../nbs/06_demo_video.ipynb #f0e7d12a
 def demo_video_frames(truth: pd.DataFrame, size=LIMUC_SIZE, seed: int = 0):
     "The frames (h, w, 3) uint8 of the demo video that `truth` (`demo_video_truth`) describes, one at a time."
-    w, h = size
+    h, w = size
     fps = 1 / np.diff(truth.time.to_numpy()[:2])[0] if len(truth) > 1 else 25
     fade = max(1, round(FADE_SECONDS * fps))
     path = camera_path(len(truth), np.random.default_rng([seed, 999_999_937]), fps)
@@ -113,7 +113,7 @@ def demo_video_frames(truth: pd.DataFrame, size=LIMUC_SIZE, seed: int = 0):
     for (scale, x, y), v, mes, kind in zip(path, truth.view, truth.mes, truth.artefact):
         if v != view:  # the next stretch of mucosa
             previous, view, since = texture, v, 0
-            texture_size = (round(w * TEXTURE_SCALE), round(h * TEXTURE_SCALE))
+            texture_size = (round(h * TEXTURE_SCALE), round(w * TEXTURE_SCALE))
             texture = mucosa_image(float(mes), np.random.default_rng([seed, v]), texture_size)
         frame = view_frame(texture, scale, x, y, size)
         if previous is not None and since < fade:  # cross-fade from the previous view, seen through the same window
@@ -184,7 +184,7 @@ def make_demo_video(dest, # the video file, e.g. `demo_video.mp4`
                     segments=DEMO_SEGMENTS, # (Mayo score, seconds) of each segment, in order
                     artefacts=DEMO_ARTEFACTS, # (kind, start s, seconds) of each artefact
                     fps: float = 25, # frames per second
-                    size=LIMUC_SIZE, # (width, height) of the frames
+                    size=LIMUC_SIZE, # (h, w) of the frames
                     seed: int = 0, # seed of the mucosa textures and the camera path
                     codec: str | None = None, # see `video_codec`
                     overwrite: bool = False, # replace an existing video and its truth

@@ -5,6 +5,7 @@
 # %% ../nbs/00_labels.ipynb #8e7d1ed5
 from __future__ import annotations
 import numpy as np
+import torch
 
 # %% auto #0
 __all__ = ['MES_CLASSES', 'TASKS', 'IGNORE', 'TASK_CLASSES', 'LABEL_TABLE', 'HEAD_COLUMNS', 'MES_COLUMNS', 'check_mes',
@@ -27,7 +28,8 @@ def check_mes(mes) -> np.ndarray:
     if arr.dtype.kind == 'f' and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)): arr = arr.astype(int)
     bad = ~np.isin(arr, MES_CLASSES) if arr.dtype.kind in 'iu' else np.ones(arr.shape, bool)
     if bad.any():
-        raise ValueError(f"Mayo endoscopic scores must be integers 0, 1, 2 or 3; got {np.unique(arr[bad])[:10].tolist()}")
+        bad_values = np.unique(arr[bad])[:10].tolist()
+        raise ValueError(f"Mayo endoscopic scores must be integers 0, 1, 2 or 3; got {bad_values}")
     return arr.astype(np.int64)
 
 # %% ../nbs/00_labels.ipynb #1b9a67d1
@@ -36,14 +38,28 @@ def mes_to_tasks(mes) -> np.ndarray:
     return LABEL_TABLE[check_mes(mes)]
 
 # %% ../nbs/00_labels.ipynb #466d4b80
-def tasks_to_mes(tasks) -> np.ndarray:
-    "Mayo scores from task targets (n, 3) as made by `mes_to_tasks`; `ValueError` for inconsistent rows."
-    t = np.asarray(tasks, dtype=np.int64)
-    if t.shape[-1] != 3: raise ValueError(f"task targets need 3 columns {TASKS}; got shape {t.shape}")
-    mes = np.where(t[..., 0] == 1, 2 + t[..., 2], t[..., 1])
-    bad = ~np.all(LABEL_TABLE[np.clip(mes, 0, 3)] == t, axis=-1) | (mes < 0) | (mes > 3)
+def _task_columns(tasks) -> np.ndarray | torch.Tensor:
+    "Task targets as one integer array (..., 3): one (n, 3) array or tensor as given, or three columns stacked."
+    if len(tasks) == 1: t = tasks[0]
+    elif len(tasks) != len(TASKS):
+        raise ValueError(f"need the {len(TASKS)} task targets {TASKS} or one (n, 3) array; got {len(tasks)}")
+    elif isinstance(tasks[0], torch.Tensor): t = torch.stack([torch.as_tensor(c) for c in tasks], -1)
+    else: t = np.stack([np.asarray(c) for c in tasks], -1)
+    return t.long() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.int64)
+
+def tasks_to_mes(*tasks) -> np.ndarray | torch.Tensor:
+    "Mayo scores from task targets (n, 3) or their three columns, as made by `mes_to_tasks`; a tensor for tensors."
+    t = _task_columns(tasks)
+    if t.shape[-1] != len(TASKS):
+        raise ValueError(f"task targets need 3 columns {TASKS}; got shape {tuple(t.shape)}")
+    is_tensor = isinstance(t, torch.Tensor)
+    where = torch.where if is_tensor else np.where
+    mes = where(t[..., 0] == 1, 2 + t[..., 2], t[..., 1])
+    table = torch.as_tensor(LABEL_TABLE, device=t.device) if is_tensor else LABEL_TABLE
+    bad = ~(table[mes.clip(0, 3)] == t).all(-1) | (mes < 0) | (mes > 3)
     if bad.any():
-        raise ValueError(f"task targets do not match the label table at rows {np.argwhere(np.atleast_1d(bad)).ravel()[:10].tolist()}")
+        rows = np.flatnonzero(np.atleast_1d(bad.cpu().numpy() if is_tensor else bad))[:10].tolist()
+        raise ValueError(f"task targets do not match the label table at rows {rows}")
     return mes
 
 # %% ../nbs/00_labels.ipynb #81a7ad43
@@ -63,7 +79,7 @@ def mes_probs(p_primary, p_remission, p_active) -> np.ndarray:
 
 # %% ../nbs/00_labels.ipynb #1132ca24
 def heads_from_mes(p_mes) -> list[np.ndarray]:
-    "The three heads' p(class 1) whose product rule gives the MES probabilities `p_mes` (n, 4) (0.5 where a branch has no mass)."
+    "The heads' p(class 1) whose product rule gives the MES probabilities `p_mes` (n, 4); 0.5 in a branch of no mass."
     p = np.asarray(p_mes, dtype=float)
     if p.ndim != 2 or p.shape[1] != 4: raise ValueError(f"`p_mes` must have shape (n, 4); got {p.shape}")
     branch = lambda a, b: np.divide(p[:, b], p[:, a] + p[:, b], out=np.full(len(p), 0.5), where=(p[:, a] + p[:, b]) > 0)

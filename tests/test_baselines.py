@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from coral_pytorch.layers import CoralLayer
 from coral_pytorch.losses import coral_loss, corn_loss
 from coral_pytorch.dataset import levels_from_labelbatch, proba_to_label, corn_label_from_logits
-from mes_mtl.labels import TASKS, mes_to_tasks, mes_probs, heads_from_mes, mes_decode
+from mes_mtl.labels import TASKS, mes_to_tasks, tasks_to_mes, mes_probs, heads_from_mes, mes_decode
+from mes_mtl.model import MTLModel
 from mes_mtl.metrics import MTL_METRICS, report_from_predictions
 from mes_mtl.learner import DEFAULT_METRICS, evaluate_learner
-from mes_mtl.baselines import (METHODS, BASELINES, MES_THRESHOLDS, MESModel, create_mes_model, mes_targets, MESCrossEntropy,
+from mes_mtl.baselines import (METHODS, BASELINES, MES_THRESHOLDS, create_mes_model, MESCrossEntropy,
                                CDWCELoss, MESRegressionLoss, MESCoralLoss, MESCornLoss, coral_head, mes_levels, baseline_loss,
                                baseline_metrics, baseline_learner)
 
@@ -27,7 +28,7 @@ def test_model_shapes():
     torch.manual_seed(0)
     for n_out in (4, 1, 3):
         m = create_mes_model('resnet18', n_out, pretrained=False)
-        assert isinstance(m, MESModel) and len(m.heads) == 1 and m.n_features == 512
+        assert isinstance(m, MTLModel) and m.single_task and len(m.heads) == 1 and m.n_features == 512
         assert m(torch.randn(2, 3, 32, 32)).shape == (2, n_out)
     m = create_mes_model('resnet18', 3, pretrained=False, head=coral_head)
     assert isinstance(m.heads[0], CoralLayer) and m(torch.randn(2, 3, 32, 32)).shape == (2, 3)
@@ -36,10 +37,13 @@ def test_model_shapes():
     with pytest.raises(ValueError, match="'resnet18'"): create_mes_model('resnet-18', 4, pretrained=False)
 
 
-def test_mes_targets():
-    assert torch.equal(mes_targets(*TASKS_T.T), MES)
-    assert torch.equal(mes_targets(TASKS_T), MES)
-    with pytest.raises(ValueError, match='label table'): mes_targets(torch.tensor([1]), torch.tensor([0]), torch.tensor([-1]))
+def test_mes_from_task_targets():
+    "The losses read the Mayo score off a batch's three targets with `labels.tasks_to_mes`, as tensors."
+    assert torch.equal(tasks_to_mes(*TASKS_T.T), MES)
+    assert torch.equal(tasks_to_mes(TASKS_T), MES)
+    bad = torch.tensor([1]), torch.tensor([0]), torch.tensor([-1])
+    with pytest.raises(ValueError, match='label table'): tasks_to_mes(*bad)
+    with pytest.raises(ValueError, match='label table'): MESCrossEntropy()(LOGITS[:1], *bad)
 
 
 def test_cross_entropy():
@@ -233,7 +237,7 @@ def test_fit_evaluate_save_load(demo, method, tmp_path):
     cfg = json.loads((tmp_path/'model'/'config.json').read_text())
     assert (cfg['method'], cfg['n_out']) == (method, learn.model.n_out)
     model, _ = load_mtl_model(tmp_path/'model')
-    assert isinstance(model, MESModel) and type(model.heads[0]) is type(learn.model.heads[0])
+    assert isinstance(model, MTLModel) and model.single_task and type(model.heads[0]) is type(learn.model.heads[0])
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad(): assert torch.equal(model(x), learn.model.cpu().eval()(x))  # the same weights, the same head
     df = MESPredictor.from_folder(tmp_path/'model', device='cpu').predict(split[split.is_test].path.tolist())

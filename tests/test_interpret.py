@@ -172,7 +172,7 @@ def test_coarse_layer_warns_and_names_earlier_layers(model):
 # ---- single-task baselines ----
 
 def _baseline(method, seed=0):
-    "An untrained resnet18 `MESModel` for `method` (eval mode) and its loss."
+    "An untrained resnet18 single-task `MTLModel` for `method` (eval mode) and its loss."
     torch.manual_seed(seed)
     loss = baseline_loss(method)
     return create_mes_model('resnet18', loss.n_out, pretrained=False, head=loss.make_head).eval(), loss
@@ -304,8 +304,8 @@ def test_head_targets_refused_for_baselines(images):
                                                     r"baseline has one head.*use target='mes'"):
                     gradcam(obj, images if isinstance(obj, MESPredictor) else torch.randn(1, 3, 64, 64), target=t)
     with pytest.raises(UserError, match='none of the baselines'):
-        from mes_mtl.baselines import MESModel
-        gradcam(MESModel(model.body, 2, n_features=512), torch.randn(1, 3, 64, 64))
+        from mes_mtl.model import MTLModel
+        gradcam(MTLModel(model.body, 512, n_out=2), torch.randn(1, 3, 64, 64))
 
 
 def test_baseline_figures(images):

@@ -7,8 +7,8 @@ from torch.utils.data import TensorDataset
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 
-from mes_mtl.model import (PAPER_ARCHS, MTLModel, check_arch, create_mtl_model, default_size, feature_width,
-                           mtl_splitter)
+from mes_mtl.model import (PAPER_ARCHS, MTLModel, check_arch, create_mtl_model, create_mes_model, default_size,
+                           feature_width, mtl_splitter)
 
 
 @pytest.mark.parametrize('arch', list(PAPER_ARCHS))
@@ -21,8 +21,9 @@ def test_paper_backbones(arch):
     assert isinstance(out, tuple) and len(out) == 3
     assert all(o.shape == (3, 2) for o in out)
     model.eval()
-    with torch.no_grad(): width = model.body(x).shape[1]
+    with torch.no_grad(): width, out, split = model.body(x).shape[1], model(x), model.forward_head(model.forward_features(x))
     assert [h.in_features for h in model.heads] == [width] * 3 == [model.n_features] * 3
+    assert all(torch.allclose(a, b) for a, b in zip(split, out))  # forward = forward_head(forward_features)
 
 
 def test_mobilenet_width_is_the_real_one():
@@ -41,6 +42,21 @@ def test_unknown_arch_suggests_close_names():
 def test_default_size():
     assert default_size('resnet18') == (288, 352)
     assert default_size('inception_v3') == (299, 299)
+
+
+def test_one_model_class_for_one_head_and_three():
+    "A single-task model is the same class: one head, one output tensor, the multi-task model's state_dict keys."
+    torch.manual_seed(0)
+    mtl, one = create_mtl_model('resnet18', pretrained=False), create_mes_model('resnet18', 4, pretrained=False)
+    x = torch.randn(2, 3, 64, 64)
+    assert type(mtl) is type(one) is MTLModel and (mtl.single_task, one.single_task) == (False, True)
+    assert isinstance(mtl(x), tuple) and one(x).shape == (2, 4)
+    assert one.forward_features(x).shape == (2, 512, 2, 2)
+    assert set(one.state_dict()) - set(mtl.state_dict()) == set()  # heads.0.* is the first multi-task head's name
+    one.eval()
+    with torch.no_grad(): assert torch.equal(one.forward_head(one.forward_features(x)), one(x))
+    body = nn.Sequential(nn.Conv2d(3, 5, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())  # no timm split: whole output
+    assert MTLModel(body, n_out=3)(torch.randn(2, 3, 16, 16)).shape == (2, 3)
 
 
 def test_custom_body_and_bad_body():

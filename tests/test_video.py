@@ -32,7 +32,7 @@ def scored(demo, model, tmp_path_factory):
 def test_demo_data_video(demo):
     assert sorted(f.name for f in demo.iterdir()) == ['demo_video.mp4', 'demo_video_truth.csv', 'demo_video_truth.json']
     info = json.loads((demo/'demo_video_truth.json').read_text())
-    assert (info['frames'], info['fps'], info['size'], info['mes']) == (400, 25, [352, 288], 3)
+    assert (info['frames'], info['fps'], info['size'], info['mes']) == (400, 25, [288, 352], 3)
     assert main(['demo-data', str(demo), '--video']) == 2  # the files exist: refused without --overwrite
 
 
