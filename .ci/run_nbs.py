@@ -3,7 +3,8 @@
 nbdev_test cannot run on the Colab stack (nbdev 2 needs fastcore 1), so this does what its `test_nb` does with
 execnb's CaptureShell alone: each notebook in its own process, with the notebook's folder as working directory and
 `IN_TEST=1`; cells flagged with a `tst_flags` flag of settings.ini (e.g. `#| cuda`) or `#| eval: false` are skipped,
-except the flags passed with --flags (e.g. `slow`). Unlike nbdev_test it does not put the repository root on sys.path:
+except the flags passed with --flags (e.g. `slow`); without nbdev (the Colab stack), `show_doc` cells too. Unlike
+nbdev_test it does not put the repository root on sys.path:
 notebooks import the *installed* mes_mtl. Works with execnb 0.1 (fastcore 1) and 0.3 (fastcore 2).
 
     python .ci/run_nbs.py [--flags slow] [--workers 2] [--cmd "python -m pytest tests/ -q"] [NOTEBOOK ...]
@@ -34,10 +35,23 @@ def _directives(src: str) -> dict[str, list[str]]:
         out[m[1]] = m[2].split()
     return out
 
+# nbdev 2 needs fastcore 1, so the Colab stack has no nbdev: there the documentation cells (`show_doc(...)` alone,
+# which render docs and test nothing) are skipped and their `from nbdev.showdoc import ...` lines left out.
+try: import nbdev; HAS_NBDEV = True
+except ImportError: HAS_NBDEV = False
+SHOWDOC_IMPORT = re.compile(r'^from nbdev\.showdoc import .*$', re.M)
+
+def _source(cell) -> str: return cell.source if HAS_NBDEV else SHOWDOC_IMPORT.sub('', cell.source)
+
+def _code_lines(src: str) -> list[str]:
+    return [l for l in src.splitlines() if l.strip() and not l.lstrip().startswith('#')]
+
 def _skip(cell, skip_flags: set[str]) -> bool:
     if cell.cell_type != 'code' or 'nbdev_export' + '(' in cell.source: return True
+    if not HAS_NBDEV and all(l.startswith('show_doc(') for l in _code_lines(cell.source)): return True
     d = _directives(cell.source)
     return d.get('eval:', [''])[0].lower() == 'false' or bool(skip_flags & d.keys())
+
 
 def _warnings(cells) -> list[str]:
     "Distinct warning lines the executed cells wrote to stderr (deprecations to fix before they become errors)."
@@ -61,6 +75,7 @@ def run_one(path: Path, skip_flags: set[str]) -> int:
     shell = CaptureShell(path)
     for i, cell in enumerate(nb.cells):
         if _skip(cell, skip_flags): continue
+        cell.source = _source(cell)
         shell.cell(cell)
         if shell.exc is not None:
             tb = [line for o in cell.outputs if o.get('output_type') == 'error' for line in o.get('traceback', [])]
