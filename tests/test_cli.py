@@ -9,39 +9,33 @@ def run(*args, cwd=None):
     return subprocess.run(['mes_mtl', *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
-@pytest.fixture
-def cli(mes_mtl):
-    "`mes_mtl ARGS` in this process (no interpreter start-up): a result like `run`'s."
-    return mes_mtl
-
-
-def test_help_and_version(cli):
+def test_help_and_version(mes_mtl):
     "The installed entry point runs (a real subprocess); `--version` in this process."
     r = run('--help')
     assert r.returncode == 0 and 'prepare' in r.stdout and 'demo-data' in r.stdout
-    r = cli('--version')
+    r = mes_mtl('--version')
     assert r.returncode == 0 and r.stdout.startswith('mes_mtl ')
 
 
-def test_demo_data(tmp_path, cli):
-    r = cli('demo-data', tmp_path/'d', '--n-images', 60, '--patients', 10)
+def test_demo_data(tmp_path, mes_mtl):
+    r = mes_mtl('demo-data', tmp_path/'d', '--n-images', 60, '--patients', 10)
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path/'d').rglob('*.bmp'))) == 60
-    r = cli('demo-data', tmp_path/'d', '--n-images', 60)
+    r = mes_mtl('demo-data', tmp_path/'d', '--n-images', 60)
     assert r.returncode == 2 and '--overwrite' in r.stderr.replace('overwrite=True', '--overwrite') and 'Traceback' not in r.stderr
 
 
-def test_prepare_end_to_end(tmp_path, cli):
+def test_prepare_end_to_end(tmp_path, mes_mtl):
     out = tmp_path/'run'
-    r = cli('prepare', '--out', out, '--size', 64, '--bs', 8, '--folds', 5)
+    r = mes_mtl('prepare', '--out', out, '--size', 64, '--bs', 8, '--folds', 5)
     assert r.returncode == 0, r.stderr
     assert 'A training batch: x (8, 3, 64, 64)' in r.stdout and 'MES 3' in r.stdout
     for f in ('config.json', 'split.csv', 'image_sums.csv', 'batch.png'): assert (out/f).is_file(), f
     split = (out/'split.csv').read_text()
-    r = cli('prepare', '--out', out, '--size', 64, '--bs', 8, '--folds', 5, '--fold', 2)   # same run: split reused
+    r = mes_mtl('prepare', '--out', out, '--size', 64, '--bs', 8, '--folds', 5, '--fold', 2)   # same run: split reused
     assert r.returncode == 0, r.stderr
     assert (out/'split.csv').read_text() == split
-    r = cli('prepare', '--out', out, '--folds', 4)                                         # other settings: refused
+    r = mes_mtl('prepare', '--out', out, '--folds', 4)                                         # other settings: refused
     assert r.returncode == 2 and 'already holds a run' in r.stderr and 'Traceback' not in r.stderr
 
 
@@ -49,16 +43,16 @@ def test_prepare_end_to_end(tmp_path, cli):
     (('--data', 'missing_dir'), 'no such folder'),
     (('--fold', 12), 'fold 12 does not exist'),
 ])
-def test_prepare_bad_input(tmp_path, args, msg, cli, monkeypatch, demo_root):
+def test_prepare_bad_input(tmp_path, args, msg, mes_mtl, monkeypatch, demo_root):
     monkeypatch.chdir(tmp_path)
-    r = cli('prepare', '--out', tmp_path/'o', *(['--data', demo_root] if '--data' not in args else []), *args)
+    r = mes_mtl('prepare', '--out', tmp_path/'o', *(['--data', demo_root] if '--data' not in args else []), *args)
     assert r.returncode == 2, r.stdout + r.stderr
     assert msg in r.stderr and 'Traceback' not in r.stderr
 
 
-def test_prepare_not_limuc(tmp_path, cli):
+def test_prepare_not_limuc(tmp_path, mes_mtl):
     (tmp_path/'photos'/'holiday').mkdir(parents=True)
-    r = cli('prepare', '--out', tmp_path/'o', '--data', tmp_path/'photos')
+    r = mes_mtl('prepare', '--out', tmp_path/'o', '--data', tmp_path/'photos')
     assert r.returncode == 2 and 'Is this a LIMUC folder?' in r.stderr
 
 
@@ -107,62 +101,61 @@ def test_metrics_agree_with_predictions(trained):
     assert len(p) == pd.read_csv(out/'split.csv').is_test.sum()
 
 
-def test_predict_csv_and_json(trained, tmp_path, demo_root, cli):
+def test_predict_csv_and_json(trained, tmp_path, demo_root, mes_mtl):
     import pandas as pd
     out, _ = trained
     folder = demo_root/'patient_based_classified_images'/'1'
-    r = cli('predict', '--model', out/'model', folder)
+    r = mes_mtl('predict', '--model', out/'model', folder)
     assert r.returncode == 0, r.stderr
     from io import StringIO
     df = pd.read_csv(StringIO(r.stdout))
     assert len(df) == len(list(folder.rglob('*.bmp'))) and set(df.mes) <= {0, 1, 2, 3}
     assert df.filter(like='p_mes').sum(axis=1).to_numpy() == pytest.approx(1)
-    r = cli('predict', '--model', out/'model', '--json', '--output', tmp_path/'p.json', next(folder.rglob('*.bmp')))
+    r = mes_mtl('predict', '--model', out/'model', '--json', '--output', tmp_path/'p.json', next(folder.rglob('*.bmp')))
     assert r.returncode == 0 and len(json.loads((tmp_path/'p.json').read_text())) == 1
 
 
-def test_predict_bad_input(trained, tmp_path, demo_root, cli):
+def test_predict_bad_input(trained, tmp_path, demo_root, mes_mtl):
     out, _ = trained
     (tmp_path/'broken.bmp').write_text('not an image')
-    r = cli('predict', '--model', out/'model', tmp_path/'broken.bmp')
+    r = mes_mtl('predict', '--model', out/'model', tmp_path/'broken.bmp')
     assert r.returncode == 2 and 'broken.bmp: cannot read this image' in r.stderr
-    r = cli('predict', '--model', tmp_path, demo_root)
+    r = mes_mtl('predict', '--model', tmp_path, demo_root)
     assert r.returncode == 2 and 'not a mes_mtl model folder' in r.stderr
     (tmp_path/'m').mkdir()
     (tmp_path/'m'/'model.safetensors').write_bytes((out/'model'/'model.safetensors').read_bytes())
     cfg = json.loads((out/'model'/'config.json').read_text())
     (tmp_path/'m'/'config.json').write_text(json.dumps({**cfg, 'arch': 'mobilenetv3_large_100'}))
-    r = cli('predict', '--model', tmp_path/'m', demo_root)
+    r = mes_mtl('predict', '--model', tmp_path/'m', demo_root)
     assert r.returncode == 2 and 'does not match architecture' in r.stderr
-    r = cli('predict', '--model', out/'model', tmp_path/'nothing_here')
+    r = mes_mtl('predict', '--model', out/'model', tmp_path/'nothing_here')
     assert r.returncode == 2 and 'no such image or folder' in r.stderr
 
 
-def test_train_bad_input(trained, tmp_path, demo_root, cli):
+def test_train_bad_input(trained, tmp_path, demo_root, mes_mtl):
     out, _ = trained
-    r = cli('train', '--out', tmp_path/'x', '--arch', 'resnet-18')
+    r = mes_mtl('train', '--out', tmp_path/'x', '--arch', 'resnet-18')
     assert r.returncode == 2 and "did you mean 'resnet18'" in r.stderr and not (tmp_path/'x').exists()
-    r = cli('train', '--out', out, '--data', demo_root, *TINY, '--epochs', 3)                   # other settings
+    r = mes_mtl('train', '--out', out, '--data', demo_root, *TINY, '--epochs', 3)                   # other settings
     assert r.returncode == 2 and 'already holds a run' in r.stderr
     assert (out/'metrics.json').is_file()                                                       # the old run is intact
     (tmp_path/'photos'/'a').mkdir(parents=True)
-    r = cli('train', '--out', tmp_path/'y', '--data', tmp_path/'photos')
+    r = mes_mtl('train', '--out', tmp_path/'y', '--data', tmp_path/'photos')
     assert r.returncode == 2 and 'Is this a LIMUC folder?' in r.stderr and 'Traceback' not in r.stderr
 
 
-def test_download_refuses_a_file(tmp_path, cli):
+def test_download_refuses_a_file(tmp_path, mes_mtl):
     "Checked before any network access (the download itself is tested against a local server in test_download.py)."
     (tmp_path/'f').write_text('x')
-    r = cli('download', tmp_path/'f')
+    r = mes_mtl('download', tmp_path/'f')
     assert r.returncode == 2 and 'is a file' in r.stderr
-    assert 'Zenodo' in cli('download', '--help').stdout
+    assert 'Zenodo' in mes_mtl('download', '--help').stdout
 
 
 def test_predict_scores_the_good_and_lists_the_bad(trained, tmp_path, demo_root, capsys):
     "One unreadable image among good ones: the good are scored and every bad one is named (or, --strict, all refused)."
     import pandas as pd
     from io import StringIO
-    from mes_mtl.cli import main
     out, _ = trained
     good = sorted(demo_root.rglob('*.bmp'))[:3]
     data = good[0].read_bytes()
@@ -189,7 +182,6 @@ def test_predict_scores_the_good_and_lists_the_bad(trained, tmp_path, demo_root,
       if __import__('pathlib').Path('/proc/self').is_dir() else [])])
 def test_predict_bad_options(trained, tmp_path, demo_root, capsys, args, msg):
     "Checked before any image is scored: one line, exit code 2, no traceback."
-    from mes_mtl.cli import main
     out, _ = trained
     (tmp_path/'f.txt').write_text('x')
     argv = ['predict', '--model', str(out/'model'), str(demo_root), *(a.format(tmp=tmp_path) for a in args)]

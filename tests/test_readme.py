@@ -8,31 +8,35 @@ from mes_mtl.cli import parser
 README = Path(__file__).resolve().parent.parent/'README.md'
 
 
-def readme_commands() -> list[str]:
-    "The `mes_mtl` command lines of the README's ```sh blocks (comments and a `bash .ci/venv` prefix removed)."
-    blocks = re.findall(r'```sh\n(.*?)```', README.read_text(), re.S)
-    lines = [l.split('#')[0].strip() for b in blocks for l in b.splitlines()]
-    return [re.sub(r'^bash \.ci/venv ', '', l) for l in lines if re.match(r'^(bash \.ci/venv )?mes_mtl ', l)]
+# a command line: `mes_mtl ...`, after `bash .ci/venv ` or `accelerate launch ... $(which mes_mtl) `
+COMMAND = re.compile(r'^(?:bash \.ci/venv )?mes_mtl |^.*\$\(which mes_mtl\) ')
+
+
+def sh_commands(text: str) -> list[str]:
+    """The `mes_mtl` command lines of the ```sh blocks in `text` (prefix and comments removed, `$VARIABLE` -> 0);
+    usage synopses (with `[...]` or `VIDEO...`) left out."""
+    blocks = re.findall(r'```sh\n(.*?)```', text, re.S)
+    lines = [l.split(' #')[0].strip() for b in blocks for l in b.replace('\\\n', ' ').splitlines()]
+    lines = [l for l in lines if COMMAND.match(l) and '[' not in l and '...' not in l]
+    return ['mes_mtl ' + re.sub(r'\$\w+', '0', COMMAND.sub('', l)) for l in lines]
+
+
+def readme_commands() -> list[str]: return sh_commands(README.read_text())
 
 
 def test_readme_shows_commands():
     assert len(readme_commands()) >= 5
 
 
+def prose(nb: Path) -> str:
+    "The markdown cells of notebook `nb`, as one text."
+    cells = json.loads(nb.read_text())['cells']
+    return '\n'.join(''.join(c['source']) for c in cells if c['cell_type'] == 'markdown')
+
+
 def notebook_commands() -> list[str]:
-    """The `mes_mtl` command lines in the sh blocks of the notebooks' prose (after `accelerate launch ... $(which
-    mes_mtl)` too); usage synopses (with `[...]` or `VIDEO...`) left out."""
-    lines = []
-    for p in sorted((README.parent/'nbs').glob('*.ipynb')):
-        cells = json.loads(p.read_text())['cells']
-        prose = '\n'.join(''.join(c['source']) for c in cells if c['cell_type'] == 'markdown')
-        for block in re.findall(r'```sh\n(.*?)```', prose, re.S):
-            for l in block.replace('\\\n', ' ').splitlines():
-                l = l.split(' #')[0].strip()
-                m = re.match(r'^(?:bash \.ci/venv |.*\$\(which mes_mtl\) )?(?:mes_mtl )?', l)
-                if ('mes_mtl' in m.group(0) or l.startswith('mes_mtl ')) and '[' not in l and '...' not in l:
-                    lines.append('mes_mtl ' + re.sub(r'\$\w+', '0', l[m.end():]))  # $SLURM_ARRAY_TASK_ID -> 0
-    return lines
+    "The `mes_mtl` command lines in the sh blocks of the notebooks' prose."
+    return [c for nb in sorted((README.parent/'nbs').glob('*.ipynb')) for c in sh_commands(prose(nb))]
 
 
 @pytest.mark.parametrize('line', readme_commands() + notebook_commands())
