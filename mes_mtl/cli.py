@@ -12,7 +12,7 @@ import mes_mtl
 from .errors import UserError, UserFileNotFoundError, UserFileExistsError, UserNotADirectoryError
 from .labels import TASKS
 from .data import IMAGE_EXTS, limuc_items, limuc_summary
-from .demo import make_demo_limuc
+from .demo import make_demo_limuc, demo_limuc
 from .download import DownloadError
 from .splits import split_items, save_split, load_split
 from .dataloaders import AUGMENTATIONS, mtl_dataloaders, mtl_test_dl
@@ -115,13 +115,13 @@ def data_root(items: pd.DataFrame) -> Path:
     return p.parents[len(k.parts) - 1]
 
 def _demo(out: Path, n_images: int, seed: int, log=print) -> Path:
-    "The demo dataset in `out/demo_data`, generated (in a temporary folder, then renamed) if it is not there yet."
+    "The demo dataset in `out/demo_data`: a copy of the cached one (`demo_limuc`), so that the run holds its data."
     data = out/'demo_data'
     if not data.exists():
-        log(f"No --data given: generating the demo dataset ({n_images} images) in {data}")
-        tmp = Path(tempfile.mkdtemp(prefix='.demo_data-', dir=out))
+        log(f"No --data given: copying the demo dataset ({n_images} images) into {data}")
+        tmp = Path(tempfile.mkdtemp(prefix='.demo_data-', dir=out))  # then renamed: never half a dataset
         try:
-            make_demo_limuc(tmp, n_images=n_images, n_patients=max(20, n_images // 10), seed=seed)
+            shutil.copytree(demo_limuc(n_images, max(20, n_images // 10), seed), tmp, dirs_exist_ok=True)
             tmp.rename(data)
         finally: shutil.rmtree(tmp, ignore_errors=True)
     return data

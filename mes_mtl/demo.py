@@ -4,18 +4,19 @@
 
 # %% ../nbs/01_demo.ipynb #850bbdb9
 from __future__ import annotations
-import shutil
+import os, shutil, tempfile
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image, ImageFilter
+from filelock import FileLock
 from fastprogress.fastprogress import progress_bar
 from .labels import MES_CLASSES, check_mes
 from .errors import UserError, UserFileExistsError, UserNotADirectoryError
 
 # %% auto #0
 __all__ = ['LIMUC_SIZE', 'CUE_RAMPS', 'NORMAL_RGB', 'ERYTHEMA_RGB', 'VESSEL_RGB', 'BLOOD_RGB', 'FIBRIN_RGB', 'WHITE',
-           'SEVERITY_JITTER', 'MES_PROPORTIONS', 'PATIENT_SPREAD', 'severity_cues', 'mucosa_image', 'demo_image',
-           'mes_counts', 'demo_layout', 'make_demo_limuc']
+           'SEVERITY_JITTER', 'MES_PROPORTIONS', 'PATIENT_SPREAD', 'DEMO_VERSION', 'severity_cues', 'mucosa_image',
+           'demo_image', 'mes_counts', 'demo_layout', 'make_demo_limuc', 'cache_root', 'demo_limuc']
 
 # %% ../nbs/01_demo.ipynb #941dc61d
 LIMUC_SIZE = (288, 352)  # (height, width) of every LIMUC image, the order of torch and fastai: 352 x 288 px (w x h)
@@ -159,8 +160,7 @@ def make_demo_limuc(dest, n_images: int = 400, n_patients: int = 40, seed: int =
         raise UserNotADirectoryError(f"{dest} is a file: give a folder for the demo dataset")
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         raise UserFileExistsError(f"{dest} is not empty: pass overwrite=True (CLI: --overwrite) "
-                                  f"to replace its demo images, "
-                              f"or choose another folder")
+                                  "to replace its demo images, or choose another folder")
     layout = demo_layout(n_images, n_patients, seed)  # checks the arguments before anything is deleted
     root = dest/'patient_based_classified_images'
     if root.exists(): shutil.rmtree(root)
@@ -171,3 +171,28 @@ def make_demo_limuc(dest, n_images: int = 400, n_patients: int = 40, seed: int =
         Image.fromarray(demo_image(layout.mes[i], np.random.default_rng([seed, i]))).save(paths[i])
     files = [str(p.resolve()) for p in paths]
     return pd.DataFrame({'path': files, 'patient': layout.patient.astype(str), 'mes': layout.mes})
+
+# %% ../nbs/01_demo.ipynb #c9a91a73
+DEMO_VERSION = 1  # bump when `make_demo_limuc`'s images change: datasets cached by older versions are not reused
+
+def cache_root(cache=None) -> Path:
+    "The folder of cached demo artefacts: `cache`, else $MES_MTL_CACHE, else `mes_mtl_cache` in the temporary folder."
+    return Path(cache or os.environ.get('MES_MTL_CACHE') or Path(tempfile.gettempdir())/'mes_mtl_cache')
+
+def demo_limuc(n_images: int = 400,  # images, in LIMUC's class balance
+               n_patients: int = 40,  # patients
+               seed: int = 0,  # the seed of `make_demo_limuc`
+               cache=None,  # the cache folder (see `cache_root`)
+               progress: bool = True,  # show a progress bar while the images are written
+              ) -> Path:
+    "The LIMUC root of `make_demo_limuc`'s dataset with these settings: written into the cache once, then reused."
+    demo_layout(n_images, n_patients, seed)  # checks the arguments before anything is written
+    root = cache_root(cache)/f'demo_limuc_{n_images}img_{n_patients}pat_seed{seed}_v{DEMO_VERSION}'
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f'{root}.lock'):  # another process writing the same dataset finishes it first
+        if not root.is_dir():
+            with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
+                make_demo_limuc(Path(tmp)/'LIMUC', n_images=n_images, n_patients=n_patients, seed=seed,
+                                progress=progress)
+                os.replace(Path(tmp)/'LIMUC', root)
+    return root

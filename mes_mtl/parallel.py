@@ -37,7 +37,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     if address is None:
         short = '/tmp' if os.path.isdir('/tmp') else None  # Ray's socket paths must be short
         temp = tempfile.mkdtemp(prefix='mes_mtl_ray_', dir=short)
-        kw = dict(address='local', num_cpus=num_cpus or local_cores(), include_dashboard=False, _temp_dir=temp)
+        kw = dict(address='local', num_cpus=num_cpus or local_cores(), include_dashboard=False, _temp_dir=temp,
+                  _system_config={'worker_niceness': 0})  # Ray's default, 15, yields the cores to any other program
     else: kw = dict(address=address)
     try: ray.init(**kw, log_to_driver=True, logging_level=logging.WARNING)
     except ConnectionError as e:
@@ -147,7 +148,7 @@ def _demo_job(key: int, marker: str) -> dict:
     if key == 3 and not os.path.exists(marker):
         open(marker, 'w').close()
         os.kill(os.getpid(), 9)  # SIGKILL: the worker dies, no exception to catch
-    return dict(key=key, pid=os.getpid(), threads=torch.get_num_threads(), square=key * key)
+    return dict(key=key, pid=os.getpid(), threads=torch.get_num_threads(), nice=os.nice(0), square=key * key)
 
 # %% ../nbs/08_parallel.ipynb #9d6bfb5a
 def wall_time(seconds, workers: int) -> float:

@@ -9,17 +9,20 @@ from collections import deque
 from dataclasses import dataclass, replace, fields
 from pathlib import Path
 import numpy as np, pandas as pd, torch
+from filelock import FileLock
 from fastprogress.fastprogress import progress_bar
 from .errors import UserError
 from .labels import MES_CLASSES
+from .demo import cache_root, demo_limuc
+from .data import limuc_items
 from .demo_video import require_av
 from .inference import MESPredictor, MODEL_FILES
 from .quality import QualityThresholds, frame_quality, MEASURES, REASONS
 
 # %% auto #0
 __all__ = ['VIDEO_HINT', 'P_COLS', 'SEGMENT_COLS', 'FRAME_COLS', 'DEMO_RECIPE', 'MES_COLOURS', 'VideoReader', 'window_mean',
-           'video_segments', 'video_score', 'VideoResult', 'VideoScorer', 'cache_root', 'demo_model', 'score_video',
-           'plot_timeline', 'save_video_result', 'score_frames', 'video_throughput', 'video_runtimes', 'video_bench',
+           'video_segments', 'video_score', 'VideoResult', 'VideoScorer', 'demo_model', 'score_video', 'plot_timeline',
+           'save_video_result', 'score_frames', 'video_throughput', 'video_runtimes', 'video_bench',
            'video_bench_table', 'video_args', 'load_predictor', 'run_video']
 
 # %% ../nbs/25_video.ipynb #93871d49
@@ -286,42 +289,39 @@ def _verdict(s: dict, min_length: float) -> str:
             "lower min_length (--min-length)")
 
 # %% ../nbs/25_video.ipynb #d8ad60af
-DEMO_RECIPE = 1  # bump when the training recipe below changes: cached models of older recipes are not reused
-
-def cache_root(cache=None) -> Path:
-    "The folder of cached demo artefacts: `cache`, else $MES_MTL_CACHE, else `mes_mtl_cache` in the temporary folder."
-    return Path(cache or os.environ.get('MES_MTL_CACHE') or Path(tempfile.gettempdir())/'mes_mtl_cache')
+DEMO_RECIPE = 2  # bump when the training recipe below changes: cached models of older recipes are not reused
 
 def demo_model(arch: str = 'resnet18',  # timm backbone
-               size: int = 64,          # input size (px, square)
+               size: int = 48,          # input size (px, square)
                n_images: int = 400,     # demo images (90 % train and validation, 10 % test)
-               epochs: int = 20,        # one-cycle epochs
+               epochs: int = 10,        # one-cycle epochs
                lr: float = 3e-3,        # peak learning rate
                seed: int = 0,
                cache=None) -> Path:     # cache folder (see `cache_root`)
     "The folder of a model trained on the demo images with these settings: trained once, then reused from the cache."
     folder = cache_root(cache)/f'demo_model_{arch}_{size}px_{n_images}img_{epochs}ep_lr{lr:g}_seed{seed}_r{DEMO_RECIPE}'
-    if all((folder/f).is_file() for f in (*MODEL_FILES, 'training.json')): return folder
+    def complete() -> bool: return all((folder/f).is_file() for f in (*MODEL_FILES, 'training.json'))
+    if complete(): return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-        model = _train_demo_model(Path(tmp), arch, size, n_images, epochs, lr, seed)
-        try: os.replace(model, folder)
-        except OSError:  # another process saved the same model meanwhile
-            if not (folder/'config.json').is_file(): raise
+    with FileLock(f'{folder}.lock'):  # another process training the same model finishes it first
+        if complete(): return folder
+        with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+            model = _train_demo_model(Path(tmp), arch, size, n_images, epochs, lr, seed, cache)
+            if folder.exists(): shutil.rmtree(folder)  # an incomplete folder of an older version
+            os.replace(model, folder)
     return folder
 
-def _train_demo_model(tmp: Path, arch, size, n_images, epochs, lr, seed) -> Path:
+def _train_demo_model(tmp: Path, arch, size, n_images, epochs, lr, seed, cache) -> Path:
     from fastai.torch_core import set_seed
-    from mes_mtl.demo import make_demo_limuc
     from mes_mtl.splits import split_items, channel_stats
     from mes_mtl.cache import ImageCache
     from mes_mtl.dataloaders import mtl_dataloaders, mtl_test_dl
     from mes_mtl.learner import mtl_learner, evaluate_learner
     from mes_mtl.inference import save_mtl_model
     n_patients = max(4, n_images // 10)
-    items = make_demo_limuc(tmp/'LIMUC', n_images=n_images, n_patients=n_patients, seed=seed, progress=False)
+    items = limuc_items(demo_limuc(n_images, n_patients, seed, cache, progress=False))
     split = split_items(items, test_size=0.1, n_folds=5, seed=seed)
-    stats = channel_stats(split[~split.is_test & (split.fold != 0)].assign(key=lambda d: d.path), progress=False)
+    stats = channel_stats(split[~split.is_test & (split.fold != 0)], progress=False)
     split = ImageCache.build(split, size=size, progress=False).attach(split)
     set_seed(seed)
     dls = mtl_dataloaders(split, fold=0, size=size, bs=32, stats=stats, balanced=True, num_workers=0)

@@ -1,16 +1,14 @@
 import contextlib, io
 from types import SimpleNamespace
 import pytest
-from mes_mtl.demo import make_demo_limuc
+from mes_mtl.demo import demo_limuc
 from mes_mtl.cli import main
 
 
 @pytest.fixture(scope='session')
-def demo_root(tmp_path_factory):
-    "A small demo dataset in the patient-based LIMUC layout, shared by the tests (read-only)."
-    root = tmp_path_factory.mktemp('demo')/'LIMUC'
-    make_demo_limuc(root, n_images=200, n_patients=20, seed=0, progress=False)
-    return root
+def demo_root():
+    "The demo dataset the tests and notebooks share (`demo_limuc`, LIMUC layout): read it, never change it."
+    return demo_limuc(200, 20, progress=False)
 
 
 @pytest.fixture(scope='session')

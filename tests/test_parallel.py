@@ -1,9 +1,9 @@
 """`mes_mtl cv --workers`: the folds as Ray tasks end with the serial run's results, a killed worker's fold is retried, a
 failing fold is reported while the others finish. One local Ray instance serves the whole module (a start costs seconds)."""
-import json, os, signal, sys, tempfile, threading, time
+import json, os, signal, sys, threading, time
 import pytest, torch
 from mes_mtl.cli import main
-from mes_mtl.parallel import local_cores, run_jobs, _demo_job
+from mes_mtl.parallel import local_cores, ray_session, run_jobs, _demo_job
 
 ray = pytest.importorskip('ray')
 psutil = pytest.importorskip('psutil')  # comes with Ray
@@ -17,11 +17,8 @@ THREADS = max(1, local_cores() // 2)
 
 @pytest.fixture(scope='module', autouse=True)
 def ray_local():
-    "A local Ray instance for the module: `run_jobs` (and so `mes_mtl cv --workers`) uses the session it finds."
-    temp = tempfile.mkdtemp(prefix='ray', dir='/tmp')  # short: Ray's socket paths live under it
-    ray.init(address='local', num_cpus=local_cores(), include_dashboard=False, _temp_dir=temp)
-    yield
-    ray.shutdown()
+    "The local Ray instance of `mes_mtl cv --workers` for the module: `run_jobs` uses the session it finds."
+    with ray_session(): yield
 
 
 def cv(data, out, *args):
@@ -95,6 +92,7 @@ def test_run_jobs_retries_and_reports(tmp_path):
     assert (tmp_path/'killed3').is_file() and results[3].value['square'] == 9  # its worker died once, the retry finished it
     assert 'failed 3 time(s)' in results[2].error and 'ValueError: job 2 cannot be done' in results[2].error
     assert {r.value['threads'] for r in results.values() if r.ok} == {THREADS}
+    assert {r.value['nice'] for r in results.values() if r.ok} == {os.nice(0)}  # not Ray's default 15: folds keep their share
 
 
 def test_workers_need_ray(monkeypatch, tmp_path, capsys):
