@@ -52,7 +52,6 @@ def _skip(cell, skip_flags: set[str]) -> bool:
     d = _directives(cell.source)
     return d.get('eval:', [''])[0].lower() == 'false' or bool(skip_flags & d.keys())
 
-
 def _warnings(cells) -> list[str]:
     "Distinct warning lines the executed cells wrote to stderr (deprecations to fix before they become errors)."
     lines = (line.strip() for c in cells for o in c.get('outputs', []) if o.get('name') == 'stderr'

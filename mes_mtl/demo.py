@@ -16,7 +16,7 @@ from .errors import UserError, UserFileExistsError, UserNotADirectoryError
 # %% auto #0
 __all__ = ['LIMUC_SIZE', 'CUE_RAMPS', 'NORMAL_RGB', 'ERYTHEMA_RGB', 'VESSEL_RGB', 'BLOOD_RGB', 'FIBRIN_RGB', 'WHITE',
            'SEVERITY_JITTER', 'MES_PROPORTIONS', 'PATIENT_SPREAD', 'DEMO_VERSION', 'severity_cues', 'mucosa_image',
-           'demo_image', 'mes_counts', 'demo_layout', 'make_demo_limuc', 'cache_root', 'demo_limuc']
+           'demo_image', 'mes_counts', 'demo_layout', 'make_demo_limuc', 'cache_root', 'cached_folder', 'demo_limuc']
 
 # %% ../nbs/01_demo.ipynb #941dc61d
 LIMUC_SIZE = (288, 352)  # (height, width) of every LIMUC image, the order of torch and fastai: 352 x 288 px (w x h)
@@ -179,6 +179,21 @@ def cache_root(cache=None) -> Path:
     "The folder of cached demo artefacts: `cache`, else $MES_MTL_CACHE, else `mes_mtl_cache` in the temporary folder."
     return Path(cache or os.environ.get('MES_MTL_CACHE') or Path(tempfile.gettempdir())/'mes_mtl_cache')
 
+def cached_folder(folder: Path,  # the cached folder
+                  make,  # make(dest): writes the folder `dest` (a temporary name beside `folder`)
+                  done=Path.is_dir,  # done(folder): whether `folder` is complete
+                 ) -> Path:
+    "`folder`, made once by `make` and renamed into place when complete; another process making it meanwhile waits."
+    if done(folder): return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f'{folder}.lock'):
+        if done(folder): return folder  # another process made it while this one waited
+        with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+            make(Path(tmp)/folder.name)
+            if folder.exists(): shutil.rmtree(folder)  # an incomplete folder (an interrupted older version)
+            os.replace(Path(tmp)/folder.name, folder)
+    return folder
+
 def demo_limuc(n_images: int = 400,  # images, in LIMUC's class balance
                n_patients: int = 40,  # patients
                seed: int = 0,  # the seed of `make_demo_limuc`
@@ -188,11 +203,5 @@ def demo_limuc(n_images: int = 400,  # images, in LIMUC's class balance
     "The LIMUC root of `make_demo_limuc`'s dataset with these settings: written into the cache once, then reused."
     demo_layout(n_images, n_patients, seed)  # checks the arguments before anything is written
     root = cache_root(cache)/f'demo_limuc_{n_images}img_{n_patients}pat_seed{seed}_v{DEMO_VERSION}'
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f'{root}.lock'):  # another process writing the same dataset finishes it first
-        if not root.is_dir():
-            with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
-                make_demo_limuc(Path(tmp)/'LIMUC', n_images=n_images, n_patients=n_patients, seed=seed,
-                                progress=progress)
-                os.replace(Path(tmp)/'LIMUC', root)
-    return root
+    def make(dest): make_demo_limuc(dest, n_images=n_images, n_patients=n_patients, seed=seed, progress=progress)
+    return cached_folder(root, make)

@@ -4,16 +4,15 @@
 
 # %% ../nbs/25_video.ipynb #0b67b56e
 from __future__ import annotations
-import argparse, json, os, shutil, sys, tempfile, time, warnings
+import argparse, json, os, sys, tempfile, time, warnings
 from collections import deque
 from dataclasses import dataclass, replace, fields
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from filelock import FileLock
 from fastprogress.fastprogress import progress_bar
 from .errors import UserError
 from .labels import MES_CLASSES
-from .demo import cache_root, demo_limuc
+from .demo import cache_root, cached_folder, demo_limuc
 from .data import limuc_items
 from .demo_video import require_av
 from .inference import MESPredictor, MODEL_FILES
@@ -300,18 +299,11 @@ def demo_model(arch: str = 'resnet18',  # timm backbone
                cache=None) -> Path:     # cache folder (see `cache_root`)
     "The folder of a model trained on the demo images with these settings: trained once, then reused from the cache."
     folder = cache_root(cache)/f'demo_model_{arch}_{size}px_{n_images}img_{epochs}ep_lr{lr:g}_seed{seed}_r{DEMO_RECIPE}'
-    def complete() -> bool: return all((folder/f).is_file() for f in (*MODEL_FILES, 'training.json'))
-    if complete(): return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f'{folder}.lock'):  # another process training the same model finishes it first
-        if complete(): return folder
-        with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-            model = _train_demo_model(Path(tmp), arch, size, n_images, epochs, lr, seed, cache)
-            if folder.exists(): shutil.rmtree(folder)  # an incomplete folder of an older version
-            os.replace(model, folder)
-    return folder
+    def complete(f: Path) -> bool: return all((f/name).is_file() for name in (*MODEL_FILES, 'training.json'))
+    def train(dest): _train_demo_model(dest, arch, size, n_images, epochs, lr, seed, cache)
+    return cached_folder(folder, train, complete)
 
-def _train_demo_model(tmp: Path, arch, size, n_images, epochs, lr, seed, cache) -> Path:
+def _train_demo_model(dest: Path, arch, size, n_images, epochs, lr, seed, cache) -> Path:
     from fastai.torch_core import set_seed
     from mes_mtl.splits import split_items, channel_stats
     from mes_mtl.cache import ImageCache
@@ -325,10 +317,10 @@ def _train_demo_model(tmp: Path, arch, size, n_images, epochs, lr, seed, cache) 
     split = ImageCache.build(split, size=size, progress=False).attach(split)
     set_seed(seed)
     dls = mtl_dataloaders(split, fold=0, size=size, bs=32, stats=stats, balanced=True, num_workers=0)
-    learn = mtl_learner(dls, arch, pretrained=False, save_name=None, path=tmp)
+    learn = mtl_learner(dls, arch, pretrained=False, save_name=None, path=dest.parent)
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
     with learn.no_bar(): report, _ = evaluate_learner(learn, mtl_test_dl(dls, split))
-    model = save_mtl_model(learn, tmp/'model')
+    model = save_mtl_model(learn, dest)
     mes = report['mes']
     record = dict(arch=arch, size=size, n_images=n_images, epochs=epochs, lr=lr, seed=seed, recipe=DEMO_RECIPE,
                   test_images=int(split.is_test.sum()), test_accuracy=mes['accuracy'], test_macro_f1=mes['macro_f1'],
