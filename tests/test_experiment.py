@@ -3,7 +3,7 @@ import json, signal, subprocess, time
 import pandas as pd
 import pytest
 
-TINY = ('--arch', 'resnet18', '--folds', 3, '--epochs', 2, '--f1-epochs', 1, '--size', 32, '--bs', 16,
+TINY = ('--arch', 'resnet18', '--folds', 3, '--epochs', 1, '--f1-epochs', 1, '--size', 32, '--bs', 16,
         '--no-pretrained', '--lr', 1e-3, '--quiet')
 
 
