@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from .errors import UserError
-from .labels import MES_CLASSES, check_mes
+from .labels import MES_COLUMNS, check_mes
 from .metrics import report_from_predictions
 
 # %% auto #0
@@ -18,7 +18,6 @@ __all__ = ['RULES', 'STUDY_RULES', 'rule_label', 'attach_patients', 'patient_tab
 # %% ../nbs/19_aggregate.ipynb #ac905d17
 RULES = ('max', 'quantile', 'expected_max')  # how a patient's Mayo score is read from the image scores
 STUDY_RULES = (('max', None), ('quantile', 0.9), ('expected_max', None))  # (rule, q) of the study tables
-_P_MES = [f'p_mes{k}' for k in MES_CLASSES]
 
 def rule_label(rule: str, q: float | None = None) -> str:
     "A rule's name in tables: `'max'`, `'quantile 0.9'`, `'expected_max'`."
@@ -79,11 +78,11 @@ def _round_half_up(x) -> np.ndarray: return np.clip(np.floor(np.asarray(x) + 0.5
 
 def _max_probs(p: pd.DataFrame) -> pd.DataFrame:
     "P(patient's max = k) if the images' scores were independent: P(max <= k) = prod_i P(image_i <= k)."
-    cdf = p[_P_MES].cumsum(axis=1).clip(upper=1).groupby(p.patient, sort=False).prod()
-    return pd.DataFrame(np.diff(cdf.to_numpy(), prepend=0, axis=1).clip(0), index=cdf.index, columns=_P_MES)
+    cdf = p[MES_COLUMNS].cumsum(axis=1).clip(upper=1).groupby(p.patient, sort=False).prod()
+    return pd.DataFrame(np.diff(cdf.to_numpy(), prepend=0, axis=1).clip(0), index=cdf.index, columns=MES_COLUMNS)
 
 def _check_predictions(p: pd.DataFrame, rule: str, probs: bool):
-    need = {'patient', 'mes_true', 'mes_pred'} | (set(_P_MES) if rule == 'expected_max' or probs else set())
+    need = {'patient', 'mes_true', 'mes_pred'} | (set(MES_COLUMNS) if rule == 'expected_max' or probs else set())
     if missing := sorted(need - set(p.columns)):
         hint = " (pass `items` for the patient ids)" if 'patient' in missing else ''
         raise UserError(f"the predictions lack the columns {missing}{hint}")
@@ -107,7 +106,7 @@ def patient_table(preds: pd.DataFrame,  # image predictions (`predictions_table`
     g = p.groupby('patient', sort=False)
     if rule == 'max': pred = g.mes_pred.max()
     elif rule == 'quantile': pred = g.mes_pred.agg(lambda s: _quantile(s, q))
-    else: pred = (p[_P_MES] @ np.arange(4.)).groupby(p.patient, sort=False).max().pipe(_round_half_up)
+    else: pred = (p[MES_COLUMNS] @ np.arange(4.)).groupby(p.patient, sort=False).max().pipe(_round_half_up)
     t = pd.DataFrame({'images': g.size(), 'mes_true': g.mes_true.max(), 'mes_pred': pred})
     t = t.rename_axis('patient').reset_index()
     return t.join(_max_probs(p), on='patient') if probs else t

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastprogress.fastprogress import progress_bar
 from .errors import UserError
-from .labels import MES_CLASSES
+from .labels import MES_CLASSES, MES_COLUMNS
 from .demo import cache_root, cached_folder, demo_limuc
 from .data import limuc_items
 from .demo_video import require_av
@@ -19,7 +19,7 @@ from .inference import MESPredictor, MODEL_FILES
 from .quality import QualityThresholds, frame_quality, MEASURES, REASONS
 
 # %% auto #0
-__all__ = ['VIDEO_HINT', 'P_COLS', 'SEGMENT_COLS', 'FRAME_COLS', 'DEMO_RECIPE', 'MES_COLOURS', 'VideoReader', 'window_mean',
+__all__ = ['VIDEO_HINT', 'SEGMENT_COLS', 'FRAME_COLS', 'DEMO_RECIPE', 'MES_COLOURS', 'VideoReader', 'window_mean',
            'video_segments', 'video_score', 'VideoResult', 'VideoScorer', 'demo_model', 'score_video', 'plot_timeline',
            'save_video_result', 'score_frames', 'video_throughput', 'video_runtimes', 'video_bench',
            'video_bench_table', 'video_args', 'load_predictor', 'run_video']
@@ -129,9 +129,8 @@ def window_mean(times, probs, at, before: float, after: float) -> np.ndarray:
     with np.errstate(invalid='ignore'): return np.where(n > 0, (csum[hi] - csum[lo]) / np.maximum(n, 1), np.nan)
 
 # %% ../nbs/25_video.ipynb #52c6b4c8
-P_COLS = [f'p_mes{k}' for k in MES_CLASSES]
 SEGMENT_COLS = ['segment', 'mes', 'start', 'end', 'start_frame', 'end_frame', 'seconds', 'n_frames', 'n_uninformative',
-                *P_COLS]
+                *MES_COLUMNS]
 
 def _merge_short(runs: list[list[int]], dt: float, min_length: float) -> list[list[int]]:
     "Runs [score, first, stop), the shortest under `min_length` merged into its longer neighbour until none is short."
@@ -165,7 +164,7 @@ def video_segments(frames: pd.DataFrame, dt: float, min_length: float = 2.0) -> 
         spanned = int(((fr >= first) & (fr <= last)).sum())  # frames in the segment's span, informative or not
         rows.append(dict(segment=k, mes=int(s), start=float(seg.time.iloc[0]), end=float(seg.time.iloc[-1] + dt),
                          start_frame=first, end_frame=last, seconds=(b - a) * dt, n_frames=b - a,
-                         n_uninformative=spanned - (b - a), **seg[P_COLS].mean().to_dict()))
+                         n_uninformative=spanned - (b - a), **seg[MES_COLUMNS].mean().to_dict()))
     return pd.DataFrame(rows, columns=SEGMENT_COLS)
 
 def video_score(segments: pd.DataFrame, min_length: float = 2.0) -> tuple[int | None, list[list[float]]]:
@@ -176,7 +175,7 @@ def video_score(segments: pd.DataFrame, min_length: float = 2.0) -> tuple[int | 
     return top, held.loc[held.mes == top, ['start', 'end']].round(3).values.tolist()
 
 # %% ../nbs/25_video.ipynb #fbb6813e
-FRAME_COLS = ['frame', 'time', *MEASURES, 'flag', 'informative', *P_COLS, 'mes']
+FRAME_COLS = ['frame', 'time', *MEASURES, 'flag', 'informative', *MES_COLUMNS, 'mes']
 
 @dataclass
 class VideoResult:
@@ -227,9 +226,9 @@ class VideoScorer:
         t2 = time.perf_counter()
         q.insert(0, 'frame', idx)
         q.insert(1, 'time', times)
-        for c in P_COLS: q[c] = pred[c].to_numpy()
+        for c in MES_COLUMNS: q[c] = pred[c].to_numpy()
         q['mes'] = pred.mes.to_numpy()
-        q['mes_live'] = [self._live(t, p, ok) for t, p, ok in zip(times, q[P_COLS].to_numpy(), q.informative)]
+        q['mes_live'] = [self._live(t, p, ok) for t, p, ok in zip(times, q[MES_COLUMNS].to_numpy(), q.informative)]
         self._tables.append(q)
         self.seconds['quality'] += t1 - t0
         self.seconds['model'] += t2 - t1
@@ -256,7 +255,7 @@ class VideoScorer:
         df = self.frames
         inf = df[df.informative.astype(bool)]
         half = self.window / 2
-        sm = window_mean(inf.time, inf[P_COLS].to_numpy(float), df.time.to_numpy(float), half, half)
+        sm = window_mean(inf.time, inf[MES_COLUMNS].to_numpy(float), df.time.to_numpy(float), half, half)
         for k in MES_CLASSES: df[f'p_mes{k}_smoothed'] = sm[:, k]
         df['mes_smoothed'] = pd.array(np.where(np.isnan(sm).any(1), pd.NA, np.nan_to_num(sm).argmax(1)), dtype='Int64')
         df['mes_live'] = df.mes_live.astype('Int64')

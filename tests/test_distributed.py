@@ -31,7 +31,8 @@ def run(*args, processes: int = 1):
         cmd = ['accelerate', 'launch', '--multi_gpu', '--num_processes', str(processes), '--num_machines', '1',
                '--main_process_port', str(free_port()), '--mixed_precision', 'no', '--dynamo_backend', 'no', *cmd]
     r = subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    others = '\n'.join(l for l in r.stderr.splitlines() if l.startswith('[rank1]'))  # the other process's own error
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + '\n-- rank 1:\n' + others[-6000:]
     return r
 
 

@@ -4,7 +4,8 @@ import numpy as np, pandas as pd
 import pytest
 from mes_mtl.cli import main
 from mes_mtl.demo_video import make_demo_video
-from mes_mtl.video import VideoScorer, demo_model, score_video, load_predictor, P_COLS
+from mes_mtl.labels import MES_COLUMNS
+from mes_mtl.video import VideoScorer, demo_model, score_video, load_predictor
 
 
 @pytest.fixture(scope='module')
@@ -58,7 +59,7 @@ def test_scores_match_the_truth(scored, demo, capsys):
     assert summary['n_informative'] == ok.sum() and summary['warning'] is None
     assert summary['speed']['frames_per_s'] > 0 and summary['settings']['window'] == 1.0
     # flagged frames keep their scores
-    assert frames.loc[~ok, P_COLS].notna().all().all() and frames.mes[~ok].notna().all()
+    assert frames.loc[~ok, MES_COLUMNS].notna().all().all() and frames.mes[~ok].notna().all()
 
 
 def test_every_and_fps(demo, model, tmp_path):
@@ -87,7 +88,7 @@ def test_live_scorer_is_the_offline_scorer(scored, demo, model):
     with av.open(str(demo/'demo_video.mp4')) as c:
         shown = [live.update(f.to_ndarray(format='rgb24')) for f, _ in zip(c.decode(video=0), range(120))]
     got = live.frames
-    np.testing.assert_allclose(got[P_COLS].to_numpy(float), offline[P_COLS].to_numpy(float)[:120], atol=1e-5)
+    np.testing.assert_allclose(got[MES_COLUMNS].to_numpy(float), offline[MES_COLUMNS].to_numpy(float)[:120], atol=1e-5)
     assert got.mes_live.tolist() == offline.mes_live.tolist()[:120] == shown
     truth = pd.read_csv(demo/'demo_video_truth.csv', keep_default_na=False).mes.to_numpy()[:120]
     assert (np.array(shown) == truth).mean() > 0.75  # live (causal) scores follow the truth, half a window late
@@ -196,7 +197,7 @@ def test_onnx_runtime(scored, demo, model, tmp_path):
     pytest.importorskip('onnxruntime')
     assert run(demo/'demo_video.mp4', '--model', model, '--out', tmp_path, '--runtime', 'onnx', '--threads', 1) == 0
     torch_, onnx = (pd.read_csv(d/'frames.csv') for d in (scored, tmp_path))
-    np.testing.assert_allclose(onnx[P_COLS].to_numpy(), torch_[P_COLS].to_numpy(), atol=1e-3)
+    np.testing.assert_allclose(onnx[MES_COLUMNS].to_numpy(), torch_[MES_COLUMNS].to_numpy(), atol=1e-3)
     assert pd.read_csv(tmp_path/'segments.csv').mes.tolist() == [0, 1, 3, 2]
     summary = json.loads((tmp_path/'summary.json').read_text())
     assert summary['settings']['runtime'] == 'onnx' and summary['settings']['torch_threads'] == 1
