@@ -77,9 +77,13 @@ def rank_folder_first(out, func):
     if not is_distributed(): return func(out, True)
     if rank_distrib() == 0:
         try: return func(out, True)
-        finally: distrib_barrier()
+        finally:
+            distrib_barrier()  # `out` is set up: the other processes copy it
+            distrib_barrier()  # they have their copies: this process may write to `out` again
     distrib_barrier()
-    return func(_private_copy(out), False)
+    try: copy = _private_copy(out)
+    finally: distrib_barrier()
+    return func(copy, False)
 
 # %% ../nbs/19b_distributed.ipynb #c4681fb9
 _fastai_save_model = fastai.learner.save_model
