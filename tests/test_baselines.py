@@ -249,9 +249,9 @@ def test_cli_cv_and_compare_coral(demo_root, tmp_path, capsys):
     "`mes_mtl cv --method coral` on the demo data (CORN differs only in its loss, tested above), then `mes_mtl compare`."
     from mes_mtl.cli import main
     out = tmp_path/'coral'
-    assert main(['cv', '--out', str(out), '--method', 'coral', '--data', str(demo_root), '--arch', 'resnet18', '--folds', '2',
+    assert main(['cv', '--out', str(out), '--method', 'coral', '--data', str(demo_root), '--arch', 'test_resnet', '--folds', '2',
                  '--epochs', '1', '--size', '32', '--bs', '16', '--no-pretrained', '--lr', '1e-3', '--quiet']) == 0
-    d = out/'folds'/'resnet18'/'fold0'
+    d = out/'folds'/'test_resnet'/'fold0'
     m = json.loads((d/'metrics.json').read_text())
     assert m['method'] == 'coral' and set(m) == {'arch', 'fold', 'method', 'stage1'}
     assert json.loads((d/'model'/'config.json').read_text())['decode_rule'] == 'median'

@@ -50,10 +50,10 @@ def private_copies() -> set:
 
 def test_cv_fold_on_two_processes(demo_root, odd_fold, tmp_path):
     out, before = tmp_path/'study', private_copies()
-    r = run('cv', '--data', demo_root, '--out', out, *TINY, '--arch', 'resnet18', '--run-folds', odd_fold, '--epochs', 1,
+    r = run('cv', '--data', demo_root, '--out', out, *TINY, '--arch', 'test_resnet', '--run-folds', odd_fold, '--epochs', 1,
             '--f1-epochs', 2, '--every-epoch', '--bs', 8, '--quiet', processes=2)
-    assert r.stdout.count('Study in') == 1 and r.stdout.count(f'resnet18 fold {odd_fold}: MES macro F1') == 1  # printed once
-    d = out/'folds'/'resnet18'/f'fold{odd_fold}'
+    assert r.stdout.count('Study in') == 1 and r.stdout.count(f'test_resnet fold {odd_fold}: MES macro F1') == 1  # printed once
+    d = out/'folds'/'test_resnet'/f'fold{odd_fold}'
     assert sorted(p.name for p in d.iterdir()) == ['compute.json', 'history_stage1.csv', 'history_stage2.csv', 'metrics.json',
                                                   'model', 'predictions.csv']
     assert private_copies() <= before  # the second process's copy of the study is gone
