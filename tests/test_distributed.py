@@ -14,7 +14,8 @@ from mes_mtl.splits import split_items
 
 pytest.importorskip('accelerate')
 
-TINY = ['--folds', 3, '--size', 32, '--no-pretrained', '--lr', 1e-3]
+# test_resnet: a real timm ResNet (0.4 M parameters) that timm ships for tests: a training step ~8x faster than ResNet-18's
+TINY = ['--arch', 'test_resnet', '--folds', 3, '--size', 32, '--no-pretrained', '--lr', 1e-3]
 
 
 def free_port() -> int:
@@ -50,7 +51,7 @@ def private_copies() -> set:
 
 def test_cv_fold_on_two_processes(demo_root, odd_fold, tmp_path):
     out, before = tmp_path/'study', private_copies()
-    r = run('cv', '--data', demo_root, '--out', out, *TINY, '--arch', 'test_resnet', '--run-folds', odd_fold, '--epochs', 1,
+    r = run('cv', '--data', demo_root, '--out', out, *TINY, '--run-folds', odd_fold, '--epochs', 1,
             '--f1-epochs', 2, '--every-epoch', '--bs', 8, '--quiet', processes=2)
     assert r.stdout.count('Study in') == 1 and r.stdout.count(f'test_resnet fold {odd_fold}: MES macro F1') == 1  # printed once
     d = out/'folds'/'test_resnet'/f'fold{odd_fold}'
@@ -88,9 +89,9 @@ def test_train_on_two_processes_near_one(demo_root, odd_fold, tmp_path, mes_mtl)
     np.testing.assert_allclose(h2.train_loss, h1.train_loss, atol=0.05)
     p1, p2 = pd.read_csv(one/'predictions.csv'), pd.read_csv(two/'predictions.csv')
     assert p2.path.tolist() == p1.path.tolist() and p2.mes_true.tolist() == p1.mes_true.tolist()  # the whole test set, in order
-    # A model two epochs from scratch has near-even probabilities, whose arg-max (and so metrics.json's scores) flips with
-    # any perturbation: the probabilities are what the runs can be compared on. At this scale the two differ about as
-    # much as two seeds of one process do (mean |difference| 0.11 for this pair, 0.08 between two seeds, measured once).
+    # A model two epochs from scratch is far from settled: the arg-max of its probabilities (and so metrics.json's scores)
+    # flips with any perturbation, so the probabilities are what the runs can be compared on. At this scale the two differ
+    # less than two seeds of one process do (mean |difference| 0.03 for this pair, 0.10 between two seeds, measured once).
     diff = np.abs(p2.filter(like='p_').to_numpy() - p1.filter(like='p_').to_numpy())
     assert diff.mean() < 0.2, diff.mean()
     m1, m2 = json.loads((one/'metrics.json').read_text()), json.loads((two/'metrics.json').read_text())
