@@ -95,19 +95,19 @@ def test_live_scorer_is_the_offline_scorer(scored, demo, model):
 
 
 def test_memory_does_not_grow_with_length(model, tmp_path):
-    "Scoring a 4 times longer video needs no more memory at its peak (frames stream; only a batch is held)."
+    "Scoring an 8 times longer video needs no more memory at its peak (frames stream; only a batch is held)."
     from mes_mtl.profiling import PeakMemory
     pred = load_predictor(model, device='cpu')
     short, long = tmp_path/'short.mp4', tmp_path/'long.mp4'
     make_demo_video(short, segments=((1, 2.0),), artefacts=())
-    make_demo_video(long, segments=((1, 8.0),), artefacts=())
+    make_demo_video(long, segments=((1, 16.0),), artefacts=())
     score_video(short, pred, progress=False)  # warm-up: the first call allocates the model's buffers
     peaks = {}
     for name, f in (('short', short), ('long', long)):
         with PeakMemory() as mem: score_video(f, pred, progress=False)
         peaks[name] = mem.mb
-    # 150 more frames of 352x288 RGB would hold 45 MB
-    assert peaks['long'] < peaks['short'] + 15, peaks
+    # 350 more frames of 352x288 RGB would hold 106 MB; the peaks of one length vary by some 20 MB in a long session
+    assert peaks['long'] < peaks['short'] + 30, peaks
 
 
 def run(*argv):
