@@ -24,9 +24,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(*args, processes: int = 1):
+def run(*args, processes: int = 1, tmpdir=None):
     "`mes_mtl ARGS`, in `processes` CPU processes under `accelerate launch` (its multi-GPU launcher: torchrun)."
     env = {**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'OMP_NUM_THREADS': '1'}
+    if tmpdir: env['TMPDIR'] = str(tmpdir)  # the processes' own temporary folder
     cmd = [shutil.which('mes_mtl')]
     if processes > 1:
         cmd = ['accelerate', 'launch', '--multi_gpu', '--num_processes', str(processes), '--num_machines', '1',
@@ -45,19 +46,20 @@ def odd_fold(demo_root) -> int:
     return int(sizes[sizes % 2 == 1].index[0])
 
 
-def private_copies() -> set:
-    return set(glob.glob(os.path.join(os.environ.get('TMPDIR', '/tmp'), 'mes_mtl_rank*')))
+def private_copies(tmpdir) -> set: return set(glob.glob(os.path.join(tmpdir, 'mes_mtl_rank*')))
 
 
 def test_cv_fold_on_two_processes(demo_root, odd_fold, tmp_path):
-    out, before = tmp_path/'study', private_copies()
+    # a temporary folder of its own: the notebooks that nbdev_test runs alongside make private copies in /tmp too
+    out, tmpdir = tmp_path/'study', tmp_path/'tmp'
+    tmpdir.mkdir()
     r = run('cv', '--data', demo_root, '--out', out, *TINY, '--run-folds', odd_fold, '--epochs', 1,
-            '--f1-epochs', 2, '--every-epoch', '--bs', 8, '--quiet', processes=2)
+            '--f1-epochs', 2, '--every-epoch', '--bs', 8, '--quiet', processes=2, tmpdir=tmpdir)
     assert r.stdout.count('Study in') == 1 and r.stdout.count(f'test_resnet fold {odd_fold}: MES macro F1') == 1  # printed once
     d = out/'folds'/'test_resnet'/f'fold{odd_fold}'
     assert sorted(p.name for p in d.iterdir()) == ['compute.json', 'history_stage1.csv', 'history_stage2.csv', 'metrics.json',
                                                   'model', 'predictions.csv']
-    assert private_copies() <= before  # the second process's copy of the study is gone
+    assert private_copies(tmpdir) == set()  # the second process's copy of the study is gone
     compute, m = json.loads((d/'compute.json').read_text()), json.loads((d/'metrics.json').read_text())
     assert compute['stage1']['processes'] == compute['stage2']['processes'] == 2
     preds = pd.read_csv(d/'predictions.csv')
