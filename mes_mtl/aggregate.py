@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from .errors import UserError
+from .files import atomic_write
 from .labels import MES_COLUMNS, check_mes
 from .metrics import report_from_predictions
 
@@ -182,7 +183,7 @@ def write_patient_results(preds: pd.DataFrame,  # the test set's image predictio
         return None
     t = patient_table(preds, items, rule, q, probs=rule == 'max')
     fn = Path(out)/'patients.csv'
-    tmp = fn.with_suffix('.csv.tmp'); t.to_csv(tmp, index=False); tmp.replace(fn)
+    atomic_write(fn, lambda tmp: t.to_csv(tmp, index=False))
     report = patient_report(t)
     report['aggregation'] = {'rule': rule, **({'q': q} if rule == 'quantile' else {}), **report['aggregation']}
     m, (sens, fa) = report['mes'], cut_rates(report)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
 from fastprogress.fastprogress import progress_bar
+from .files import atomic_write
 
 # %% auto #0
 __all__ = ['ImageCache']
@@ -61,20 +62,17 @@ class ImageCache:
         fname = Path(folder)/f'images_{hw[0]}x{hw[1]}_{_digest(files, hw, col)}.npy' if folder is not None else None
         if fname is not None and fname.is_file(): return cls(np.load(fname, mmap_mode='r'), files[col], fname)
         shape = (len(files), *hw, 3)
-        if fname is None: images = np.empty(shape, np.uint8)
-        else:
-            fname.parent.mkdir(parents=True, exist_ok=True)
-            tmp = fname.with_suffix('.partial')
-            images = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=shape)
-        for i, path in enumerate(progress_bar(list(files.path), leave=False) if progress else files.path):
-            img = _read_image(path, target)
-            if img.shape[:2] != tuple(hw):
-                raise ValueError(f"{path} is {img.shape[1]}x{img.shape[0]} pixels, the first image {hw[1]}x{hw[0]}: "
-                                 f"pass `size` to resize all images to one size")
-            images[i] = img
-        if fname is None: return cls(images, files[col])
-        images.flush(); del images
-        os.replace(tmp, fname)  # a reader never sees a half-written cache
+        def fill(images):
+            for i, path in enumerate(progress_bar(list(files.path), leave=False) if progress else files.path):
+                img = _read_image(path, target)
+                if img.shape[:2] != tuple(hw):
+                    raise ValueError(f"{path} is {img.shape[1]}x{img.shape[0]} pixels, the first image "
+                                     f"{hw[1]}x{hw[0]}: pass `size` to resize all images to one size")
+                images[i] = img
+            return images
+        if fname is None: return cls(fill(np.empty(shape, np.uint8)), files[col])
+        def write(tmp): fill(np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=shape)).flush()
+        atomic_write(fname, write)  # a reader never sees a half-written cache
         return cls(np.load(fname, mmap_mode='r'), files[col], fname)
 
     @property

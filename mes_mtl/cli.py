@@ -4,23 +4,22 @@
 
 # %% ../nbs/90_cli.ipynb #828c090e
 from __future__ import annotations
-import argparse, errno, json, math, shlex, shutil, signal, sys, tempfile
-from contextlib import contextmanager
+import argparse, json, math, shlex, shutil, sys, tempfile
 from pathlib import Path
 import pandas as pd
 import mes_mtl
 from .errors import UserError, UserFileNotFoundError, UserFileExistsError, UserNotADirectoryError
+from .files import atomic_write, write_json, save_figure, writable_dir, writable_file, Staging, cached_folder
 from .labels import TASKS
 from .data import IMAGE_EXTS, limuc_items, limuc_summary
 from .demo import make_demo_limuc, demo_limuc
 from .download import DownloadError
-from .splits import split_items, save_split, load_split
+from .splits import split_items, save_split, read_split, load_split
 from .dataloaders import AUGMENTATIONS, mtl_dataloaders, mtl_test_dl
 from .model import default_size, LIMUC_SIZE, PAPER_ARCHS
 from .results import finished_folds
-from .report import save_figure
 from .study import (CVConfig, ADDED_SETTINGS, Interrupted, check_study, claim_study, check_folds, split_diff,
-                           run_cv, settings_changes, study_learner, write_json)
+                           run_cv, settings_changes, study_learner)
 from .baselines import METHODS
 from .methods import write_method_comparison
 from .bench import bench_args, run_bench
@@ -31,82 +30,9 @@ from .metrics import report_table, markdown_table, plot_confusion_matrices
 
 # %% auto #0
 __all__ = ['DEMO_DEFAULTS', 'PAPER_DEFAULTS', 'CV_DEMO_DEFAULTS', 'CV_PAPER_DEFAULTS', 'METHOD_SETTINGS', 'COUNT', 'INDEX',
-           'FOLDS', 'SIZE', 'POSITIVE', 'NON_NEGATIVE', 'UNIT', 'SHARE', 'COMMANDS', 'writable_dir', 'writable_file',
-           'write_text', 'Staging', 'data_root', 'prepare_data', 'check_out', 'prepare', 'train', 'print_summary', 'cv',
-           'check_comparable', 'compare_studies', 'predict', 'parser', 'main']
-
-# %% ../nbs/90_cli.ipynb #df2a452e
-def _why(path: Path, e: OSError) -> str:
-    "What an `OSError` on `path` means, in the user's words."
-    if (f := next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)) is not None:
-        return f"{f} is a file, not a folder"
-    if e.errno == errno.EROFS: return "the file system is read-only"
-    if e.errno in (errno.EACCES, errno.EPERM): return "writing there is not permitted"
-    if e.errno == errno.ENOSPC: return "the disk is full"
-    if e.errno == errno.ENOENT:
-        where = next(p for p in (path, *path.parents) if p.exists())
-        return f"nothing can be created in {where} (a virtual file system?)"
-    return e.strerror or type(e).__name__
-
-def writable_dir(path, flag: str = '--out') -> Path:
-    "Folder `path` (~ expanded, absolute), created if need be and checked writable; else a `UserError` naming `flag`."
-    path = Path(path).expanduser().absolute()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-    except OSError as e:
-        raise UserError(f"{flag} {path}: cannot create or write to this folder: {_why(path, e)}. "
-                        f"Choose another folder.") from None
-    return path
-
-def writable_file(path, flag: str = '--output') -> Path:
-    "File `path` (~ expanded, absolute) in a folder that exists (or is created) and is writable; else a `UserError`."
-    path = Path(path).expanduser().absolute()
-    if path.is_dir(): raise UserError(f"{flag} {path} is a folder: give a file name, e.g. {path/'predictions.csv'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path.parent).close()
-    except OSError as e:
-        raise UserError(f"{flag} {path}: cannot write this file: {_why(path.parent, e)}. "
-                        f"Choose another place.") from None
-    return path
-
-def write_text(path: Path, text: str):
-    "Write `text` to `path` atomically: a reader never sees half a file, and an interrupted write leaves the old one."
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text)
-    tmp.replace(path)
-
-# %% ../nbs/90_cli.ipynb #b1a20003
-@contextmanager
-def _no_interrupt():
-    "Ignore Ctrl-C (SIGINT) during the few renames of a commit, so that one is never left half-way."
-    try: old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError: old = None  # not the main thread, where signals are not delivered anyway
-    try: yield
-    finally:
-        if old is not None: signal.signal(signal.SIGINT, old)
-
-class Staging:
-    "A run's hidden temporary folder in `out`: `commit` moves its files into `out`; leaving `with` deletes it."
-    last = 'metrics.json'
-    def __init__(self, out): self.out = Path(out)
-    def __enter__(self) -> Staging:
-        self.tmp = Path(tempfile.mkdtemp(prefix='.partial-', dir=self.out))
-        return self
-    def __exit__(self, *exc): shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def commit(self, skip=('models',)) -> list[str]:
-        "Replace the files and folders of `out` by those in the temporary folder (all but `skip`); returns their names."
-        names = sorted((p.name for p in self.tmp.iterdir() if p.name not in skip), key=lambda n: n == self.last)
-        with _no_interrupt():
-            if self.last in names: (self.out/self.last).unlink(missing_ok=True)
-            for n in names:
-                new, dst = self.tmp/n, self.out/n
-                if dst.is_dir() and not dst.is_symlink(): dst.rename(self.tmp/f'.old-{n}')  # deleted with self.tmp
-                elif new.is_dir() and dst.exists(): dst.unlink()
-                new.replace(dst)
-        return names
+           'FOLDS', 'SIZE', 'POSITIVE', 'NON_NEGATIVE', 'UNIT', 'SHARE', 'COMMANDS', 'data_root', 'prepare_data',
+           'check_out', 'prepare', 'train', 'print_summary', 'cv', 'check_comparable', 'compare_studies', 'predict',
+           'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #edb0f0d4
 def data_root(items: pd.DataFrame) -> Path:
@@ -119,11 +45,7 @@ def _demo(out: Path, n_images: int, seed: int, log=print) -> Path:
     data = out/'demo_data'
     if not data.exists():
         log(f"No --data given: copying the demo dataset ({n_images} images) into {data}")
-        tmp = Path(tempfile.mkdtemp(prefix='.demo_data-', dir=out))  # then renamed: never half a dataset
-        try:
-            shutil.copytree(demo_limuc(n_images, max(20, n_images // 10), seed), tmp, dirs_exist_ok=True)
-            tmp.rename(data)
-        finally: shutil.rmtree(tmp, ignore_errors=True)
+        cached_folder(data, lambda dest: shutil.copytree(demo_limuc(n_images, max(20, n_images // 10), seed), dest))
     return data
 
 def prepare_data(out: Path,  # the output folder: its split.csv is reused while the images match it
@@ -145,7 +67,7 @@ def prepare_data(out: Path,  # the output folder: its split.csv is reused while 
     manifest = out/'split.csv'
     reuse = manifest.is_file() and not overwrite
     if reuse:
-        if diff := split_diff(pd.read_csv(manifest, dtype={'patient': str, 'key': str, 'source': str}), items):
+        if diff := split_diff(read_split(manifest), items):
             raise UserError(f"the data in {data} have changed since the split {manifest} was made: {diff}. Restore "
                             f"them, or pass --overwrite to split the data afresh (a new run, replacing {out}'s).")
         split = load_split(manifest, data_root(items))
@@ -331,7 +253,7 @@ def check_comparable(studies: dict) -> dict:
         if not (folder/'split.csv').is_file():
             raise UserFileNotFoundError(f"{folder}: no split.csv, so its folds cannot be matched with the other "
                                         f"studies' (a `mes_mtl cv` study writes one)")
-        manifests[name] = pd.read_csv(folder/'split.csv', dtype={'patient': str, 'key': str, 'source': str})
+        manifests[name] = read_split(folder/'split.csv')
     ref = next(iter(studies))
     if diffs := [f"{n}: {d}" for n in studies if n != ref and (d := split_diff(manifests[ref], manifests[n]))]:
         raise UserError(f"the studies were not run on the same images and folds, so their folds cannot be compared "
@@ -408,7 +330,7 @@ def predict(args):
     text = df.to_json(orient='records', indent=2) if args.json else df.to_csv(index=False)
     if not output: sys.stdout.write(text)
     else:
-        write_text(output, text)
+        atomic_write(output, text)
         print(f"Wrote {len(df)} predictions to {output}")
     return df
 

@@ -6,9 +6,8 @@
 from __future__ import annotations
 import re, warnings
 from pathlib import Path
-import numpy as np, pandas as pd
+import pandas as pd
 from fastai.vision.utils import verify_images
-from .labels import MES_CLASSES
 from .errors import UserError, UserFileNotFoundError
 
 # %% auto #0

@@ -8,15 +8,15 @@ import os, shutil, tempfile
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image, ImageFilter
-from filelock import FileLock
 from fastprogress.fastprogress import progress_bar
 from .labels import MES_CLASSES, check_mes
 from .errors import UserError, UserFileExistsError, UserNotADirectoryError
+from .files import cached_folder
 
 # %% auto #0
 __all__ = ['LIMUC_SIZE', 'CUE_RAMPS', 'NORMAL_RGB', 'ERYTHEMA_RGB', 'VESSEL_RGB', 'BLOOD_RGB', 'FIBRIN_RGB', 'WHITE',
            'SEVERITY_JITTER', 'MES_PROPORTIONS', 'PATIENT_SPREAD', 'DEMO_VERSION', 'severity_cues', 'mucosa_image',
-           'demo_image', 'mes_counts', 'demo_layout', 'make_demo_limuc', 'cache_root', 'cached_folder', 'demo_limuc']
+           'demo_image', 'mes_counts', 'demo_layout', 'make_demo_limuc', 'cache_root', 'demo_limuc']
 
 # %% ../nbs/01_demo.ipynb #941dc61d
 LIMUC_SIZE = (288, 352)  # (height, width) of every LIMUC image, the order of torch and fastai: 352 x 288 px (w x h)
@@ -178,21 +178,6 @@ DEMO_VERSION = 1  # bump when `make_demo_limuc`'s images change: datasets cached
 def cache_root(cache=None) -> Path:
     "The folder of cached demo artefacts: `cache`, else $MES_MTL_CACHE, else `mes_mtl_cache` in the temporary folder."
     return Path(cache or os.environ.get('MES_MTL_CACHE') or Path(tempfile.gettempdir())/'mes_mtl_cache')
-
-def cached_folder(folder: Path,  # the cached folder
-                  make,  # make(dest): writes the folder `dest` (a temporary name beside `folder`)
-                  done=Path.is_dir,  # done(folder): whether `folder` is complete
-                 ) -> Path:
-    "`folder`, made once by `make` and renamed into place when complete; another process making it meanwhile waits."
-    if done(folder): return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f'{folder}.lock'):
-        if done(folder): return folder  # another process made it while this one waited
-        with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-            make(Path(tmp)/folder.name)
-            if folder.exists(): shutil.rmtree(folder)  # an incomplete folder (an interrupted older version)
-            os.replace(Path(tmp)/folder.name, folder)
-    return folder
 
 def demo_limuc(n_images: int = 400,  # images, in LIMUC's class balance
                n_patients: int = 40,  # patients

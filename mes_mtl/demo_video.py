@@ -4,13 +4,14 @@
 
 # %% ../nbs/06_demo_video.ipynb #d87206ad
 from __future__ import annotations
-import json, os
+import json
 from fractions import Fraction
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image, ImageFilter
 from scipy.ndimage import uniform_filter1d
 from .errors import UserError, UserFileExistsError
+from .files import atomic_write
 from .labels import check_mes
 from .demo import mucosa_image, LIMUC_SIZE
 
@@ -140,9 +141,8 @@ def write_video(frames, # an iterable of (h, w, 3) uint8 RGB arrays, all one eve
                ) -> Path:
     "Encode `frames` (an iterable of (h, w, 3) uint8 arrays, all one even size) to the video file `dest`, atomically."
     av, codec, dest = require_av(), video_codec(codec), Path(dest)
-    tmp = dest.with_name(f'.{dest.stem}.partial{dest.suffix}')
     opts = {'movflags': '+faststart'} if dest.suffix.lower() in ('.mp4', '.mov', '.m4v') else {}
-    try:
+    def write(tmp):  # the temporary file keeps the suffix, from which FFmpeg chooses the container
         with av.open(str(tmp), 'w', container_options=opts) as out:
             stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
             stream.pix_fmt = 'yuv420p'
@@ -158,9 +158,7 @@ def write_video(frames, # an iterable of (h, w, 3) uint8 RGB arrays, all one eve
                 out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format='rgb24')))
             if not n: raise ValueError("no frames to write")
             out.mux(stream.encode())
-        os.replace(tmp, dest)
-    finally: tmp.unlink(missing_ok=True)
-    return dest
+    return atomic_write(dest, write)
 
 # %% ../nbs/06_demo_video.ipynb #eb229c67
 def _runs(truth: pd.DataFrame, key: str, value: str) -> list[dict]:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_inference.ipynb #80aba0dd
 from __future__ import annotations
-import hashlib, io, json, logging, os, tempfile, warnings
+import hashlib, io, json, logging, warnings
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -16,6 +16,7 @@ from .labels import TASKS, LABEL_TABLE, mes_probs, mes_decode, heads_from_mes
 from .model import create_mtl_model, create_mes_model, MTLModel
 from .baselines import METHODS, baseline_loss
 from .errors import UserError, UserFileNotFoundError
+from .files import atomic_write, write_json
 
 # %% auto #0
 __all__ = ['MODEL_FILES', 'RUNTIMES', 'ONNX_FILE', 'ONNX_RECORD', 'ONNX_ATOL', 'ONNX_RTOL', 'EXPORTERS', 'model_config',
@@ -331,15 +332,6 @@ def _cached_record(folder: Path, config: dict) -> dict | None:
     same = w.get('mtime_ns') == st.st_mtime_ns or w.get('sha256') == _sha256(folder/'model.safetensors')
     return rec if same else None
 
-def _write_atomic(fname: Path, data: bytes):
-    "Write `data` to `fname` through a temporary file in the same folder: a reader never sees half of it."
-    fd, tmp = tempfile.mkstemp(dir=fname.parent, prefix=f'.{fname.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f: f.write(data)
-        os.replace(tmp, fname)
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
-
 def onnx_model(model: torch.nn.Module, config: dict, folder=None, device='cpu') -> OnnxModel:
     "`model` run by ONNX Runtime: the export cached in model folder `folder` if current, else a new one (saved there)."
     onnx_runtime()  # a clear message before any work
@@ -355,8 +347,8 @@ def onnx_model(model: torch.nn.Module, config: dict, folder=None, device='cpu') 
                        mes_mtl_version=mes_mtl.__version__,
                        exported=datetime.now(timezone.utc).isoformat(timespec='seconds'))
     try:
-        _write_atomic(folder/ONNX_FILE, data)
-        _write_atomic(folder/ONNX_RECORD, json.dumps(fast.record, indent=2).encode())
+        atomic_write(folder/ONNX_FILE, data)
+        write_json(fast.record, folder/ONNX_RECORD)
     except OSError as e:
         warnings.warn(f"{folder} is not writable ({e.strerror or e}): the ONNX export stays in memory "
                       "and is made again "

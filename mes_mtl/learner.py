@@ -5,7 +5,7 @@
 # %% ../nbs/14_learner.ipynb #1c910799
 from __future__ import annotations
 from functools import partial
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import patch

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from .results import study_metrics, patient_metrics, p_value, stars
-from .report import mean_sd_table, grouped_bars, save_figure
+from .report import mean_sd_table, grouped_bars
+from .files import save_figure
 from .metrics import markdown_table
 from .errors import UserError
 

@@ -10,6 +10,7 @@ import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from .labels import TASKS
 from .metrics import markdown_table, plot_confusion_matrices
+from .files import save_figure
 from .baselines import baseline_loss
 from .results import (CLASS_METRICS, PATIENT_COLUMNS, study_metrics, study_items, mean_sd, best_arch,
                              cv_accuracy_table, classwise_table, compare_backbones, compare_stages, peer_table,
@@ -18,7 +19,7 @@ from .results import (CLASS_METRICS, PATIENT_COLUMNS, study_metrics, study_items
 
 # %% auto #0
 __all__ = ['grouped_bars', 'plot_classwise', 'plot_before_after', 'plot_ensemble', 'plot_f1_weights', 'mean_sd_table',
-           'save_figure', 'patient_test_markdown', 'collect_results']
+           'patient_test_markdown', 'collect_results']
 
 # %% ../nbs/20b_report.ipynb #47b7c632
 def grouped_bars(ax,  # the matplotlib axes to draw on
@@ -127,11 +128,6 @@ def mean_sd_table(t: pd.DataFrame,  # rows with the columns `mean` and `sd` (and
     return wide.reindex(index=rows, columns=list(dict.fromkeys(t[columns]))).reset_index()
 
 # %% ../nbs/20b_report.ipynb #64796a99
-def save_figure(fig, fname):
-    "Save a figure as PNG (for papers and READMEs) and close it."
-    fig.savefig(fname, dpi=110, bbox_inches='tight')
-    plt.close(fig)
-
 def _save(name: str, df: pd.DataFrame, res: Path, md: pd.DataFrame | None = None) -> str:
     "Write table `df` as `res/name.csv` and (`md`, else `df`) as `res/name.md`; the section of `summary.md`."
     df.to_csv(res/f'{name}.csv', index=False)

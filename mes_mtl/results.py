@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from scipy import stats
 from .labels import TASKS, HEAD_COLUMNS, MES_COLUMNS, heads_from_mes
+from .splits import read_split
 from .metrics import CLASS_NAMES, mtl_report
 from .learner import predictions_table
 from .aggregate import STUDY_RULES, rule_label, attach_patients, patient_table, patient_report
@@ -279,7 +280,7 @@ def study_items(out) -> pd.DataFrame | None:
     "The split manifest of study `out` (`key`, `patient`, ...), or None where an image has no patient id."
     fn = Path(out)/'split.csv'
     if not fn.is_file(): return None
-    items = pd.read_csv(fn, dtype={'patient': str, 'key': str, 'source': str})
+    items = read_split(fn)
     return None if items.patient.isna().any() else items
 
 PATIENT_LONG_COLS = ['arch', 'model', 'fold', 'set', 'rule', 'block', 'class', 'metric', 'value']

@@ -10,10 +10,11 @@ from PIL import Image
 from fastprogress.fastprogress import progress_bar
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 from .errors import UserError, UserFileNotFoundError
+from .files import atomic_write
 
 # %% auto #0
-__all__ = ['MANIFEST_COLS', 'SUM_COLS', 'stratified_group_kfold', 'split_items', 'save_split', 'load_split', 'image_sums',
-           'channel_stats']
+__all__ = ['MANIFEST_COLS', 'SUM_COLS', 'stratified_group_kfold', 'split_items', 'save_split', 'read_split', 'load_split',
+           'image_sums', 'channel_stats']
 
 # %% ../nbs/03_splits.ipynb #0fec9009
 def stratified_group_kfold(y, groups, n_splits: int, seed: int | None = 0):
@@ -83,18 +84,21 @@ def split_items(items: pd.DataFrame, test_size: float = 0.15, n_folds: int = 10,
 MANIFEST_COLS = ['key', 'patient', 'mes', 'source', 'is_test', 'fold']
 
 def save_split(split: pd.DataFrame, fname) -> Path:
-    "Write the split manifest (see `MANIFEST_COLS`) to `fname` (CSV)."
-    fname = Path(fname); fname.parent.mkdir(parents=True, exist_ok=True)
-    split[MANIFEST_COLS].to_csv(fname, index=False)
-    return fname
+    "Write the split manifest (see `MANIFEST_COLS`) to `fname` (CSV), atomically."
+    return atomic_write(fname, lambda tmp: split[MANIFEST_COLS].to_csv(tmp, index=False))
 
-def load_split(fname, root) -> pd.DataFrame:
-    "A saved split with absolute `path`s under the dataset `root`; an error lists images that are missing."
-    fname, root = Path(fname), Path(root).expanduser().resolve()
+def read_split(fname) -> pd.DataFrame:
+    "The split manifest in `fname` as saved (`MANIFEST_COLS`; image keys and patient ids as strings: `007` stays)."
+    fname = Path(fname)
     if not fname.is_file(): raise UserFileNotFoundError(f"{fname}: no split manifest here (written by `save_split`).")
     df = pd.read_csv(fname, dtype={'patient': str, 'key': str, 'source': str})
     if missing := sorted(set(MANIFEST_COLS) - set(df.columns)):
         raise UserError(f"{fname}: not a split manifest, columns {missing} are missing.")
+    return df
+
+def load_split(fname, root) -> pd.DataFrame:
+    "A saved split with absolute `path`s under the dataset `root`; an error lists images that are missing."
+    df, root = read_split(fname), Path(root).expanduser().resolve()
     df.insert(0, 'path', [str(root/k) for k in df.key])
     gone = [p for p in df.path if not Path(p).is_file()]
     if gone:
@@ -119,9 +123,7 @@ def image_sums(items: pd.DataFrame, cache=None, progress: bool = True) -> pd.Dat
         it = progress_bar(list(todo.path)) if progress else todo.path
         new = pd.DataFrame([_image_sums(p) for p in it], columns=SUM_COLS, index=pd.Index(todo.key, name='key'))
         done = pd.concat([done, new]) if len(done) else new
-        if cache:  # atomically: an interrupted run leaves the old cache, never half a file
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            done.to_csv(tmp := cache.with_name(cache.name + '.tmp')); tmp.replace(cache)
+        if cache: atomic_write(cache, done.to_csv)  # an interrupted run leaves the old cache, never half a file
     return done.loc[items.key.tolist()]
 
 def channel_stats(items: pd.DataFrame, cache=None, progress: bool = True) -> tuple[list[float], list[float]]:

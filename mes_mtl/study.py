@@ -12,7 +12,8 @@ import numpy as np, pandas as pd, torch
 from fastai.torch_core import set_seed
 from fastai.learner import Learner
 from .errors import UserError, UserFileExistsError
-from .splits import save_split, image_sums
+from .files import write_json
+from .splits import save_split, read_split, image_sums
 from .parallel import run_jobs, JobsFailed
 from .dataloaders import mtl_dataloaders, mtl_test_dl, check_augment
 from .model import PAPER_ARCHS, LIMUC_SIZE, check_arch, default_size
@@ -24,8 +25,8 @@ from .results import finished_folds
 from .report import collect_results
 
 # %% auto #0
-__all__ = ['CAN_CHANGE_ON_RESUME', 'MAY_MOVE', 'ADDED_SETTINGS', 'CVConfig', 'write_json', 'settings_changes', 'check_study',
-           'claim_study', 'fold_dir', 'study_learner', 'run_fold', 'split_diff', 'check_folds', 'Interrupted', 'run_cv']
+__all__ = ['CAN_CHANGE_ON_RESUME', 'MAY_MOVE', 'ADDED_SETTINGS', 'CVConfig', 'settings_changes', 'check_study', 'claim_study',
+           'fold_dir', 'study_learner', 'run_fold', 'split_diff', 'check_folds', 'Interrupted', 'run_cv']
 
 # %% ../nbs/20c_study.ipynb #7d14918f
 @dataclass
@@ -85,12 +86,6 @@ class CVConfig:
         return self.size if self.size is not None or default_size(arch) == LIMUC_SIZE else default_size(arch)
 
 # %% ../nbs/20c_study.ipynb #cab4a301
-def write_json(obj, fname):
-    "Write JSON atomically: a reader never sees a half-written file."
-    tmp = Path(str(fname) + '.tmp')
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(fname)
-
 CAN_CHANGE_ON_RESUME = ('archs', 'folds')  # settings a resumed study may extend
 MAY_MOVE = ('data',)  # may differ on resume: the split manifest check (`_check_split`) guards the images themselves
 # settings newer than some studies' config.json, with the value those studies had
@@ -297,7 +292,7 @@ def _check_split(split: pd.DataFrame, out: Path) -> pd.DataFrame:
     if not fn.is_file():
         save_split(split, fn)
         return split
-    saved = pd.read_csv(fn, dtype={'patient': str, 'key': str, 'source': str})
+    saved = read_split(fn)
     if diff := split_diff(saved, split):
         raise UserError(f"{fn} holds another split than the one given ({diff}): a resumed study must use the same "
                         f"data and split (use --overwrite, or another output folder, for a new one).")

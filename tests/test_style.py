@@ -46,3 +46,27 @@ def test_library_lines_within_120_characters():
         skip = set(range(text[:all_block.start()].count('\n'), text[:all_block.end()].count('\n') + 1)) if all_block else set()
         long += [f'{p.name}:{i + 1}' for i, l in enumerate(text.splitlines()) if len(l) > 120 and i not in skip]
     assert not long, f"{len(long)} lines over 120 characters: {long[:20]}"
+
+
+def _calls(path: Path):
+    "The calls in a module, with the dotted name of what they call (`os.replace`, `tmp.replace`, `pd.read_csv`)."
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call): yield node, ast.unparse(node.func)
+
+
+def test_one_atomic_write_and_one_manifest_reader():
+    """Files are published by renaming a temporary file in one place (`files.atomic_write`, and `cached_folder` for
+    folders), and split manifests are read with their dtypes by one function (`splits.read_split`). A rename outside
+    files.py is `os.replace`/`os.rename` or a path's one-argument `.replace`/`.rename` (str.replace takes two); the
+    download's resumable `.part` file is the one exception: it is renamed when complete, and a restart resumes it."""
+    renames, manifests = [], []
+    for p in sorted((ROOT/'mes_mtl').glob('*.py')):
+        if p.name in ('_modidx.py', 'files.py'): continue
+        for node, name in _calls(p):
+            one_arg = len(node.args) == 1 and not node.keywords
+            if name in ('os.replace', 'os.rename') or (name.endswith(('.replace', '.rename')) and one_arg):
+                if p.name != 'download.py': renames.append(f'{p.name}:{node.lineno} {name}')
+            if name.endswith('read_csv') and 'patient' in ast.unparse(node) and p.name != 'splits.py':
+                manifests.append(f'{p.name}:{node.lineno}')
+    assert not renames, f"write through files.atomic_write, not a rename of one's own: {renames}"
+    assert not manifests, f"read split manifests with splits.read_split: {manifests}"
