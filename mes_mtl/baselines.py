@@ -8,43 +8,21 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-from fastai.learner import Learner
 from fastai.torch_core import to_np
 from coral_pytorch.losses import coral_loss
 from coral_pytorch.layers import CoralLayer
 from coral_pytorch.dataset import proba_to_label
-from .labels import MES_CLASSES, mes_to_tasks, tasks_to_mes
-from .model import create_mes_model
-from .losses import masked_cross_entropy, _check_choice, _check_weights
-from .metrics import MTL_METRICS, MTLMetric, mes_pred_to_tasks, metric_names
-from .learner import DEFAULT_METRICS, protocol_learner
+from .labels import MES_CLASSES, tasks_to_mes
+from .method import MESMethod, register_method
+from .losses import masked_cross_entropy, _check_weights
 
 # %% auto #0
-__all__ = ['METHODS', 'BASELINES', 'MES_THRESHOLDS', 'N_CUTS', 'MESLoss', 'MESCrossEntropy', 'CDWCELoss', 'MESRegressionLoss',
-           'mes_levels', 'coral_head', 'MESCoralLoss', 'MESCornLoss', 'decode_baseline', 'baseline_metrics',
-           'baseline_loss', 'baseline_learner']
-
-# %% ../nbs/15_baselines.ipynb #f3bf1ff4
-METHODS = ('mtl', 'ce', 'regression', 'cdw-ce', 'coral', 'corn')  # the multi-task model and the single-task baselines
-BASELINES = METHODS[1:]
+__all__ = ['MES_THRESHOLDS', 'N_CUTS', 'MESLoss', 'MESCrossEntropy', 'CDWCELoss', 'MESRegressionLoss', 'mes_levels', 'coral_head',
+           'MESCoralLoss', 'MESCornLoss']
 
 # %% ../nbs/15_baselines.ipynb #5ec59947
-class MESLoss(nn.Module):
-    "Base of the single-task losses: per-item losses of the Mayo score (`item_losses`), reduced by `reduction`."
-    n_out = 4  # outputs the model needs
-    make_head = nn.Linear  # the model's head for this loss: make_head(n_features, n_out)
-    decode_rule = 'prob'  # the `labels.mes_decode` rule that gives `decodes` back from `mes_probs`
-
-    def __init__(self, reduction: str = 'mean'):
-        super().__init__()
-        self.reduction = reduction
-
-    @property
-    def reduction(self) -> str: return self._reduction
-    @reduction.setter
-    def reduction(self, value: str): self._reduction = _check_choice('reduction', value, ('mean', 'sum', 'none'))
-
+class MESLoss(MESMethod):
+    "Base of the single-task methods: per-item losses of the Mayo score (`item_losses`), reduced by `reduction`."
     def item_losses(self, pred: torch.Tensor, mes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "Per-item losses (n,) and their weights (n,) for the weighted mean."
         raise NotImplementedError
@@ -52,21 +30,13 @@ class MESLoss(nn.Module):
     def forward(self, pred, *targets) -> torch.Tensor:
         "The loss of the model's output `pred` for the task `targets` (three tensors (n,) or one (n, 3))."
         if not isinstance(pred, torch.Tensor):
-            raise ValueError(f"{type(self).__name__} needs one output tensor (a single-task `create_mes_model`); "
+            raise ValueError(f"{type(self).__name__} needs one output tensor (a single-head `MTLModel`); "
                              f"got a {type(pred).__name__} (a multi-task model is trained with `JointLoss`)")
         mes = tasks_to_mes(*targets).to(pred.device)
         items, w = self.item_losses(pred, mes)
         if self.reduction == 'none': return items
         return items.sum() if self.reduction == 'sum' else items.sum() / w.sum()
 
-    def mes_probs(self, act) -> np.ndarray:
-        "MES probabilities (n, 4), float64 rows summing to 1, from the activated outputs `act`."
-        p = to_np(torch.as_tensor(act)).astype(np.float64)
-        return p / p.sum(-1, keepdims=True)
-
-    def mes_log_probs(self, out: torch.Tensor) -> torch.Tensor:
-        "Differentiable log MES probabilities (n, 4) of the raw output `out`: log of `mes_probs(activation(out))`."
-        raise NotImplementedError(f"{type(self).__name__} defines no differentiable MES probabilities")
 
 class _Classifier(MESLoss):
     "Shared hooks of the 4-logit losses: softmax, arg-max."
@@ -83,14 +53,17 @@ class _Classifier(MESLoss):
         "Mayo scores (n,): the most probable grade."
         return torch.as_tensor(probs).argmax(-1)
 
-    def mes_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+    def mes_scores(self, logits: torch.Tensor) -> torch.Tensor:
         "Log MES probabilities (n, 4): the log-softmax of the logits (differentiable)."
         self._check(logits)
         return F.log_softmax(logits.float(), dim=-1)
 
 # %% ../nbs/15_baselines.ipynb #c15e0555
+@register_method
 class MESCrossEntropy(_Classifier):
     "Cross-entropy (focal if `focal_gamma` > 0, class-weighted by `class_weights` (4,)) of 4 logits and the Mayo score."
+    name, setting_names = 'ce', ('focal_gamma',)
+    score_text = 'log p(MES = k) of the 4-class softmax (ce baseline)'
     def __init__(self, class_weights=None, focal_gamma: float = 0., reduction: str = 'mean'):
         super().__init__(reduction)
         if focal_gamma < 0: raise ValueError(f"focal_gamma must be >= 0; got {focal_gamma}")
@@ -112,8 +85,11 @@ class MESCrossEntropy(_Classifier):
         return f"class_weights={weights}, focal_gamma={self.focal_gamma}, reduction={self.reduction!r}"
 
 # %% ../nbs/15_baselines.ipynb #979f7db4
+@register_method
 class CDWCELoss(_Classifier):
     "Class-distance-weighted cross-entropy of 4 logits (Polat et al. 2022): `-sum_i log(1 - p_i) * |i - c|^power`."
+    name, setting_names = 'cdw-ce', ('cdw_power',)
+    score_text = 'log p(MES = k) of the 4-class softmax (cdw-ce baseline)'
     def __init__(self, power: float = 2., reduction: str = 'mean'):
         super().__init__(reduction)
         if not power > 0: raise ValueError(f"the CDW-CE power must be > 0; got {power}")
@@ -130,6 +106,10 @@ class CDWCELoss(_Classifier):
         items = -(log_not * dist).sum(-1)
         return items, torch.ones_like(items)
 
+    def settings(self) -> dict: return dict(cdw_power=self.power)
+    @classmethod
+    def from_settings(cls, cdw_power: float = 2.) -> CDWCELoss: return cls(cdw_power)
+
     def extra_repr(self) -> str: return f"power={self.power}, reduction={self.reduction!r}"
 
 # %% ../nbs/15_baselines.ipynb #b6cd3e31
@@ -142,9 +122,11 @@ def _scores(pred) -> torch.Tensor:
         raise ValueError(f"a regression needs one output per image, (n,) or (n, 1); got shape {tuple(pred.shape)}")
     return pred
 
+@register_method
 class MESRegressionLoss(MESLoss):
     "Mean squared error of one output against the Mayo score; grades by the thresholds 0.5 / 1.5 / 2.5."
-    n_out = 1
+    name, n_out = 'regression', 1
+    score_text = f"the margin of grade k in the score of the regression baseline (thresholds {MES_THRESHOLDS})"
 
     def item_losses(self, pred, mes):
         items = (_scores(pred) - mes.float()) ** 2
@@ -163,10 +145,11 @@ class MESRegressionLoss(MESLoss):
         "One-hot (n, 4) of the decoded grade: a regression gives no probabilities."
         return np.eye(len(MES_CLASSES))[to_np(self.decodes(scores))]
 
-    def mes_log_probs(self, pred: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("a regression has no MES probabilities: its `mes_probs` is a one-hot vector, "
-                                  "whose log "
-                                  "(0 or -inf) has no gradient; explain the score itself (`activation`)")
+    def mes_scores(self, pred: torch.Tensor) -> torch.Tensor:
+        "Margin (n, 4) of each grade: the signed distance of the score to the nearer edge of the grade's interval."
+        s = _scores(pred)[:, None]
+        edges = torch.tensor((-math.inf, *MES_THRESHOLDS, math.inf), device=s.device)  # grade k: [edges[k], edges[k+1])
+        return torch.minimum(s - edges[:-1], edges[1:] - s)
 
     def extra_repr(self) -> str: return f"reduction={self.reduction!r}"
 
@@ -201,7 +184,7 @@ class _Ordinal(MESLoss):
         "log P(MES > k) (n, 3), non-increasing along the cuts, differentiable in the logits."
         raise NotImplementedError
 
-    def mes_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+    def mes_scores(self, logits: torch.Tensor) -> torch.Tensor:
         "Log MES probabilities (n, 4), differentiable: logs of the differences of the (sorted) rank probabilities."
         self._check(logits)
         log_r = self.log_ranks(logits)
@@ -217,8 +200,11 @@ def coral_head(n_features: int, n_out: int) -> CoralLayer:
     "CORAL's head: `n_out` logits sharing one weight vector, one bias each (`coral_pytorch.layers.CoralLayer`)."
     return CoralLayer(n_features, n_out + 1)
 
+@register_method
 class MESCoralLoss(_Ordinal):
     "CORAL (Cao et al. 2020): binary cross-entropies of 3 rank logits against the Mayo score's levels (`coral_loss`)."
+    name = 'coral'
+    score_text = 'log p(MES = k) from the rank probabilities P(MES > k) (coral baseline)'
     make_head = staticmethod(coral_head)
 
     def item_losses(self, logits, mes):
@@ -235,8 +221,11 @@ class MESCoralLoss(_Ordinal):
         return F.logsigmoid(logits.float()).sort(-1, descending=True).values
 
 # %% ../nbs/15_baselines.ipynb #027f159b
+@register_method
 class MESCornLoss(_Ordinal):
     "CORN (Shi et al. 2023): conditional binary cross-entropies of 3 logits, cut k learned from images with MES >= k."
+    name = 'corn'
+    score_text = 'log p(MES = k) from the rank probabilities P(MES > k) (corn baseline)'
     def item_losses(self, logits, mes):
         self._check(logits)
         subset = (mes[:, None] >= torch.arange(N_CUTS, device=mes.device)).float()  # (n, 3): the image trains cut k
@@ -250,50 +239,3 @@ class MESCornLoss(_Ordinal):
     def log_ranks(self, logits: torch.Tensor) -> torch.Tensor:
         "log P(MES > k) (n, 3): the cumulative sum of the conditional log-sigmoids."
         return F.logsigmoid(logits.float()).cumsum(-1)
-
-# %% ../nbs/15_baselines.ipynb #c891289d
-def decode_baseline(pred, loss_func) -> tuple[np.ndarray, np.ndarray]:
-    "Mayo scores (n,) and task predictions (n, 3) of a single-task output `pred`, decoded by its `MESLoss`."
-    if not (isinstance(pred, torch.Tensor) and isinstance(loss_func, MESLoss)):
-        raise ValueError(f"the baseline metrics need a single-task learner (`baseline_learner`: one output tensor and "
-                         f"an `MESLoss`); got a {type(pred).__name__} output and a {type(loss_func).__name__} "
-                         f"(a multi-task learner is tracked by `mtl_metrics`)")
-    mes = to_np(loss_func.decodes(loss_func.activation(pred))).astype(np.int64)
-    return mes, mes_pred_to_tasks(mes)
-
-def baseline_metrics(names=None) -> list[MTLMetric]:
-    "New `MTLMetric`s for a baseline `Learner` (`decode_baseline`), by name (default: all of `metrics.MTL_METRICS`)."
-    return [MTLMetric(n, *MTL_METRICS[n], decode=decode_baseline) for n in metric_names(names)]
-
-# %% ../nbs/15_baselines.ipynb #c1a654cf
-def _check_method(method: str) -> str:
-    if method == 'mtl':
-        raise ValueError(f"method 'mtl' is the multi-task model: use `mtl_learner` (mes_mtl.learner); "
-                         f"the baselines are {BASELINES}")
-    if method not in BASELINES: raise ValueError(f"unknown method {method!r}: choose from {METHODS}")
-    return method
-
-def baseline_loss(method: str, focal_gamma: float = 0., cdw_power: float = 2.) -> MESLoss:
-    "The loss of baseline `method` ('ce', 'regression', 'cdw-ce', 'coral' or 'corn')."
-    _check_method(method)
-    if focal_gamma and method != 'ce':
-        raise ValueError(f"focal_gamma applies to method 'ce' only; got focal_gamma={focal_gamma} for {method!r}")
-    if not cdw_power > 0: raise ValueError(f"cdw_power must be > 0; got {cdw_power}")
-    if method == 'ce': return MESCrossEntropy(focal_gamma=focal_gamma)
-    if method == 'cdw-ce': return CDWCELoss(cdw_power)
-    return {'regression': MESRegressionLoss, 'coral': MESCoralLoss, 'corn': MESCornLoss}[method]()
-
-def baseline_learner(dls,  # DataLoaders of `mtl_dataloaders` (the three task targets)
-                     method: str,  # a baseline: 'ce', 'regression', 'cdw-ce', 'coral' or 'corn'
-                     arch: str = 'resnet18',  # any timm backbone
-                     pretrained: bool = True,  # start from ImageNet weights
-                     dropout: float = 0.,  # dropout before the head
-                     focal_gamma: float = 0.,  # > 0: focal loss ('ce' only)
-                     cdw_power: float = 2.,  # the class-distance power of 'cdw-ce'
-                     metrics=DEFAULT_METRICS,  # metric names (`mes_mtl.metrics`) or fastai metrics
-                     **kwargs) -> Learner:  # see `protocol_learner` and `TrainingProtocol`
-    "A fastai `Learner` for single-task baseline `method` with the multi-task protocol (`kwargs`: `protocol_learner`)."
-    loss = baseline_loss(method, focal_gamma, cdw_power)
-    model = create_mes_model(arch, loss.n_out, pretrained=pretrained, dropout=dropout, head=loss.make_head)
-    metrics = baseline_metrics(metrics) if metrics and isinstance(metrics[0], str) else metrics
-    return protocol_learner(dls, model, loss, metrics, arch, method, **kwargs)

@@ -61,7 +61,7 @@ class F1WeightedLoss(Callback):
         if not isinstance(self.learn.loss_func, JointLoss):
             loss = type(self.learn.loss_func).__name__
             raise TypeError(f"F1WeightedLoss re-weights a JointLoss; this Learner's loss is {loss}")
-        if 'loss' in getattr(getattr(self.learn, 'protocol', None), 'monitor', ''):
+        if 'loss' in getattr(getattr(self.learn, 'config', None), 'monitor', ''):
             warnings.warn("F1WeightedLoss changes the loss during training, so the validation loss is not comparable "
                           "across epochs: monitor an F1-type metric (e.g. monitor='mes_macro_f1').")
         self.in_fit, self.n_metrics = True, len(self.learn.metrics)

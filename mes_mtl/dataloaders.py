@@ -5,7 +5,9 @@
 # %% ../nbs/04_dataloaders.ipynb #78c2d785
 from __future__ import annotations
 import os
+from dataclasses import dataclass
 import numpy as np, pandas as pd, torch
+from PIL import Image
 from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.transforms import ColReader, IndexSplitter
 from fastai.data.core import DataLoaders
@@ -19,8 +21,8 @@ from .splits import channel_stats
 from .errors import UserError
 
 # %% auto #0
-__all__ = ['AUGMENTATIONS', 'TaskTarget', 'TaskBlock', 'check_augment', 'augment_tfms', 'mtl_datablock', 'default_workers',
-           'mtl_dataloaders', 'mtl_test_dl']
+__all__ = ['AUGMENTATIONS', 'TaskTarget', 'TaskBlock', 'check_augment', 'augment_tfms', 'Preprocessing', 'mtl_datablock',
+           'default_workers', 'mtl_dataloaders', 'mtl_test_dl']
 
 # %% ../nbs/04_dataloaders.ipynb #25677598
 class TaskTarget(DisplayedTransform):
@@ -53,6 +55,26 @@ def augment_tfms(augment='paper') -> list:
     if augment == 'paper': return [Flip(p=0.5), Rotate(max_deg=180, p=1.0, pad_mode='zeros')]
     return aug_transforms(flip_vert=True) if augment == 'fastai' else []
 
+@dataclass
+class Preprocessing:
+    "How images become a model's input: resized to `size` (h, w), normalised by `mean` and `std`; `augment` in training."
+    size: tuple  # (h, w) of the model's input
+    mean: list  # channel means (R, G, B) in [0, 1], of the training images
+    std: list  # channel standard deviations
+    augment: str = 'paper'  # the training augmentation (`AUGMENTATIONS`)
+
+    def __post_init__(self):
+        self.size = (self.size, self.size) if isinstance(self.size, int) else tuple(int(s) for s in self.size)
+        self.mean, self.std = [float(m) for m in self.mean], [float(s) for s in self.std]
+        self.augment = check_augment(self.augment)
+
+    @property
+    def stats(self) -> tuple[list, list]: return self.mean, self.std
+
+    def to_dict(self) -> dict:
+        "JSON-ready, as a model folder's config.json holds it."
+        return dict(size=list(self.size), mean=self.mean, std=self.std, augment=self.augment)
+
 def mtl_datablock(mean, std, size=None, augment='paper', splitter=None) -> DataBlock:
     "DataBlock of image -> (primary, remission, active) targets over a DataFrame with `path` and `mes` columns."
     item_tfms = [Resize(size, method=ResizeMethod.Squish)] if size else []
@@ -66,6 +88,11 @@ def default_workers() -> int:
     "DataLoader workers: none on a CPU-only machine, else up to 8 (one core left for the main process)."
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
     return min(8, cpus - 1) if torch.cuda.is_available() and cpus > 2 else 0
+
+def _image_size(image) -> tuple[int, int]:
+    "(h, w) of an image file (read from its header) or of a decoded (h, w, 3) array."
+    if isinstance(image, np.ndarray): return image.shape[:2]
+    with Image.open(image) as im: return im.size[::-1]
 
 def _check_split(items: pd.DataFrame, fold: int):
     if not {'is_test', 'fold', 'path', 'mes'} <= set(items.columns):
@@ -89,7 +116,7 @@ def mtl_dataloaders(items: pd.DataFrame, fold: int = 0, size=None, bs: int = 32,
         freq = df.mes.map(1 / df[~is_val].mes.value_counts()).to_numpy()
         dls = dblock.weighted_dataloaders(df, wgts=freq, **kwargs)
     else: dls = dblock.dataloaders(df, **kwargs)
-    dls.stats, dls.size, dls.augment = (list(mean), list(std)), size, check_augment(augment)
+    dls.preprocessing = Preprocessing(size or _image_size(df.path.iloc[0]), mean, std, augment)
     return dls
 
 def mtl_test_dl(dls: DataLoaders, items: pd.DataFrame, **kwargs):

@@ -8,62 +8,115 @@ import hashlib, io, json, logging, warnings
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from safetensors import safe_open
 from safetensors.torch import save_model, load_model
 import mes_mtl
-from .labels import TASKS, LABEL_TABLE, mes_probs, mes_decode, heads_from_mes
-from .model import create_mtl_model, create_mes_model, MTLModel
-from .baselines import METHODS, baseline_loss
+from .labels import TASKS, LABEL_TABLE
+from .model import create_mtl_model, MTLModel
+from .method import get_method, make_method
+from .dataloaders import Preprocessing
+import mes_mtl.baselines  # registers the single-task methods, so that every saved model loads
 from .errors import UserError, UserFileNotFoundError
-from .files import atomic_write, write_json
+from .files import atomic_write, write_json, read_json
 
 # %% auto #0
-__all__ = ['MODEL_FILES', 'RUNTIMES', 'ONNX_FILE', 'ONNX_RECORD', 'ONNX_ATOL', 'ONNX_RTOL', 'EXPORTERS', 'model_config',
-           'save_mtl_model', 'load_mtl_model', 'MESPredictor', 'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model']
+__all__ = ['MODEL_FILES', 'MODEL_FORMAT', 'CONFIG_KEY', 'RUNTIMES', 'ONNX_FILE', 'ONNX_RECORD', 'ONNX_ATOL', 'ONNX_RTOL',
+           'EXPORTERS', 'model_config', 'learner_config', 'save_mtl_model', 'read_model_config', 'model_method',
+           'load_mtl_model', 'MESPredictor', 'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model']
 
-# %% ../nbs/16_inference.ipynb #19ff148f
+# %% ../nbs/16_inference.ipynb #06addfb1
 MODEL_FILES = ('model.safetensors', 'config.json')
+MODEL_FORMAT = 2  # the version of the model folder's format: 2 binds config and weights
+CONFIG_KEY = 'mes_mtl_config'  # the safetensors metadata entry that holds the config
 
-def model_config(learn) -> dict:
-    "What it takes to predict like `learn`'s validation pipeline: method, backbone, size, statistics, labels, decoding."
-    dls = learn.dls
-    size = dls.one_batch()[0].shape[-2:] if dls.size is None else np.broadcast_to(dls.size, 2)
-    mean, std = dls.stats
-    method = getattr(learn, 'method', 'mtl')
-    rule = getattr(learn.loss_func, 'decode_rule', 'prob')
-    head = {} if method == 'mtl' else {'n_out': learn.model.n_out}
-    return dict(mes_mtl_version=mes_mtl.__version__, method=method, arch=learn.arch, size=[int(s) for s in size],
-                mean=mean, std=std, tasks=list(TASKS), label_table=LABEL_TABLE.tolist(), decode_rule=rule,
-                n_features=learn.model.n_features, **head)
+def model_config(model: MTLModel,  # the model
+                 arch: str,  # its timm backbone
+                 method,  # its method (an `MESMethod`, e.g. the Learner's `loss_func`)
+                 preprocessing: Preprocessing,  # how its input images are made (`dls.preprocessing`)
+                ) -> dict:
+    "The model folder's config: format, backbone, method and its settings, heads, preprocessing, labels (JSON-ready)."
+    return json.loads(json.dumps(dict(
+        format=MODEL_FORMAT, mes_mtl_version=mes_mtl.__version__, arch=arch,
+        method=dict(name=method.name, **method.settings()), n_out=model.n_out, n_features=model.n_features,
+        preprocessing=preprocessing.to_dict(), tasks=list(TASKS), label_table=LABEL_TABLE.tolist())))
+
+def learner_config(learn) -> dict:
+    "The model folder's config of a Learner of `mtl_learner`: its model, backbone, method and preprocessing."
+    return model_config(learn.model, learn.config.arch, learn.loss_func, learn.dls.preprocessing)
 
 def save_mtl_model(learn, path) -> Path:
-    "Save `learn`'s model to folder `path`: `model.safetensors` and `config.json` (`model_config`)."
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    save_model(learn.model, str(path/'model.safetensors'))
-    (path/'config.json').write_text(json.dumps(model_config(learn), indent=2))
+    "Save `learn`'s model to folder `path`: `model.safetensors` (with the config bound into it) and `config.json`."
+    path, config = Path(path), learner_config(learn)
+    metadata = {CONFIG_KEY: json.dumps(config, sort_keys=True)}
+    atomic_write(path/'model.safetensors', lambda tmp: save_model(learn.model, str(tmp), metadata=metadata))
+    write_json(config, path/'config.json')
     return path
 
-# %% ../nbs/16_inference.ipynb #d4b38645
-def load_mtl_model(path) -> tuple[MTLModel, dict]:
-    "The `MTLModel` (three heads, or a baseline's one) and config saved by `save_mtl_model` in `path`; clear errors."
+# %% ../nbs/16_inference.ipynb #3875efae
+def _from_format1(config: dict) -> dict:
+    "A config of format 1 (settings at the top level, no `format`) in today's layout."
+    name = config.get('method', 'mtl')  # folders written before the baselines hold multi-task models
+    cls = get_method(name)
+    return dict(format=1, mes_mtl_version=config.get('mes_mtl_version'), arch=config['arch'],
+                method=dict(name=name, **{k: config[k] for k in cls.setting_names if k in config}),
+                n_out=config.get('n_out', cls.n_out), n_features=config.get('n_features'),
+                preprocessing=dict(size=config['size'], mean=config['mean'], std=config['std'], augment=None),
+                tasks=config.get('tasks', list(TASKS)), label_table=config['label_table'])
+
+def _bound_config(weights: Path) -> dict | None:
+    "The config stored in the metadata of the safetensors file `weights` (None: a folder of format 1)."
+    try:
+        with safe_open(str(weights), 'pt') as f: meta = f.metadata() or {}
+    except Exception as e:
+        raise UserError(f"{weights} is not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
+    return json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else None
+
+def _changes(saved: dict, now: dict, prefix: str = '') -> list[str]:
+    "The settings (dotted keys) in which config `now` differs from `saved`, as `key: saved -> now`."
+    out = []
+    for k in dict.fromkeys([*saved, *now]):
+        a, b = saved.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict): out += _changes(a, b, f'{prefix}{k}.')
+        elif a != b: out.append(f'{prefix}{k}: {a!r} -> {b!r}')
+    return out
+
+def read_model_config(path) -> dict:
+    "The config of the model folder `path`, checked against the one bound into its weights; format 1 converted."
     path = Path(path)
     if missing := [f for f in MODEL_FILES if not (path/f).is_file()]:
         raise UserFileNotFoundError(f"{path}: not a mes_mtl model folder, {' and '.join(missing)} missing "
                                     f"(a model folder is written by `mes_mtl train` or `save_mtl_model`).")
-    try: config = json.loads((path/'config.json').read_text())
-    except json.JSONDecodeError as e: raise UserError(f"{path/'config.json'} is not valid JSON: {e}") from None
-    if missing := [k for k in ('arch', 'size', 'mean', 'std', 'label_table') if k not in config]:
-        raise UserError(f"{path/'config.json'} lacks {missing}: was it written by `save_mtl_model`?")
+    config, bound = read_json(path/'config.json'), _bound_config(path/'model.safetensors')
+    if bound is None and config.get('format', 1) >= 2:
+        raise UserError(f"{path/'model.safetensors'} holds no config, but {path/'config.json'} is of format "
+                        f"{config['format']}: the weights file was replaced by another. Restore the model folder.")
+    if bound is not None and (changes := _changes(bound, config)):
+        raise UserError(f"{path/'config.json'} was changed after the model was saved ({'; '.join(changes[:5])}): "
+                        f"the weights were trained with the saved settings. Restore config.json (the weights file "
+                        f"holds the original), or train and save the model again.")
+    if bound is None:
+        if missing := [k for k in ('arch', 'size', 'mean', 'std', 'label_table') if k not in config]:
+            raise UserError(f"{path/'config.json'} lacks {missing}: was it written by `save_mtl_model`?")
+        warnings.warn(f"{path}: a model folder of format 1 (mes_mtl {config.get('mes_mtl_version', '< 0.1')}), whose "
+                      f"config.json is not bound to its weights: it loads as before. Save the model again "
+                      f"(`save_mtl_model`) to bind them.")
+        config = _from_format1(config)
     if config['label_table'] != LABEL_TABLE.tolist():
         raise UserError(f"{path}: the model was trained with another label scheme {config['label_table']}.")
-    method = config.get('method', 'mtl')  # folders written before the baselines hold multi-task models
-    if method not in METHODS:
-        raise UserError(f"{path/'config.json'}: unknown method {method!r}; expected one of {METHODS}")
-    if method != 'mtl' and 'n_out' not in config:
-        raise UserError(f"{path/'config.json'} lacks 'n_out' for the {method!r} baseline")
-    model = (create_mtl_model(config['arch'], pretrained=False) if method == 'mtl' else
-             create_mes_model(config['arch'], config['n_out'], pretrained=False, head=baseline_loss(method).make_head))
+    return config
+
+def model_method(config: dict):
+    "The method (an `MESMethod`) of a model config, with its saved settings."
+    settings = dict(config['method'])
+    return make_method(settings.pop('name'), **settings)
+
+def load_mtl_model(path) -> tuple[MTLModel, dict]:
+    "The `MTLModel` (the heads of its method) and config saved by `save_mtl_model` in `path`; clear errors."
+    path = Path(path)
+    config = read_model_config(path)
+    n_out = config['n_out'] if isinstance(config['n_out'], int) else tuple(config['n_out'])
+    model = create_mtl_model(config['arch'], pretrained=False, n_out=n_out, head=model_method(config).make_head)
     try: load_model(model, str(path/'model.safetensors'))
     except Exception as e:
         raise UserError(f"{path/'model.safetensors'} does not match architecture {config['arch']!r} of config.json "
@@ -82,7 +135,7 @@ class MESPredictor:
     "Mayo scores and probabilities of images, from a model folder (`from_folder`) or a Learner (`from_learner`)."
     def __init__(self,
                  model: MTLModel,  # the trained model (three heads, or a baseline's one)
-                 config: dict,  # its `model_config`: method, size, statistics, decoding
+                 config: dict,  # its `model_config`: method, preprocessing (size, statistics)
                  device=None,  # None: the GPU if there is one, else the CPU
                  runtime: str = 'torch',  # 'torch' (eager PyTorch) or 'onnx' (ONNX Runtime)
                  folder=None):  # the model folder, where an ONNX export is cached; None: exported in memory
@@ -90,17 +143,16 @@ class MESPredictor:
         if runtime not in RUNTIMES: raise UserError(f"runtime must be one of {RUNTIMES}; got {runtime!r}")
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         self.model, self.config, self.runtime = model.eval().to(self.device), config, runtime
-        self.size = tuple(config['size'])
-        self.mean = torch.tensor(config['mean'], device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(config['std'], device=self.device).view(1, 3, 1, 1)
-        mean, std = np.asarray(config['mean'], np.float32), np.asarray(config['std'], np.float32)
+        pre = config['preprocessing']
+        self.size = tuple(pre['size'])
+        self.mean = torch.tensor(pre['mean'], device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre['std'], device=self.device).view(1, 3, 1, 1)
+        mean, std = np.asarray(pre['mean'], np.float32), np.asarray(pre['std'], np.float32)
         self._scale, self._shift = 1 / (255 * std), -mean / std  # (x / 255 - mean) / std as one multiply-add
         width = self.size[1]
         self._rows = np.tile(self._scale, width), np.tile(self._shift, width)  # the same along an NHWC row
         self.channels_last = runtime == 'torch' and self.device.type == 'cpu'
-        self.rule = config.get('decode_rule', 'prob')
-        self.method = config.get('method', 'mtl')
-        self.loss = None if self.method == 'mtl' else baseline_loss(self.method)  # a baseline's activation, MES probs
+        self.method = model_method(config)  # the method's activation and decoding of the outputs
         self.forward = self.model if runtime == 'torch' else onnx_model(self.model, config, folder, self.device)
 
     @classmethod
@@ -111,7 +163,7 @@ class MESPredictor:
     @classmethod
     def from_learner(cls, learn, device=None, runtime: str = 'torch'):
         "The predictor of `learn`'s model and validation pipeline (`runtime='onnx'`: exported in memory)."
-        return cls(learn.model, model_config(learn), device=device, runtime=runtime)
+        return cls(learn.model, learner_config(learn), device=device, runtime=runtime)
 
     def load(self, img) -> np.ndarray:
         "An image (path, PIL image or HxWx3 uint8 array) as a uint8 array of the model's input size."
@@ -149,26 +201,24 @@ class MESPredictor:
         return torch.from_numpy(x)
 
     @torch.inference_mode()
-    def probs(self, x: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:
-        "The MES probabilities (n, 4) and each head's class probabilities (n, 2) for a preprocessed batch `x`."
+    def outputs(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        "MES probabilities (n, 4), Mayo scores (n,) and heads' probabilities (3 x (n, 2)) of a preprocessed batch `x`."
         out = self.forward(x)
-        if self.loss is None:
-            heads = [F.softmax(p.float(), -1).cpu().numpy() for p in out]
-            return mes_probs(*heads), heads
-        p = self.loss.mes_probs(self.loss.activation(out).cpu())
-        return p, [np.stack([1 - h, h], -1) for h in np.clip(heads_from_mes(p), 0, 1)]
+        out = out.cpu() if isinstance(out, torch.Tensor) else tuple(o.cpu() for o in out)
+        return self.method.predictions(self.method.activation(out))
 
     def heads(self, x: torch.Tensor) -> list[np.ndarray]:
         "Each head's class probabilities (n, 2) for a preprocessed batch (a baseline's: from its MES probabilities)."
-        return self.probs(x)[1]
+        return self.outputs(x)[2]
 
-    def _batches(self, imgs, bs: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _batches(self, imgs, bs: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         imgs = _as_images(imgs)
         if bs < 1: raise UserError(f"the batch size must be at least 1; got {bs}")
-        parts = [self.probs(self.preprocess(imgs[i:i + bs])) for i in range(0, len(imgs), bs)]
-        if not parts: return np.zeros((0, 4)), [np.zeros((0, 2)) for _ in TASKS]
+        parts = [self.outputs(self.preprocess(imgs[i:i + bs])) for i in range(0, len(imgs), bs)]
+        if not parts: return np.zeros((0, 4)), np.zeros(0, np.int64), [np.zeros((0, 2)) for _ in TASKS]
         if len(parts) == 1: return parts[0]
-        return np.concatenate([p for p, _ in parts]), [np.concatenate(h) for h in zip(*(h for _, h in parts))]
+        p, mes, heads = zip(*parts)
+        return np.concatenate(p), np.concatenate(mes), [np.concatenate(h) for h in zip(*heads)]
 
     def mes_probs(self, imgs, bs: int = 32) -> np.ndarray:
         "MES probabilities (n, 4) of images (as for `pixels`): the fastest way to score decoded video frames."
@@ -177,8 +227,7 @@ class MESPredictor:
     def predict(self, imgs, bs: int = 32) -> pd.DataFrame:
         "One row per image: `mes`, the four MES probabilities and each head's probability of its class 1."
         imgs = _as_images(imgs)
-        p, heads = self._batches(imgs, bs)
-        mes = p.argmax(-1) if self.rule == 'prob' else mes_decode(*heads, rule=self.rule)  # 'prob': the arg-max of `p`
+        p, mes, heads = self._batches(imgs, bs)  # `mes`: the method's own decoding
         names = [str(o) if isinstance(o, (str, Path)) else f'<image {i}>' for i, o in enumerate(imgs)]
         return pd.DataFrame({'image': names, 'mes': mes, **{f'p_mes{k}': p[:, k] for k in range(4)},
                              **{f'p_{t}': h[:, 1] for t, h in zip(TASKS, heads)}})
@@ -312,8 +361,8 @@ def _sha256(fname) -> str:
 
 def _graph_config(config: dict) -> dict:
     "The parts of a model config that shape the exported graph."
-    return dict(arch=config.get('arch'), size=[int(s) for s in config['size']], method=config.get('method', 'mtl'),
-                n_out=config.get('n_out'))
+    return dict(arch=config['arch'], size=list(config['preprocessing']['size']), method=config['method']['name'],
+                n_out=config['n_out'])
 
 def _weights_record(weights: Path) -> dict:
     st = weights.stat()
@@ -341,7 +390,7 @@ def onnx_model(model: torch.nn.Module, config: dict, folder=None, device='cpu') 
         except UserError: raise
         except Exception as e: warnings.warn(f"{folder/ONNX_FILE} is damaged ({type(e).__name__}): exporting again")
     weights = None if folder is None else _weights_record(folder/'model.safetensors')  # before the export: its source
-    fast, data = export_onnx(model, config['size'], device)
+    fast, data = export_onnx(model, config['preprocessing']['size'], device)
     if folder is None: return fast
     fast.record.update(graph=_graph_config(config), weights=weights,
                        mes_mtl_version=mes_mtl.__version__,

@@ -9,7 +9,8 @@ import torch
 
 # %% auto #0
 __all__ = ['MES_CLASSES', 'TASKS', 'IGNORE', 'TASK_CLASSES', 'LABEL_TABLE', 'HEAD_COLUMNS', 'MES_COLUMNS', 'check_mes',
-           'mes_to_tasks', 'tasks_to_mes', 'class1_prob', 'mes_probs', 'heads_from_mes', 'mes_decode']
+           'mes_to_tasks', 'tasks_to_mes', 'class1_prob', 'mes_probs', 'heads_from_mes', 'mes_pred_to_tasks',
+           'mes_decode']
 
 # %% ../nbs/00_labels.ipynb #439453cc
 MES_CLASSES = (0, 1, 2, 3)
@@ -84,6 +85,12 @@ def heads_from_mes(p_mes) -> list[np.ndarray]:
     if p.ndim != 2 or p.shape[1] != 4: raise ValueError(f"`p_mes` must have shape (n, 4); got {p.shape}")
     branch = lambda a, b: np.divide(p[:, b], p[:, a] + p[:, b], out=np.full(len(p), 0.5), where=(p[:, a] + p[:, b]) > 0)
     return [np.clip(p[:, 2] + p[:, 3], 0, 1), branch(0, 1), branch(2, 3)]  # clip: float rounding can give 1 + 2e-16
+
+# %% ../nbs/00_labels.ipynb #cbf5c301
+def mes_pred_to_tasks(mes_pred) -> np.ndarray:
+    "Task predictions (n, 3) from predicted Mayo scores: branch `mes >= 2`, each sub-task its branch's nearest grade."
+    mes = check_mes(mes_pred)
+    return np.stack([(mes >= 2).astype(int), np.clip(mes, 0, 1), np.clip(mes, 2, 3) - 2], axis=-1)
 
 # %% ../nbs/00_labels.ipynb #5e1d0c02
 HEAD_COLUMNS = [f'p_{t}' for t in TASKS]  # each head's p(class 1) in a prediction table, in the order of `TASKS`

@@ -5,9 +5,9 @@
 # %% ../nbs/14_learner.ipynb #1c910799
 from __future__ import annotations
 from functools import partial
-from dataclasses import dataclass
+from dataclasses import fields
 from pathlib import Path
-import numpy as np, torch
+import torch
 from fastcore.basics import patch
 from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
@@ -17,30 +17,20 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.progress import CSVLogger
 import fastai.callback.schedule  # patches `Learner.lr_find`, `fit_one_cycle` and friends onto the Learner
 from .model import create_mtl_model, mtl_splitter
+from .method import MESMethod, make_method
 from .losses import JointLoss
-from .labels import TASKS, class1_prob, mes_probs, mes_decode, heads_from_mes
+from .labels import TASKS, class1_prob, mes_probs, mes_decode
 from .errors import UserError
-from .metrics import mtl_metrics, mtl_report, report_from_predictions
+from .metrics import mtl_metrics, report_from_predictions
 from .callbacks import F1WeightedLoss
+from .config import RunConfig
 import pandas as pd
 
 # %% auto #0
-__all__ = ['DEFAULT_METRICS', 'TrainingProtocol', 'protocol_learner', 'mtl_learner', 'predictions_table', 'evaluate_learner']
+__all__ = ['DEFAULT_METRICS', 'config_learner', 'mtl_learner', 'predictions_table', 'evaluate_learner']
 
-# %% ../nbs/14_learner.ipynb #c44ae84c
+# %% ../nbs/14_learner.ipynb #4f7acad4
 DEFAULT_METRICS = ('mes_macro_f1', 'mes_qwk', 'mes_accuracy', 'primary_acc', 'remission_acc', 'active_acc')
-
-@dataclass
-class TrainingProtocol:
-    "How `fit_mtl` and `fit_f1` train: the paper's protocol by default; a Learner keeps it as `learn.protocol`."
-    arch: str  # timm backbone name (saved with the model)
-    method: str = 'mtl'  # 'mtl' or a single-task baseline of `mes_mtl.baselines`
-    max_epochs: int = 200  # epochs of a `fit_mtl` call that gives none
-    monitor: str = 'mes_macro_f1'  # metric the trackers follow (a loss is minimised, anything else maximised)
-    lr_patience: int = 15  # epochs without improvement before the learning rate is cut
-    lr_factor: float = 0.2  # the learning rate is multiplied by this factor then
-    stop_patience: int = 25  # epochs without improvement before training stops
-    save_name: str | None = 'best'  # the best epoch's weights are saved as `models/{save_name}.pth` and reloaded
 
 def _on_gpu(dls) -> bool:
     return torch.device(dls.device).type == 'cuda' if dls.device is not None else torch.cuda.is_available()
@@ -54,30 +44,26 @@ def _precision_cbs(dls, mixed_precision: bool | None, channels_last: bool | None
         cbs.append(MixedPrecision(AMPMode.BF16 if bf16 else AMPMode.FP16))
     return cbs
 
-def protocol_learner(dls, model, loss_func, metrics,
-                     arch: str,  # timm backbone name of `model`
-                     method: str = 'mtl',  # 'mtl' or a single-task baseline
-                     lr: float = 2e-4,  # Adam's learning rate
-                     wd: float = 0.,  # weight decay
-                     opt_func=None,  # default: PyTorch's Adam through fastai's `OptimWrapper`
-                     mixed_precision: bool | None = None,  # bf16 autocast; None: on a GPU only
-                     channels_last: bool | None = None,  # channels-last memory layout; None: on a GPU only
-                     splitter=mtl_splitter,  # parameter groups (body, heads) for `freeze`
-                     cbs=None,  # extra callbacks of the Learner
-                     **kwargs) -> Learner:  # `TrainingProtocol` fields (max_epochs, monitor, ...), else of `Learner`
-    "A fastai `Learner` for `model` with the paper's protocol (`learn.protocol`); bf16 and channels-last on a GPU."
-    fields = TrainingProtocol.__dataclass_fields__
-    protocol = TrainingProtocol(arch, method, **{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
-    learn = Learner(dls, model, loss_func=loss_func, opt_func=opt_func or partial(OptimWrapper, opt=torch.optim.Adam),
-                    lr=lr, wd=wd, metrics=metrics, splitter=splitter, cbs=cbs, **kwargs)
+def config_learner(dls,  # DataLoaders of `mtl_dataloaders`
+                   config: RunConfig,  # the run's settings: one backbone (`config.arch`), the method, the protocol
+                   method: MESMethod | None = None,  # the method (loss) object; None: `config.method`'s
+                   metrics=DEFAULT_METRICS,  # metric names (`mes_mtl.metrics`) or fastai metrics
+                   wd: float = 0.,  # weight decay
+                   opt_func=None,  # default: PyTorch's Adam through fastai's `OptimWrapper`
+                   mixed_precision: bool | None = None,  # bf16 autocast; None: on a GPU only
+                   channels_last: bool | None = None,  # channels-last memory layout; None: on a GPU only
+                   splitter=mtl_splitter,  # parameter groups (body, heads) for `freeze`
+                   cbs=None,  # extra callbacks of the Learner
+                   **kwargs) -> Learner:  # arguments of fastai's `Learner` (`path`, ...)
+    "A fastai `Learner` of run settings `config` (`learn.config`): its backbone, method, metrics and protocol."
+    method = method or make_method(config.method, **config.method_settings())
+    model = create_mtl_model(config.arch, config.pretrained, config.dropout, n_out=method.n_out, head=method.make_head)
+    metrics = mtl_metrics(metrics) if metrics and isinstance(metrics[0], str) else metrics
+    learn = Learner(dls, model, loss_func=method, opt_func=opt_func or partial(OptimWrapper, opt=torch.optim.Adam),
+                    lr=config.lr, wd=wd, metrics=metrics, splitter=splitter, cbs=cbs, **kwargs)
     for cb in _precision_cbs(dls, mixed_precision, channels_last): learn.add_cb(cb)
-    learn.protocol = protocol
+    learn.config = config
     return learn
-
-@patch(as_prop=True)
-def arch(self: Learner) -> str: return self.protocol.arch
-@patch(as_prop=True)
-def method(self: Learner) -> str: return self.protocol.method
 
 def mtl_learner(dls,  # DataLoaders of `mtl_dataloaders`
                 arch: str = 'resnet18',  # any timm backbone
@@ -88,39 +74,48 @@ def mtl_learner(dls,  # DataLoaders of `mtl_dataloaders`
                 dropout: float = 0.,  # dropout before the heads
                 metrics=DEFAULT_METRICS,  # metric names (`mes_mtl.metrics`) or fastai metrics
                 decode_rule: str = 'prob',  # MES from the heads: 'prob' (product rule) or 'hier' (branch first)
-                **kwargs) -> Learner:  # see `protocol_learner` and `TrainingProtocol`
-    "A fastai `Learner` for the hierarchical multi-task model with the paper's training defaults."
-    model = create_mtl_model(arch, pretrained=pretrained, dropout=dropout)
-    loss = JointLoss(loss_weights, class_weights, focal_gamma=focal_gamma, decode_rule=decode_rule)
-    metrics = mtl_metrics(metrics, rule=decode_rule) if metrics and isinstance(metrics[0], str) else metrics
-    return protocol_learner(dls, model, loss, metrics, arch, 'mtl', **kwargs)
+                method: str = 'mtl',  # the method (`method_names()`): 'mtl', or a single-task baseline
+                **kwargs) -> Learner:  # `RunConfig` fields (lr, epochs, monitor, ...), else of `config_learner`
+    "A fastai `Learner` for the hierarchical multi-task model (or another `method`) with the paper's training defaults."
+    names, defaults = {f.name for f in fields(RunConfig)}, RunConfig.defaults()
+    settings = dict(focal_gamma=focal_gamma, decode_rule=decode_rule)  # the joint loss's: only where changed
+    config = RunConfig(archs=(arch,), pretrained=pretrained, dropout=dropout, method=method,
+                       **{k: v for k, v in settings.items() if v != defaults[k]},
+                       **{k: kwargs.pop(k) for k in list(kwargs) if k in names})
+    loss = make_method(method, **config.method_settings())
+    if tuple(loss_weights) != (1/3, 1/3, 1/3) or class_weights is not None:
+        if not isinstance(loss, JointLoss):
+            raise UserError(f"loss_weights and class_weights weight the joint loss of method 'mtl', not {method!r}")
+        loss.set_task_weights(loss_weights)
+        if class_weights is not None: loss.set_class_weights('all', class_weights)
+    return config_learner(dls, config, loss, metrics, **kwargs)
 
-# %% ../nbs/14_learner.ipynb #9c971aab
-def _protocol(learn: Learner) -> TrainingProtocol:
-    if (p := getattr(learn, 'protocol', None)) is not None: return p
-    raise AttributeError("this Learner has no training protocol: build it with `mtl_learner`, `baseline_learner` or "
-                         "`protocol_learner`, or set `learn.protocol = TrainingProtocol(arch)`")
+# %% ../nbs/14_learner.ipynb #ac371e58
+def _config(learn: Learner) -> RunConfig:
+    if (c := getattr(learn, 'config', None)) is not None: return c
+    raise AttributeError("this Learner has no run settings: build it with `mtl_learner` or `config_learner`, "
+                         "or set `learn.config = RunConfig(archs=...)`")
 
 @patch
 def fit_mtl(self: Learner,
-            n_epoch: int | None = None,  # at most this many epochs; None: the protocol's `max_epochs`
+            n_epoch: int | None = None,  # at most this many epochs; None: the config's `epochs`
             lr: float | None = None,  # learning rate; None: the Learner's
             cbs=None,  # extra callbacks for this call
-            log=None):  # append the epoch table to this CSV file
-    "Train with plateau LR reduction, early stopping and best-epoch weights (`learn.protocol`)."
-    p = _protocol(self)
-    n_epoch = p.max_epochs if n_epoch is None else n_epoch
+            log=None,  # append the epoch table to this CSV file
+            save_name: str | None = 'best'):  # keep the best epoch's weights as `models/{save_name}.pth`; None: not
+    "Train with plateau LR reduction, early stopping and the best epoch's weights (the protocol of `learn.config`)."
+    c = _config(self)
+    n_epoch = c.epochs if n_epoch is None else n_epoch
     if n_epoch < 1: raise UserError(f"the number of epochs must be at least 1; got {n_epoch}")
-    track = dict(monitor=p.monitor, comp=np.less if 'loss' in p.monitor else np.greater)
-    cbs = [ReduceLROnPlateau(patience=p.lr_patience, factor=1 / p.lr_factor, **track),
-           EarlyStoppingCallback(patience=p.stop_patience, **track),
+    cbs = [ReduceLROnPlateau(monitor=c.monitor, patience=c.lr_patience, factor=1 / c.lr_factor),
+           EarlyStoppingCallback(monitor=c.monitor, patience=c.stop_patience),
            *([CSVLogger(Path(log).resolve(), append=True)] if log else []),
-           *([SaveModelCallback(fname=p.save_name, **track)] if p.save_name else []),
+           *([SaveModelCallback(monitor=c.monitor, fname=save_name)] if save_name else []),
            *(cbs or [])]
     self.fit(n_epoch, lr=lr, cbs=cbs)
     return self
 
-# %% ../nbs/14_learner.ipynb #7ad15be3
+# %% ../nbs/14_learner.ipynb #ce7b8682
 def predictions_table(items: pd.DataFrame,  # the images (path, mes), in the order of the probabilities
                       p_primary,  # the primary head's probabilities, (n, 2) or (n,) for class 1
                       p_remission,  # the remission head's
@@ -135,26 +130,23 @@ def predictions_table(items: pd.DataFrame,  # the images (path, mes), in the ord
 
 def evaluate_learner(learn: Learner, dl, cbs=None) -> tuple[dict, pd.DataFrame]:
     "The report (`metrics.json` layout) and `predictions_table` of `learn` on `dl`; `cbs`: callbacks of `get_preds`."
-    preds, _ = learn.get_preds(dl=dl, cbs=cbs)
-    items = dl.items.reset_index(drop=True)
-    if getattr(learn, 'method', 'mtl') == 'mtl':
-        rule = learn.loss_func.decode_rule
-        return mtl_report(items.mes.to_numpy(), *preds, rule=rule), predictions_table(items, *preds, rule=rule)
-    loss = learn.loss_func  # a single-task baseline (`mes_mtl.baselines`): MES probabilities (n, 4), its own decoding
-    p_mes, mes_pred = loss.mes_probs(preds), np.asarray(loss.decodes(preds))
-    table = predictions_table(items, *heads_from_mes(p_mes), rule=loss.decode_rule).assign(mes_pred=mes_pred)
-    return report_from_predictions(items.mes.to_numpy(), mes_pred), table
+    act, _ = learn.get_preds(dl=dl, cbs=cbs)  # activated by the method (`loss_func.activation`)
+    items, method = dl.items.reset_index(drop=True), learn.loss_func
+    _, mes_pred, heads = method.predictions(act)
+    table = predictions_table(items, *heads, rule=method.decode_rule).assign(mes_pred=mes_pred)
+    return report_from_predictions(items.mes.to_numpy(), mes_pred, method.task_decodes(act, mes_pred)), table
 
 # %% ../nbs/14_learner.ipynb #13265c67
 @patch
 def fit_f1(self: Learner,
-           n_epoch: int | None = None,  # epochs; None: the protocol's `max_epochs`
+           n_epoch: int | None = None,  # epochs; None: the config's `epochs`
            lr: float | None = None,  # learning rate; None: the learner's
            cbs=None,  # extra callbacks of this fit
            log=None,  # append the epoch table to this CSV file
+           save_name: str | None = 'best',  # as in `fit_mtl`
            **kwargs) -> F1WeightedLoss:  # arguments of `F1WeightedLoss`
     "Stage 2: fine-tune from the current weights, the loss re-weighted by `F1WeightedLoss(**kwargs)`; the callback."
     cb = F1WeightedLoss(**kwargs)
     self.create_opt()
-    self.fit_mtl(n_epoch, lr, cbs=[cb, *(cbs or [])], log=log)
+    self.fit_mtl(n_epoch, lr, cbs=[cb, *(cbs or [])], log=log, save_name=save_name)
     return cb

@@ -4,11 +4,12 @@
 
 # %% ../nbs/11_losses.ipynb #baeda017
 from __future__ import annotations
-import torch
+import numpy as np, torch
 import torch.nn.functional as F
 from torch import nn
 from fastai.torch_core import to_np
-from .labels import TASKS, IGNORE, mes_decode
+from .labels import TASKS, IGNORE, class1_prob, mes_decode, mes_probs
+from .method import MESMethod, register_method, _check_choice
 
 # %% auto #0
 __all__ = ['masked_cross_entropy', 'JointLoss']
@@ -31,10 +32,6 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_weigh
     return torch.where(valid, w * ce, 0.), w
 
 # %% ../nbs/11_losses.ipynb #b8f78996
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices: raise ValueError(f"`{name}` must be one of {choices}; got {value!r}")
-    return value
-
 def _task_rows(task: str | int) -> slice | int:
     "Row(s) of the (3, 2) class-weight table for a task name, its index or 'all'."
     if task == 'all': return slice(None)
@@ -50,8 +47,12 @@ def _check_weights(w, shape: tuple[int, ...], name: str) -> torch.Tensor:
     return w
 
 # %% ../nbs/11_losses.ipynb #8db79d6a
-class JointLoss(nn.Module):
+@register_method
+class JointLoss(MESMethod):
     "`α·CE(primary) + β·CE(remission) + γ·CE(active)` of the heads' logits; -1 targets masked per task."
+    name, n_out, stages = 'mtl', (2, 2, 2), 2  # the multi-task method: three 2-class heads, stage 2 re-weights
+    score_text = 'log p(MES = k) by the product rule of the three heads'
+    setting_names = ('focal_gamma', 'decode_rule')
     def __init__(self,
                  weights=(1/3, 1/3, 1/3),  # task weights (α, β, γ) in the order of `TASKS`
                  class_weights=None,  # (3, 2) per-class weights of each task; None: all ones
@@ -59,20 +60,16 @@ class JointLoss(nn.Module):
                  focal_gamma: float = 0.,  # > 0: focal loss (1 - p_t)^gamma * CE instead of CE
                  task_mean: str = 'valid',  # a task's sum / its valid items' weight ('valid') or / batch size ('batch')
                  decode_rule: str = 'prob'):  # `decodes`: 'prob' (product rule) or 'hier' (branch first): `mes_decode`
-        super().__init__()
+        super().__init__(reduction)
         self.register_buffer('weights', torch.ones(len(TASKS)))
         self.register_buffer('class_weights', torch.ones(len(TASKS), 2))
         self.set_task_weights(weights)
         if class_weights is not None: self.set_class_weights('all', class_weights)
         if focal_gamma < 0: raise ValueError(f"focal_gamma must be >= 0; got {focal_gamma}")
-        self.reduction, self.focal_gamma = reduction, focal_gamma
+        self.focal_gamma = focal_gamma
         self.task_mean = _check_choice('task_mean', task_mean, ('valid', 'batch'))
         self.decode_rule = _check_choice('decode_rule', decode_rule, ('prob', 'hier'))
 
-    @property
-    def reduction(self) -> str: return self._reduction
-    @reduction.setter
-    def reduction(self, value: str): self._reduction = _check_choice('reduction', value, ('mean', 'sum', 'none'))
 
     def set_task_weights(self, weights) -> JointLoss:
         "Set the task weights (α, β, γ)."
@@ -107,6 +104,24 @@ class JointLoss(nn.Module):
     def decodes(self, probs) -> torch.Tensor:
         "Mayo scores (n,) from the heads' probabilities, by `labels.mes_decode` with `decode_rule`."
         return torch.as_tensor(mes_decode(*map(to_np, probs), rule=self.decode_rule))
+
+    def mes_probs(self, probs) -> np.ndarray:
+        "MES probabilities (n, 4) from the heads' probabilities, by the product rule (`labels.mes_probs`)."
+        return mes_probs(*map(to_np, probs))
+
+    def head_probs(self, probs) -> list[np.ndarray]:
+        "The heads' class probabilities (3 x (n, 2)) themselves."
+        return [to_np(p).astype(np.float64) for p in probs]
+
+    def task_decodes(self, probs, mes) -> np.ndarray:
+        "Task predictions (n, 3): each head's more probable class."
+        return np.stack([(class1_prob(to_np(p), t) > 0.5).astype(int) for p, t in zip(probs, TASKS)], -1)
+
+    def mes_scores(self, preds) -> torch.Tensor:
+        "log p(MES = k) (n, 4) by the product rule: the branch head's log-probability plus the sub-task head's."
+        primary, remission, active = (F.log_softmax(p.float(), -1) for p in preds)
+        return torch.stack([primary[:, 0] + remission[:, 0], primary[:, 0] + remission[:, 1],
+                            primary[:, 1] + active[:, 0], primary[:, 1] + active[:, 1]], -1)
 
     def extra_repr(self) -> str:
         rounded = lambda t: t.double().round(decimals=4).tolist()

@@ -4,22 +4,22 @@
 
 # %% ../nbs/12_metrics.ipynb #d353d894
 from __future__ import annotations
-from functools import partial
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from fastai.learner import Metric
 from sklearn.metrics import (accuracy_score, precision_recall_fscore_support, confusion_matrix,
                              multilabel_confusion_matrix, cohen_kappa_score, ConfusionMatrixDisplay)
 from .labels import (MES_CLASSES, TASKS, IGNORE, TASK_CLASSES, check_mes, mes_to_tasks, tasks_to_mes, mes_decode,
-                            class1_prob)
+                            class1_prob, mes_pred_to_tasks)
+from .method import MESMethod
+from fastai.torch_core import to_np
 
 # %% auto #0
-__all__ = ['CLASS_NAMES', 'MTL_METRICS', 'task_report', 'mes_block', 'remission_vs_active', 'mes_pred_to_tasks',
-           'report_from_predictions', 'mtl_report', 'report_table', 'markdown_table', 'plot_confusion_matrices',
-           'decode_heads', 'metric_value', 'MTLMetric', 'metric_names', 'mtl_metrics']
+__all__ = ['CLASS_NAMES', 'MTL_METRICS', 'task_report', 'mes_block', 'remission_vs_active', 'report_from_predictions',
+           'mtl_report', 'report_table', 'markdown_table', 'plot_confusion_matrices', 'metric_value', 'MTLMetric',
+           'metric_names', 'mtl_metrics']
 
 # %% ../nbs/12_metrics.ipynb #7d36b2cb
 def task_report(y_true, y_pred, labels) -> dict:
@@ -69,11 +69,6 @@ def remission_vs_active(mes_true, mes_pred) -> dict:
     return {'f1': f1_active, 'kappa': _kappa(act_true, act_pred, (0, 1))}
 
 # %% ../nbs/12_metrics.ipynb #1f630f6e
-def mes_pred_to_tasks(mes_pred) -> np.ndarray:
-    "Task predictions (n, 3) from predicted Mayo scores: branch `mes >= 2`, each sub-task its branch's nearest grade."
-    mes = check_mes(mes_pred)
-    return np.stack([(mes >= 2).astype(int), np.clip(mes, 0, 1), np.clip(mes, 2, 3) - 2], axis=-1)
-
 def _report(mes_true, mes_pred, task_pred) -> dict:
     "The `metrics.json` layout from Mayo truths, Mayo predictions and task predictions (n, 3)."
     task_true = mes_to_tasks(mes_true)
@@ -86,9 +81,9 @@ def _head_pred(p, name: str) -> np.ndarray:
     "Arg-max class of a 2-class head from its probabilities, (n, 2) or (n,) for class 1."
     return (class1_prob(p, name) > 0.5).astype(int)
 
-def report_from_predictions(mes_true, mes_pred) -> dict:
-    "The `metrics.json` layout for a model that predicts Mayo scores only (task predictions via `mes_pred_to_tasks`)."
-    return _report(mes_true, mes_pred, mes_pred_to_tasks(mes_pred))
+def report_from_predictions(mes_true, mes_pred, task_pred=None) -> dict:
+    "The `metrics.json` layout from predicted Mayo scores and task predictions (n, 3) (default: `mes_pred_to_tasks`)."
+    return _report(mes_true, mes_pred, mes_pred_to_tasks(mes_pred) if task_pred is None else task_pred)
 
 def mtl_report(mes_true, p_primary, p_remission, p_active, rule: str = 'prob') -> dict:
     "The `metrics.json` layout of the multi-task model from the heads' probabilities ((n, 2) or (n,) for class 1)."
@@ -146,16 +141,6 @@ def plot_confusion_matrices(report: dict, cmap: str = 'Blues', figsize: tuple = 
 MTL_METRICS = {'mes_accuracy': ('mes', 'accuracy'), 'mes_macro_f1': ('mes', 'macro_f1'), 'mes_qwk': ('mes', 'qwk'),
                **{f'{t}_acc': (t, 'accuracy') for t in TASKS}, **{f'{t}_f1': (t, 'macro_f1') for t in TASKS}}
 
-def decode_heads(pred, loss_func=None, rule: str = 'prob') -> tuple[np.ndarray, np.ndarray]:
-    "Mayo scores (n,) by `rule` and task predictions (n, 3) of the multi-task output `pred`: three logits (n, 2)."
-    if not (isinstance(pred, (tuple, list)) and len(pred) == len(TASKS)):
-        raise ValueError(f"the multi-task metrics need a model that returns a tuple of {len(TASKS)} logit tensors "
-                         f"{TASKS}; "
-                         f"got a {type(pred).__name__} (a single-task baseline is tracked by `baseline_metrics`)")
-    probs = [F.softmax(p.float(), dim=-1).cpu().numpy() for p in pred]
-    tasks = np.stack([_head_pred(p, t) for p, t in zip(probs, TASKS)], axis=-1)
-    return mes_decode(*probs, rule=rule), tasks
-
 def metric_value(targs, mes_pred, task_pred, block: str, key: str) -> float:
     "`key` of report block `block` (as in `report_from_predictions`) from task targets (n, 3) and predictions."
     targs = np.asarray(targs)
@@ -164,22 +149,25 @@ def metric_value(targs, mes_pred, task_pred, block: str, key: str) -> float:
     return task_report(targs[:, j], np.asarray(task_pred)[:, j], (0, 1))[key]
 
 class MTLMetric(Metric):
-    "Epoch metric `name`: `key` of report block `block` over the batches' `decode(pred, loss_func)` and targets."
+    "Epoch metric `name`: `key` of report block `block` over the batches decoded by the learner's method and targets."
     def __init__(self,
                  name: str,  # the name fastai shows and trackers monitor
                  block: str,  # report block: 'mes' or a task
-                 key: str,  # entry of the block: 'accuracy', 'macro_f1', 'qwk', ...
-                 decode=decode_heads):  # (pred, loss_func) -> Mayo scores (n,), task predictions (n, 3)
-        self._name, self.block, self.key, self.decode = name, block, key, decode
+                 key: str):  # entry of the block: 'accuracy', 'macro_f1', 'qwk', ...
+        self._name, self.block, self.key = name, block, key
     def reset(self): self.mes, self.tasks, self.targs = [], [], []
 
     def accumulate(self, learn):
-        yb = learn.yb
+        yb, method = learn.yb, getattr(learn, 'loss_func', None)
         if len(yb) != len(TASKS):
             raise ValueError(f"`{self.name}` needs the {len(TASKS)} task targets {TASKS} per batch; got {len(yb)}")
-        mes, tasks = self.decode(learn.to_detach(learn.pred), getattr(learn, 'loss_func', None))
-        self.mes.append(np.asarray(mes))
-        self.tasks.append(np.asarray(tasks))
+        if not isinstance(method, MESMethod):
+            raise ValueError(f"`{self.name}` decodes the outputs with the learner's method, its loss_func (an "
+                             f"`MESMethod` such as `JointLoss`); got {type(method).__name__}")
+        act = method.activation(learn.to_detach(learn.pred))
+        mes = to_np(torch.as_tensor(method.decodes(act)))
+        self.mes.append(mes)
+        self.tasks.append(np.asarray(method.task_decodes(act, mes)))
         self.targs.append(learn.to_detach(torch.stack(list(yb), dim=-1)).numpy())
 
     @property
@@ -198,7 +186,6 @@ def metric_names(names=None) -> list[str]:
         raise ValueError(f"unknown metric name(s) {unknown}; choose from {list(MTL_METRICS)}")
     return names
 
-def mtl_metrics(names=None, rule: str = 'prob') -> list[MTLMetric]:
-    "New `MTLMetric`s for a multi-task `Learner`, by name (default: all of `MTL_METRICS`); Mayo scores by `rule`."
-    decode = partial(decode_heads, rule=rule)
-    return [MTLMetric(n, *MTL_METRICS[n], decode=decode) for n in metric_names(names)]
+def mtl_metrics(names=None) -> list[MTLMetric]:
+    "New `MTLMetric`s for a `Learner` of any method, by name (default: all of `MTL_METRICS`)."
+    return [MTLMetric(n, *MTL_METRICS[n]) for n in metric_names(names)]

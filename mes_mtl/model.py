@@ -17,17 +17,16 @@ from .errors import UserError
 
 # %% auto #0
 __all__ = ['PAPER_ARCHS', 'default_size', 'check_arch', 'eval_mode', 'feature_width', 'MTLModel', 'create_body',
-           'create_mtl_model', 'create_mes_model', 'mtl_splitter']
+           'create_mtl_model', 'mtl_splitter']
 
-# %% ../nbs/10_model.ipynb #f20363d0
-PAPER_ARCHS = {'resnet18': (224, 224), 'resnet50': (224, 224), 'densenet121': (224, 224),
-               'inception_v3': (299, 299), 'mobilenetv3_large_100': (224, 224)}  # timm name -> native (h, w)
+# %% ../nbs/10_model.ipynb #9a3eaa6e
+PAPER_ARCHS = ('resnet18', 'resnet50', 'densenet121', 'inception_v3', 'mobilenetv3_large_100')  # timm names
 
-# %% ../nbs/10_model.ipynb #45fa1100
+# %% ../nbs/10_model.ipynb #188ebec0
 def default_size(arch: str) -> tuple[int, int]:
-    "Training image size (h, w) for `arch`: LIMUC's native 288 x 352, except Inception-v3 at its native 299 x 299."
-    family = parse_model_name(arch)[1].split('.')[0]  # 'inception_v3.tv_in1k' -> 'inception_v3'
-    return PAPER_ARCHS['inception_v3'] if family == 'inception_v3' else LIMUC_SIZE
+    "Training image size (h, w) for `arch`: LIMUC's native 288 x 352, or the backbone's own if it takes no other."
+    cfg = timm.get_pretrained_cfg(parse_model_name(arch)[1]) if timm.is_model(parse_model_name(arch)[1]) else None
+    return tuple(cfg.input_size[1:]) if cfg is not None and cfg.fixed_input_size else LIMUC_SIZE
 
 # %% ../nbs/10_model.ipynb #135bf905
 def check_arch(arch: str) -> str:
@@ -113,19 +112,16 @@ def create_body(arch: str = 'resnet18', pretrained: bool = True, **timm_kwargs) 
     body = timm.create_model(check_arch(arch), pretrained=pretrained, num_classes=0, **timm_kwargs)
     return body, feature_width(body, in_chans=timm_kwargs.get('in_chans', 3), size=timm_kwargs.get('img_size'))
 
-def create_mtl_model(arch: str = 'resnet18', pretrained: bool = True, dropout: float = 0., **timm_kwargs) -> MTLModel:
-    "`MTLModel` on the timm backbone `arch` (ImageNet weights if `pretrained`), heads as wide as the body's output."
-    return MTLModel(*create_body(arch, pretrained, **timm_kwargs), dropout)
-
-def create_mes_model(arch: str,  # a timm backbone
-                     n_out: int,  # outputs of the head
+def create_mtl_model(arch: str = 'resnet18',  # a timm backbone
                      pretrained: bool = True,  # ImageNet weights
-                     dropout: float = 0.,  # dropout before the head
-                     head=nn.Linear,  # head(n_features, n_out) -> the head module
-                     **timm_kwargs) -> MTLModel:
-    "A single-task `MTLModel` on the timm backbone `arch`: one head `head(n_features, n_out)`, one output tensor."
-    body, n_features = create_body(arch, pretrained, **timm_kwargs)
-    return MTLModel(body, n_features, dropout, n_out=n_out, head=head)
+                     dropout: float = 0.,  # dropout before the heads
+                     n_out: int | tuple[int, ...] | None = None,  # outputs per head (see `MTLModel`); None: (2, 2, 2)
+                     head=nn.Linear,  # head(n_features, n_out) -> one head module
+                     **timm_kwargs) -> MTLModel:  # arguments of `timm.create_model` (`in_chans`, `img_size`, ...)
+    "`MTLModel` on the timm backbone `arch` (ImageNet weights if `pretrained`), heads as wide as the body's output."
+    model = MTLModel(*create_body(arch, pretrained, **timm_kwargs), dropout, n_out=n_out, head=head)
+    model.arch = arch  # recorded with the model (`save_mtl_model`)
+    return model
 
 # %% ../nbs/10_model.ipynb #914b8642
 def mtl_splitter(model: MTLModel) -> list[list[nn.Parameter]]:
