@@ -125,7 +125,7 @@ def _scores(pred) -> torch.Tensor:
 @register_method
 class MESRegressionLoss(MESLoss):
     "Mean squared error of one output against the Mayo score; grades by the thresholds 0.5 / 1.5 / 2.5."
-    name, n_out = 'regression', 1
+    name, n_out, probabilistic = 'regression', 1, False
     score_text = f"the margin of grade k in the score of the regression baseline (thresholds {MES_THRESHOLDS})"
 
     def item_losses(self, pred, mes):

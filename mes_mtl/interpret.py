@@ -4,7 +4,6 @@
 
 # %% ../nbs/17_interpret.ipynb #a21676d1
 from __future__ import annotations
-import math
 from pathlib import Path
 from typing import NamedTuple
 import warnings
@@ -15,16 +14,15 @@ import matplotlib.pyplot as plt
 from PIL import Image, UnidentifiedImageError
 from fastai.learner import Learner
 from fastai.torch_core import to_np
-from coral_pytorch.layers import CoralLayer
 from .errors import UserError
-from .labels import TASKS, TASK_CLASSES, MES_CLASSES, mes_probs, mes_decode
+from .labels import TASKS, TASK_CLASSES, MES_CLASSES
 from .model import MTLModel, eval_mode
-from .baselines import BASELINES, MES_THRESHOLDS, MESLoss, MESRegressionLoss, baseline_loss
+from .method import MESMethod, METHODS, make_method
 from .inference import MESPredictor
 
 # %% auto #0
-__all__ = ['TARGETS', 'MIN_CAM_CELLS', 'PRED_COLUMNS', 'target_classes', 'describe_target', 'target_score', 'regression_margins',
-           'baseline_scores', 'cam_layers', 'cam_layer', 'gradcam', 'plot_gradcam', 'worst_cases', 'plot_worst_cases']
+__all__ = ['TARGETS', 'MIN_CAM_CELLS', 'PRED_COLUMNS', 'target_classes', 'describe_target', 'target_score', 'cam_layers',
+           'cam_layer', 'gradcam', 'plot_gradcam', 'worst_cases', 'plot_worst_cases']
 
 # %% ../nbs/17_interpret.ipynb #2af370b3
 TARGETS = ('mes', *TASKS)
@@ -36,28 +34,20 @@ def target_classes(target: str) -> tuple[str, ...]:
     raise UserError(f"target must be one of {TARGETS} ('mes' = the decoded Mayo score, the others are heads); "
                     f"got {target!r}")
 
-def _check_target(target: str, method: str = 'mtl') -> str:
-    "`target`, checked for `method` ('mtl' or a baseline): a baseline has no heads to explain."
+def _check_target(target: str, method: MESMethod) -> str:
+    "`target`, checked for `method`: a method of one head has no task heads to explain."
     target_classes(target)
-    if method != 'mtl' and target != 'mes':
-        raise UserError(f"target {target!r} is a head of the multi-task model; the {method!r} baseline has one head, "
-                        f"for the "
-                        f"Mayo score itself: use target='mes'")
+    if isinstance(method.n_out, int) and target != 'mes':
+        raise UserError(f"target {target!r} is a head of the multi-task model; the {method.name!r} method has one "
+                        f"head, for the Mayo score itself: use target='mes'")
     return target
 
-_MES_SCORES = {'mtl': 'log p(MES = k) by the product rule of the three heads',
-               'ce': 'log p(MES = k) of the 4-class softmax (ce baseline)',
-               'cdw-ce': 'log p(MES = k) of the 4-class softmax (cdw-ce baseline)',
-               'coral': 'log p(MES = k) from the rank probabilities P(MES > k) (coral baseline)',
-               'corn': 'log p(MES = k) from the rank probabilities P(MES > k) (corn baseline)',
-               'regression': f"the margin of grade k in the score of the regression baseline "
-                             f"(thresholds {', '.join(map(str, MES_THRESHOLDS))})"}
-
-def describe_target(target: str, cls=None, method: str = 'mtl') -> str:
-    "A readable description of a Grad-CAM target of a `method` ('mtl' or a baseline), e.g. for a figure title."
+def describe_target(target: str, cls=None, method: MESMethod | str = 'mtl') -> str:
+    "A readable description of a Grad-CAM target of a `method` (an `MESMethod` or its name), e.g. for a figure title."
+    method = make_method(method) if isinstance(method, str) else method
     names = target_classes(_check_target(target, method))
     head = f"log p of the {target} head ({' vs '.join(names)})"
-    what = _MES_SCORES.get(method, f'log p(MES = k) of {method}') if target == 'mes' else head
+    what = method.score_text if target == 'mes' else head
     which = 'the predicted one' if cls is None else names[int(cls)] if np.ndim(cls) == 0 else 'given per image'
     return f"{what}, class: {which}"
 
@@ -68,32 +58,15 @@ def _log_p(logits: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
     margin = z.gather(1, cls[:, None]) - z.gather(1, 1 - cls[:, None])
     return F.logsigmoid(margin[:, 0])
 
-def target_score(out, target: str, cls: torch.Tensor, loss: MESLoss | None = None) -> torch.Tensor:
-    "Per-image score (n,) of class `cls` (n,) of `target`, from the heads' logits or a baseline's output (and `loss`)."
-    if loss is not None:  # a single-task baseline: its own score per grade (`baseline_scores`, below)
-        _check_target(target, _method(loss))
-        return baseline_scores(out, loss).gather(1, cls[:, None])[:, 0]
-    target_classes(target)
+def target_score(out, target: str, cls: torch.Tensor, method: MESMethod | None = None) -> torch.Tensor:
+    "Per-image score (n,) of class `cls` (n,) of `target` in the raw output `out` of `method` (None: 'mtl')."
+    method = method or make_method('mtl')
+    _check_target(target, method)
     if target != 'mes': return _log_p(out[TASKS.index(target)], cls)
-    branch, sub = cls // 2, cls % 2
-    sub_logits = torch.where((branch == 0)[:, None], out[1], out[2])
-    return _log_p(out[0], branch) + _log_p(sub_logits, sub)
+    return method.mes_scores(out).gather(1, cls[:, None])[:, 0]
 
 # %% ../nbs/17_interpret.ipynb #4470f56f
-def regression_margins(scores: torch.Tensor) -> torch.Tensor:
-    "Margin (n, 4) of each grade for regression scores (n,): the signed distance to the nearer edge of its interval."
-    s = scores.float()[:, None]
-    edges = torch.tensor((-math.inf, *MES_THRESHOLDS, math.inf), device=s.device)  # grade k: edges[k] <= s < edges[k+1]
-    return torch.minimum(s - edges[:-1], edges[1:] - s)
-
-def baseline_scores(out: torch.Tensor, loss: MESLoss) -> torch.Tensor:
-    "Differentiable score (n, 4) of each grade of a baseline's output: log p(MES) (`loss.mes_log_probs`) or margins."
-    if isinstance(loss, MESRegressionLoss): return regression_margins(loss.activation(out))
-    return loss.mes_log_probs(out)
-
-def _method(loss: MESLoss) -> str:
-    "The baseline method ('ce', ..., 'corn') whose loss `loss` is."
-    return next((m for m in BASELINES if type(baseline_loss(m)) is type(loss)), type(loss).__name__)
+#| export
 
 # %% ../nbs/17_interpret.ipynb #e93f2a8a
 MIN_CAM_CELLS = 7  # a Grad-CAM map with fewer cells than this along a side cannot localise: warn
@@ -124,41 +97,34 @@ class _Source(NamedTuple):
     "What Grad-CAM needs to know of the object it is given."
     model: nn.Module  # the `MTLModel`: three heads, or a baseline's one
     src: Learner | MESPredictor | None  # what knows the preprocessing (None: a bare model)
-    loss: MESLoss | None  # a baseline's loss (activation, MES probabilities, decoding); None: the multi-task model
-    method: str  # 'mtl' or the baseline
+    method: MESMethod  # what reads the model's outputs: activation, MES probabilities, decoding, scores
 
-def _model_loss(model: MTLModel) -> MESLoss:
-    "The loss that reads a bare single-task model's output, from its head ('ce' and 'cdw-ce' read theirs alike)."
-    if isinstance(model.heads[0], CoralLayer): return baseline_loss('coral')
-    if (method := {1: 'regression', 3: 'corn', 4: 'ce'}.get(model.n_out)) is None:
-        raise UserError(f"a single-task model with {model.n_out} outputs is none of the baselines {BASELINES}: "
-                        "give its Learner (`baseline_learner`) or an MESPredictor (`MESPredictor.from_folder`)")
-    return baseline_loss(method)
+def _bare_method(model: MTLModel) -> MESMethod:
+    "The method that reads a bare model's output: the first registered one whose heads are the model's."
+    def same_heads(cls) -> bool:
+        if cls.n_out != model.n_out: return False
+        width = cls.n_out if isinstance(cls.n_out, int) else cls.n_out[0]
+        return type(cls.make_head(model.n_features, width)) is type(model.heads[0])
+    if (cls := next((c for c in METHODS.values() if same_heads(c)), None)) is None:
+        raise UserError(f"a model with heads {model.n_out} is none of the methods {tuple(METHODS)}: give its "
+                        f"Learner (`mtl_learner`) or an MESPredictor (`MESPredictor.from_folder`)")
+    return cls()
 
 def _resolve(obj) -> _Source:
     "The model of an `MTLModel`, a fastai `Learner` or an `MESPredictor`, the preprocessing and the method."
-    if isinstance(obj, MESPredictor): return _Source(obj.model, obj, obj.loss, obj.method)
+    if isinstance(obj, MESPredictor): return _Source(obj.model, obj, obj.method)
     if isinstance(obj, Learner):
-        if not getattr(obj.model, 'single_task', False): return _Source(obj.model, obj, None, 'mtl')
-        if not isinstance(obj.loss_func, MESLoss):
-            raise UserError(f"a Learner of a single-task model needs a baseline loss (`baseline_learner`) to read its "
-                            f"output; got loss_func {type(obj.loss_func).__name__}")
-        return _Source(obj.model, obj, obj.loss_func, _method(obj.loss_func))
-    if isinstance(obj, MTLModel) and obj.single_task: return _Source(obj, None, loss := _model_loss(obj), _method(loss))
-    if isinstance(obj, MTLModel): return _Source(obj, None, None, 'mtl')
-    raise TypeError(f"expected an MTLModel (three heads or one), a fastai Learner from `mtl_learner` or "
-                    f"`baseline_learner`, or an "
-                    f"MESPredictor; got {type(obj).__name__}")
+        if not isinstance(obj.loss_func, MESMethod):
+            raise UserError(f"a Learner needs a method as its loss (`mtl_learner`) to read its output; got loss_func "
+                            f"{type(obj.loss_func).__name__}")
+        return _Source(obj.model, obj, obj.loss_func)
+    if isinstance(obj, MTLModel): return _Source(obj, None, _bare_method(obj))
+    raise TypeError(f"expected an MTLModel, a fastai Learner from `mtl_learner`, or an MESPredictor; "
+                    f"got {type(obj).__name__}")
 
 def _predictor(obj, model: nn.Module) -> MESPredictor | None:
     if isinstance(obj, Learner): return MESPredictor.from_learner(obj, device=next(model.parameters()).device)
     return obj
-
-def _decode_rule(obj) -> str:
-    "The multi-task model's decoding rule ('prob' or 'hier') of a predictor or Learner."
-    if isinstance(obj, MESPredictor): return obj.rule
-    if isinstance(obj, Learner): return getattr(obj.loss_func, 'decode_rule', 'prob')
-    return 'prob'
 
 def _as_list(images) -> list: return list(images) if isinstance(images, (list, tuple, pd.Series)) else [images]
 
@@ -219,15 +185,12 @@ def _forward_keeping(model: nn.Module, x: torch.Tensor, module: nn.Module, hook:
                         "(n, C, h, w): choose a convolutional stage with `layer=`")
     return out, feats
 
-def _predictions(out, target: str, loss: MESLoss | None, rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _detached(out): return out.detach().cpu() if isinstance(out, torch.Tensor) else tuple(map(_detached, out))
+
+def _predictions(out, target: str, method: MESMethod) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "The method's MES probabilities (n, 4), its decoded MES (n,) and the predicted class of `target` (n,)."
-    if loss is None:
-        heads = [F.softmax(z.detach().float(), 1).cpu().numpy() for z in out]
-        mes = mes_decode(*heads, rule=rule)
-        return mes_probs(*heads), mes, mes if target == 'mes' else heads[TASKS.index(target)].argmax(1)
-    act = loss.activation(out.detach()).cpu()
-    mes = to_np(loss.decodes(act)).astype(np.int64)
-    return loss.mes_probs(act), mes, mes
+    p_mes, mes, heads = method.predictions(method.activation(_detached(out)))
+    return p_mes, mes, mes if target == 'mes' else heads[TASKS.index(target)].argmax(1)
 
 class _Cams(NamedTuple):
     "Grad-CAM maps and what they explain, for `plot_gradcam` and `plot_worst_cases`."
@@ -236,21 +199,21 @@ class _Cams(NamedTuple):
     p_mes: np.ndarray  # (n, 4) the method's MES probabilities
     mes: np.ndarray  # (n,) the method's decoded MES
     scores: np.ndarray  # (n,) the explained score: a log-probability, or a regression's grade margin
-    values: np.ndarray | None  # (n,) a regression's predicted scores, else None
+    values: np.ndarray | None  # (n,) the predicted scores of a method without probabilities (regression), else None
     shown: np.ndarray | None = None  # (n, h, w, 3) uint8 images as the model saw them; None for tensor input
-    method: str = 'mtl'  # 'mtl' or the baseline
+    method: MESMethod | None = None  # the method that read the outputs
 
-def _gradcam_batch(s: _Source, x: torch.Tensor, target: str, cls, rule: str, module: nn.Module) -> tuple[_Cams, tuple]:
+def _gradcam_batch(s: _Source, x: torch.Tensor, target: str, cls, module: nn.Module) -> tuple[_Cams, tuple]:
     "Grad-CAM of one batch, and the cells (h, w) of its feature map."
     out, feats = _forward_keeping(s.model, x, module)
-    p_mes, mes, pred = _predictions(out, target, s.loss, rule)
+    p_mes, mes, pred = _predictions(out, target, s.method)
     c = _classes(cls, target, len(x), torch.as_tensor(pred, device=x.device))
-    score = target_score(out, target, c, s.loss)
+    score = target_score(out, target, c, s.method)
     grad, = torch.autograd.grad(score.sum(), feats)
     cam = F.relu((grad.mean((2, 3), keepdim=True) * feats.detach()).sum(1, keepdim=True))
     cam = F.interpolate(cam.float(), size=x.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
     top = cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
-    values = to_np(s.loss.activation(out.detach()).cpu()) if isinstance(s.loss, MESRegressionLoss) else None
+    values = None if s.method.probabilistic else to_np(s.method.activation(_detached(out)))
     cams = _Cams((cam / top).cpu().numpy(), c.cpu().numpy(), p_mes, mes, score.detach().cpu().numpy(), values,
                  method=s.method)
     return cams, tuple(feats.shape[-2:])
@@ -265,8 +228,7 @@ def _gradcam(obj, images, target: str = 'mes', cls=None, bs: int = 16, layer: st
         x = x.to(p.device, p.dtype)
         name, module = cam_layer(s.model.body, x.shape[-2:], layer)
         if cls is not None: cls = _classes(cls, target, len(x), torch.zeros(0)).numpy()
-        rule = _decode_rule(s.src)
-        out = [_gradcam_batch(s, x[i:i + bs], target, None if cls is None else cls[i:i + bs], rule, module)
+        out = [_gradcam_batch(s, x[i:i + bs], target, None if cls is None else cls[i:i + bs], module)
                for i in range(0, len(x), bs)]
     if min(cells := out[0][1]) < MIN_CAM_CELLS:
         warnings.warn(f"Grad-CAM at layer {name!r} has a {cells[0]}x{cells[1]} map for "
@@ -277,7 +239,7 @@ def _gradcam(obj, images, target: str = 'mes', cls=None, bs: int = 16, layer: st
     return _Cams(*(cat(f) for f in _Cams._fields[:6]), shown, s.method)
 
 # %% ../nbs/17_interpret.ipynb #b2f0308a
-def gradcam(model,  # an `MTLModel`, a `Learner` of `mtl_learner`/`baseline_learner`, or an `MESPredictor`
+def gradcam(model,  # an `MTLModel`, a `Learner` of `mtl_learner`, or an `MESPredictor`
             images,  # image files, PIL images or arrays (with a Learner or predictor), or a normalised tensor
             target: str = 'mes',  # 'mes' (the decoded Mayo score) or a head: 'primary', 'remission', 'active'
             cls=None,  # the class to explain, one for all or one per image; default: the predicted one
@@ -310,8 +272,8 @@ def _display(shown, x: torch.Tensor | None, stats) -> np.ndarray:
     return (x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
 
 def _stats(obj):
-    if isinstance(obj, MESPredictor): return obj.config['mean'], obj.config['std']
-    if isinstance(obj, Learner): return getattr(obj.dls, 'stats', None)
+    if isinstance(obj, MESPredictor): return obj.config['preprocessing']['mean'], obj.config['preprocessing']['std']
+    if isinstance(obj, Learner): return getattr(getattr(obj.dls, 'preprocessing', None), 'stats', None)
     return None
 
 # %% ../nbs/17_interpret.ipynb #741a4d83
