@@ -11,8 +11,6 @@ import torch
 import fastai.learner
 from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier, get_model, to_detach as detach_tensors
 from fastai.learner import Learner
-from fastai.distributed import DistributedDL  # also patches `Learner.distrib_ctx`
-from fastcore.basics import patch
 from .errors import UserError
 
 # %% auto #0
@@ -27,16 +25,17 @@ def use_cpu() -> bool:
     "Train on CPU cores: `ACCELERATE_USE_CPU` is set (`accelerate launch --cpu`), or there is no GPU."
     return os.environ.get('ACCELERATE_USE_CPU', '').lower() in ('1', 'true', 'yes') or not torch.cuda.is_available()
 
-@patch
-def _broadcast(self: DistributedDL, t, rank):
-    "Broadcast `t` from `rank` to every process, on the device of the process group's backend (fastai's is CUDA-only)."
+def _broadcast(self, # a `DistributedDL`
+               t, # the values to send: a list of integers
+               rank): # the process whose values every process receives
+    "`DistributedDL._broadcast` in a data-parallel run: on the device of the process group's backend (fastai's: CUDA)."
     t = torch.tensor(t, dtype=torch.long, device='cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu')
     torch.distributed.broadcast(t, rank)
     return t.cpu().tolist()
 
-@patch
-def to_detach(self: Learner, b, cpu: bool = True, gather: bool = True):
-    "Detach `b` (to the CPU); gathered from all processes only where the data are split over them (`DistributedDL`)."
+def _to_detach(self: Learner, b, cpu: bool = True, gather: bool = True):
+    "`Learner.to_detach` in a data-parallel run: gathered from all processes only where the data are split over them."
+    from fastai.distributed import DistributedDL  # imported by then: `_adapt_fastai` put this function in place
     dl = getattr(self, 'dl', None)
     gather = gather and isinstance(dl, DistributedDL)
     return dl.to_detach(b, cpu, gather) if hasattr(dl, 'to_detach') else detach_tensors(b, cpu, gather)
@@ -45,10 +44,8 @@ def to_detach(self: Learner, b, cpu: bool = True, gather: bool = True):
 def init_distributed(quiet_others: bool = True) -> tuple[int, int]:
     "Join the processes of a multi-process launch, each on its own device: (rank, number of processes), (0, 1) alone."
     if not is_distributed(): return 0, 1
-    try: from accelerate import PartialState
-    except ImportError:
-        raise UserError("data-parallel training (accelerate launch, torchrun) needs accelerate, an optional extra: "
-                        "pip install 'mes_mtl[scale]' (or pip install accelerate)") from None
+    _adapt_fastai()  # needs accelerate: says what to install without it
+    from accelerate import PartialState
     PartialState(cpu=use_cpu())
     if quiet_others and rank_distrib(): sys.stdout = open(os.devnull, 'w')
     return rank_distrib(), num_distrib()
@@ -56,6 +53,7 @@ def init_distributed(quiet_others: bool = True) -> tuple[int, int]:
 def data_parallel(learn):
     "`learn.distrib_ctx()` for the `fit` calls inside it in several processes (synchronised batch norm on GPUs)."
     if not is_distributed(): return nullcontext(learn)
+    _adapt_fastai()  # `distrib_ctx` comes with fastai.distributed
     return learn.distrib_ctx(sync_bn=not use_cpu(), cpu=use_cpu())
 
 # %% ../nbs/19b_distributed.ipynb #fd786e17
@@ -75,6 +73,7 @@ def rank_folder_first(out, func):
     "`func(folder, first)`: on the first process with `out`, then on every other with its private copy of `out`."
     out = Path(out)
     if not is_distributed(): return func(out, True)
+    _adapt_fastai()  # the other processes save models in their copies (`save_model`)
     if rank_distrib() == 0:
         try: return func(out, True)
         finally:
@@ -103,4 +102,19 @@ def save_model(file, # where to save
     if with_opt and opt is not None: state = {'model': state, 'opt': opt.state_dict()}
     torch.save(state, file, pickle_protocol=pickle_protocol, **kwargs)
 
-fastai.learner.save_model = save_model  # `Learner.save` looks it up there
+# %% ../nbs/19b_distributed.ipynb #073360cc
+_ADAPTED = False  # whether `_adapt_fastai` has made its changes in this process
+
+def _adapt_fastai():
+    "Make this notebook's changes to fastai, once: a data-parallel run starts (importing fastai's support for it)."
+    global _ADAPTED
+    if _ADAPTED: return
+    try: import accelerate
+    except ImportError:
+        raise UserError("data-parallel training (accelerate launch, torchrun) needs accelerate, an optional extra: "
+                        "pip install 'mes_mtl[scale]' (or pip install accelerate)") from None
+    from fastai.distributed import DistributedDL  # also patches `Learner.distrib_ctx` in
+    DistributedDL._broadcast = _broadcast
+    Learner.to_detach = _to_detach
+    fastai.learner.save_model = save_model  # `Learner.save` looks it up there
+    _ADAPTED = True

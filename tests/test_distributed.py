@@ -4,18 +4,51 @@ What must be exact: everything computed from a given model — the validation me
 best epoch, the F1 weights — since the processes gather their shares of the validation set. What cannot be exact:
 the training itself (per-process batch-norm statistics, batches grouped differently, the masked loss averaged per
 process, each process's own augmentation), so `mes_mtl train` on two processes with `--bs 8` is compared with one
-process with `--bs 16` (the same images per step) within a tolerance."""
-import glob, json, os, shutil, socket, subprocess
+process with `--bs 16` (the same images per step) within a tolerance. And only such a run changes fastai: importing
+the library does not (`mes_mtl.distributed`, *Changing fastai only for a data-parallel run*)."""
+import glob, importlib.util, json, os, shutil, socket, subprocess, sys
 import numpy as np, pandas as pd, pytest
+import mes_mtl
 from mes_mtl.callbacks import task_f1
 from mes_mtl.data import limuc_items
 from mes_mtl.labels import TASKS, mes_to_tasks
 from mes_mtl.splits import split_items
 
-pytest.importorskip('accelerate')
+needs_accelerate = pytest.mark.skipif(importlib.util.find_spec('accelerate') is None,
+                                      reason="accelerate (the extra 'scale') is not installed")
 
 # test_resnet: a real timm ResNet (0.4 M parameters) that timm ships for tests: a training step ~8x faster than ResNet-18's
 TINY = ['--arch', 'test_resnet', '--folds', 3, '--size', 32, '--no-pretrained', '--lr', 1e-3]
+
+
+# run in a fresh interpreter: in this one, other tests may have imported fastai.distributed
+IMPORT_CHECK = """
+import importlib.util, sys, fastai.learner
+from fastai.learner import Learner
+own = fastai.learner.save_model, Learner.to_detach
+import mes_mtl, mes_mtl.cli, mes_mtl.study, mes_mtl.distributed as d
+print(mes_mtl.__file__)
+assert 'fastai.distributed' not in sys.modules, 'importing mes_mtl imported fastai.distributed'
+assert fastai.learner.save_model is own[0] and Learner.to_detach is own[1], 'importing mes_mtl changed fastai.learner'
+assert not d._ADAPTED
+if importlib.util.find_spec('accelerate'):  # where fastai.distributed imports (fastai 2.8.12 without it: NameError)
+    from fastai.distributed import DistributedDL
+    broadcast = DistributedDL._broadcast
+    assert (broadcast.__module__, broadcast.__qualname__) == ('fastai.distributed', 'DistributedDL._broadcast')
+    d._adapt_fastai(); d._adapt_fastai()  # what a data-parallel run does first: now fastai is changed, once
+    assert fastai.learner.save_model is d.save_model and d._fastai_save_model is own[0]
+    assert Learner.to_detach is d._to_detach and DistributedDL._broadcast is d._broadcast
+    print('adapted')
+"""
+
+
+def test_import_leaves_fastai_alone(tmp_path):
+    "`import mes_mtl.cli, mes_mtl.study` leaves fastai's objects as fastai made them; a data-parallel run changes them."
+    top = os.path.dirname(os.path.dirname(mes_mtl.__file__))  # the package this process tests, first on the path
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [top, os.environ.get('PYTHONPATH')]))}
+    r = subprocess.run([sys.executable, '-c', IMPORT_CHECK], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.splitlines() == [mes_mtl.__file__, *['adapted'] * bool(importlib.util.find_spec('accelerate'))]
 
 
 def free_port() -> int:
@@ -49,6 +82,7 @@ def odd_fold(demo_root) -> int:
 def private_copies(tmpdir) -> set: return set(glob.glob(os.path.join(tmpdir, 'mes_mtl_rank*')))
 
 
+@needs_accelerate
 def test_cv_fold_on_two_processes(demo_root, odd_fold, tmp_path):
     # a temporary folder of its own: the notebooks that nbdev_test runs alongside make private copies in /tmp too
     out, tmpdir = tmp_path/'study', tmp_path/'tmp'
@@ -79,6 +113,7 @@ def test_cv_fold_on_two_processes(demo_root, odd_fold, tmp_path):
     np.testing.assert_allclose(np.array(m['f1_history'][best]['f1'], dtype=float), f1, atol=1e-9)
 
 
+@needs_accelerate
 def test_train_on_two_processes_near_one(demo_root, odd_fold, tmp_path, mes_mtl):
     args = ('train', '--data', demo_root, *TINY, '--fold', odd_fold, '--epochs', 2)
     r = mes_mtl(*args, '--out', tmp_path/'one', '--bs', 16)  # one process: this one
