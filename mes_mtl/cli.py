@@ -4,207 +4,98 @@
 
 # %% ../nbs/90_cli.ipynb #828c090e
 from __future__ import annotations
-import argparse, json, math, shlex, shutil, sys, tempfile
+import argparse, shlex, sys
+from dataclasses import fields
 from pathlib import Path
 import pandas as pd
 import mes_mtl
-from .errors import UserError, UserFileNotFoundError, UserFileExistsError, UserNotADirectoryError
-from .files import atomic_write, write_json, save_figure, writable_dir, writable_file, Staging, cached_folder
+from .errors import UserError, UserFileNotFoundError, UserNotADirectoryError
+from .files import atomic_write, write_json, save_figure, writable_dir, writable_file, Staging
 from .labels import TASKS
-from .data import IMAGE_EXTS, limuc_items, limuc_summary
-from .demo import make_demo_limuc, demo_limuc
+from .data import IMAGE_EXTS
+from .demo import make_demo_limuc
 from .download import DownloadError
-from .splits import split_items, save_split, read_split, load_split
-from .dataloaders import AUGMENTATIONS, mtl_dataloaders, mtl_test_dl
-from .model import default_size, LIMUC_SIZE, PAPER_ARCHS
+from .splits import read_split, save_split, split_diff
+from .dataloaders import mtl_dataloaders
+from .config import (RunConfig, DEMO_PRESETS, PAPER_PRESETS, STUDY_MAY_CHANGE, COUNT, INDEX, read_config,
+                            check_folder, config_changes)
 from .results import finished_folds
-from .study import (CVConfig, ADDED_SETTINGS, Interrupted, check_study, claim_study, check_folds, split_diff,
-                           run_cv, settings_changes, study_learner)
-from .baselines import METHODS
+from .study import Interrupted, check_folds, run_cv
+from .train import prepare_data, run_train
 from .methods import write_method_comparison
 from .bench import bench_args, run_bench
 from .video import video_args, run_video
 from .parallel import import_ray, JobsFailed
-from .distributed import init_distributed, rank_folder_first, data_parallel
-from .metrics import report_table, markdown_table, plot_confusion_matrices
+from .distributed import init_distributed, rank_folder_first
+from .metrics import report_table, markdown_table
 
 # %% auto #0
-__all__ = ['DEMO_DEFAULTS', 'PAPER_DEFAULTS', 'CV_DEMO_DEFAULTS', 'CV_PAPER_DEFAULTS', 'METHOD_SETTINGS', 'COUNT', 'INDEX',
-           'FOLDS', 'SIZE', 'POSITIVE', 'NON_NEGATIVE', 'UNIT', 'SHARE', 'COMMANDS', 'data_root', 'prepare_data',
-           'check_out', 'prepare', 'train', 'print_summary', 'cv', 'check_comparable', 'compare_studies', 'predict',
-           'parser', 'main']
+__all__ = ['METHOD_SETTINGS', 'COMMANDS', 'add_config_options', 'config_from_args', 'prepare', 'print_summary', 'train', 'cv',
+           'check_comparable', 'compare_studies', 'predict', 'parser', 'main']
 
-# %% ../nbs/90_cli.ipynb #edb0f0d4
-def data_root(items: pd.DataFrame) -> Path:
-    "The dataset root: the folder that `key`s are relative to."
-    p, k = Path(items.path[0]), Path(items.key[0])
-    return p.parents[len(k.parts) - 1]
+# %% ../nbs/90_cli.ipynb #111fa4dc
+def _path(text: str) -> Path:
+    "A path option: `~` expanded, made absolute (so that a config.json never depends on the working directory)."
+    return Path(text).expanduser().absolute()
 
-def _demo(out: Path, n_images: int, seed: int, log=print) -> Path:
-    "The demo dataset in `out/demo_data`: a copy of the cached one (`demo_limuc`), so that the run holds its data."
-    data = out/'demo_data'
-    if not data.exists():
-        log(f"No --data given: copying the demo dataset ({n_images} images) into {data}")
-        cached_folder(data, lambda dest: shutil.copytree(demo_limuc(n_images, max(20, n_images // 10), seed), dest))
-    return data
+def _shown(value) -> str:
+    return ' '.join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
-def prepare_data(out: Path,  # the output folder: its split.csv is reused while the images match it
-                 data=None,  # the LIMUC folder; None: the demo dataset (made in `out` if missing)
-                 n_folds: int = 10,  # cross-validation folds of a new split
-                 group: bool = True,  # split by patient (else by image, the paper)
-                 seed: int = 0,  # the seed of a new split (and of the demo data)
-                 skip_bad: bool = False,  # leave unreadable images out with a warning (else: refuse)
-                 overwrite: bool = False,  # split afresh, even where `out` holds a split
-                 demo_images: int = 400,  # images of the demo dataset
-                 log=print,  # where the summary lines go
-                ) -> pd.DataFrame:
-    "Read (or make, if `data` is None) the dataset; split it, or reuse `out/split.csv` while the images match it."
-    out = Path(out)
-    data = _demo(out, demo_images, seed, log) if data is None else Path(data)
-    items = limuc_items(data, skip_bad=skip_bad)
-    log(f"\nDataset {data}: {len(items)} images, {items.patient.nunique()} patients\n"
-        f"{limuc_summary(items).to_string()}")
-    manifest = out/'split.csv'
-    reuse = manifest.is_file() and not overwrite
-    if reuse:
-        if diff := split_diff(read_split(manifest), items):
-            raise UserError(f"the data in {data} have changed since the split {manifest} was made: {diff}. Restore "
-                            f"them, or pass --overwrite to split the data afresh (a new run, replacing {out}'s).")
-        split = load_split(manifest, data_root(items))
-    else: split = split_items(items, n_folds=n_folds, group_by_patient=group, seed=seed)
-    log(f"\nSplit ({manifest if reuse else 'new'}): {split.is_test.sum()} test images; folds of "
-        f"{split[~split.is_test].groupby('fold').size().tolist()} validation images")
-    return split
+def _default_text(name: str, command: str) -> str:
+    "The defaults of setting `name` for `command`, as `--help` shows them: the paper's, and the demo data's."
+    paper = {**RunConfig.defaults(), **PAPER_PRESETS.get(command, {})}[name]
+    demo = DEMO_PRESETS.get(command, {}).get(name, paper)
+    if name == 'data': return ''
+    shown = ([f"default: {_shown(paper)}"] if paper is not None else []) + ([f"demo: {_shown(demo)}"] if demo != paper else [])
+    return f" ({'; '.join(shown)})" if shown else ''  # a default of None: as the help text says
 
-# %% ../nbs/90_cli.ipynb #b1a20006
-def _data_config(args) -> dict:
-    "The settings that shape the split (what a reused output folder must agree on)."
-    return dict(data=str(args.data) if args.data else None, n_folds=args.folds, group=not args.no_group, seed=args.seed)
+def add_config_options(p: argparse.ArgumentParser, command: str):
+    "Add the `RunConfig` fields that `command` offers to the parser `p`, as options whose default is 'not given'."
+    for f in fields(RunConfig):
+        meta = f.metadata
+        if command not in meta['commands']: continue
+        flag, help = meta['flag'] or '--' + f.name.replace('_', '-'), meta['help'] + _default_text(f.name, command)
+        choices = meta['choices']() if callable(meta['choices']) else meta['choices']
+        kw = dict(dest=f.name, default=None, help=help)
+        if f.type in ('bool', bool): p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif f.name == 'archs' and command == 'cv': p.add_argument(flag, action='append', metavar='NAME', **kw)
+        elif f.name == 'archs': p.add_argument(flag, metavar='NAME', **kw)
+        elif f.name == 'data': p.add_argument(flag, type=_path, **kw)
+        elif f.name in ('size', 'folds'): p.add_argument(flag, type=meta['rule'] or int, nargs='+', **kw)
+        else: p.add_argument(flag, type=meta['rule'] or str, choices=choices, **kw)
 
-def _old_config(out: Path) -> dict:
-    "The settings of the run in `out` ({} if none), in today's terms."
-    if not (fn := out/'config.json').is_file(): return {}
-    old = json.loads(fn.read_text())
-    if 'n_folds' not in old and 'folds' in old: old['n_folds'] = old.pop('folds')  # its name before `n_folds`
-    return {**ADDED_SETTINGS, **old}
+def config_from_args(args, command: str) -> RunConfig:
+    "The `RunConfig` of `command`'s options: those given, else the defaults of the demo data or the paper's."
+    given = {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None}
+    if isinstance(given.get('archs'), str): given['archs'] = [given['archs']]
+    if given.get('size') is not None and len(given['size']) == 1: given['size'] = given['size'][0]
+    if 'data' in given: given['data'] = str(given['data'])
+    preset = (DEMO_PRESETS if args.data is None else PAPER_PRESETS).get(command, {})
+    return RunConfig(**{**preset, **given})
 
-def check_out(out: Path,  # the output folder
-              config: dict,  # the new run's settings
-              overwrite: bool = False,  # the new run will replace the old one: no check
-              log=print,  # where a note on moved data goes
-             ) -> dict:
-    "The settings of the run in `out`, if any; a `UserError` where they differ from `config` (unless `overwrite`)."
-    old = _old_config(out)
-    if not old or overwrite: return old
-    config = json.loads(json.dumps(config))  # as config.json holds it: tuples become lists
-    if changes := settings_changes(old, config, [k for k in config if k != 'data']):
-        raise UserFileExistsError(f"{out} already holds a run with other settings ({changes}). Choose another "
-                                  f"--out, or pass --overwrite to replace it (when the new run has finished).")
-    if old.get('data') != config['data']:
-        log(f"The data are now {config['data'] or 'the demo data'} (were {old.get('data') or 'the demo data'})")
-    return old
-
-def _save_run(st: Staging, config: dict, split: pd.DataFrame):
-    "The run's settings and split manifest, into the staging folder."
-    write_json(config, st.tmp/'config.json')
-    save_split(split, st.tmp/'split.csv')
-
-# %% ../nbs/90_cli.ipynb #4989c9cc
-def _setup(args, config: dict) -> tuple[Path, pd.DataFrame]:
-    "Check the output folder, its settings, the data, the split and fold `args.fold`; writes nothing but the demo data."
-    out = writable_dir(args.out)
-    check_out(out, config, args.overwrite)
-    split = prepare_data(out, args.data, args.folds, not args.no_group, args.seed, args.skip_bad, args.overwrite)
-    check_folds(split, [args.fold], args.bs)
-    return out, split
-
-def _loaders(args, split: pd.DataFrame, st: Staging):
-    "Fold `args.fold`'s DataLoaders; channel statistics cached in the staging folder (from a copy of `out`'s cache)."
-    from fastai.torch_core import set_seed
-    cache = st.tmp/'image_sums.csv'
-    if (old := st.out/'image_sums.csv').is_file() and not args.overwrite: shutil.copy(old, cache)
-    set_seed(args.seed)
-    dls = mtl_dataloaders(split, fold=args.fold, size=args.size, bs=args.bs, augment=args.augment, stats_cache=cache)
-    mean, std = dls.stats
-    print(f"\nFold {args.fold}: {len(dls.train_ds)} training / {len(dls.valid_ds)} validation images; "
-          f"channel mean {mean}, std {std} (training folds); augmentation {args.augment!r}")
-    return dls
-
+# %% ../nbs/90_cli.ipynb #ea4e04a7
 def prepare(args):
     "`mes_mtl prepare`: data, split, statistics and one batch (saved as `batch.png`)."
-    config = dict(command='prepare', **_data_config(args))
-    out, split = _setup(args, config)
+    cfg = config_from_args(args, 'prepare')
+    out = writable_dir(args.out)
+    check_folder(out, cfg.record('prepare'), overwrite=args.overwrite)
+    split = prepare_data(out, cfg, args.skip_bad, args.overwrite)
+    check_folds(split, [cfg.fold], cfg.bs)
     with Staging(out) as st:
-        dls = _loaders(args, split, st)
+        dls = mtl_dataloaders(split, fold=cfg.fold, size=cfg.size, bs=cfg.bs, augment=cfg.augment,
+                              stats_cache=st.tmp/'image_sums.csv')
         x, *ys = dls.one_batch()
         print(f"A training batch: x {tuple(x.shape)} {x.dtype}; targets " +
               ', '.join(f"{k} {y.tolist()}" for k, y in zip(TASKS, ys)) + "  (-1 = task does not apply)")
         import matplotlib.pyplot as plt
         dls.show_batch(max_n=8, nrows=2, figsize=(12, 7))
         save_figure(plt.gcf(), st.tmp/'batch.png')
-        _save_run(st, config, split)
+        write_json(cfg.record('prepare'), st.tmp/'config.json')
+        save_split(split, st.tmp/'split.csv')
         st.commit()
     print(f"Saved {out/'batch.png'} and {out/'split.csv'}")
 
-# %% ../nbs/90_cli.ipynb #cee6397e
-DEMO_DEFAULTS = dict(pretrained=False, size=128, epochs=30, lr=1e-3)
-PAPER_DEFAULTS = dict(pretrained=True, size=None, epochs=200, lr=2e-4)
-
-def _defaults(args, defaults: dict):
-    for k, v in defaults.items():
-        if getattr(args, k) is None: setattr(args, k, v)
-
-def _study_config(args, archs) -> CVConfig:
-    "The training settings of `args` as a `CVConfig`: checked together, in the same way for `train` and `cv`."
-    stage2 = ('f1_epochs', 'f1_lr', 'every_epoch', 'task_weights', 'min_f1', 'smoothing')  # options of `cv` only
-    return CVConfig(archs=archs, epochs=args.epochs, size=args.size, bs=args.bs, lr=args.lr, pretrained=args.pretrained,
-                    seed=args.seed, folds=getattr(args, 'run_folds', None), focal_gamma=args.focal_gamma,
-                    method=args.method, cdw_power=args.cdw_power, augment=args.augment,
-                    **{k: getattr(args, k) for k in stage2 if hasattr(args, k)})
-
-def train(args):
-    "`mes_mtl train`: train on one fold, evaluate on the test set, write the results (see the table above)."
-    from mes_mtl.learner import evaluate_learner
-    from mes_mtl.inference import save_mtl_model
-    from mes_mtl.aggregate import write_patient_results
-    _defaults(args, DEMO_DEFAULTS if args.data is None else PAPER_DEFAULTS)
-    if args.size is None and default_size(args.arch) != LIMUC_SIZE: args.size = list(default_size(args.arch))
-    cfg = _study_config(args, [args.arch])
-    if args.data is None: print(f"Demo run: {', '.join(f'{k}={v}' for k, v in DEMO_DEFAULTS.items())} unless given")
-    config = dict(command='train', arch=args.arch, pretrained=args.pretrained, epochs=args.epochs, lr=args.lr,
-                  fold=args.fold, size=args.size, bs=args.bs, method=cfg.method, focal_gamma=cfg.focal_gamma,
-                  cdw_power=cfg.cdw_power, augment=cfg.augment, **_data_config(args))
-    init_distributed()  # one of several processes of `accelerate launch`: join them (alone: nothing to do)
-    out, split = rank_folder_first(args.out, lambda folder, first: _setup(_in_folder(args, folder, first), config))
-    finished = (out/'metrics.json').is_file()
-    try:
-        with Staging(out) as st:
-            dls = _loaders(args, split, st)
-            learn = study_learner(dls, args.arch, cfg, st.tmp)  # the method, loss and protocol of `mes_mtl cv`
-            print(f"\nTraining {args.arch} (method {cfg.method!r}) for up to {args.epochs} epochs", flush=True)
-            with data_parallel(learn): learn.fit_mtl(args.epochs, log=st.tmp/'history.csv')
-            report, preds = evaluate_learner(learn, mtl_test_dl(dls, split))
-            preds.to_csv(st.tmp/'predictions.csv', index=False)
-            patient = write_patient_results(preds, split, st.tmp, log=(notes := []).append)  # None without ids
-            save_figure(plot_confusion_matrices(report), st.tmp/'confusion_matrices.png')
-            save_mtl_model(learn, st.tmp/'model')
-            _save_run(st, config, split)
-            write_json({**report, **({'patient': patient} if patient else {})}, st.tmp/'metrics.json')
-            st.commit()
-    except KeyboardInterrupt:
-        before = f"the previous results in {out} are intact" if finished else f"{out} holds no finished run"
-        raise Interrupted(f"nothing of this run was saved; {before}") from None
-    print_summary(report, f"Held-out test set ({len(preds)} images), {args.arch} ({cfg.method}), "
-                          f"fold {args.fold} as validation")
-    if notes: print('\n' + '\n'.join(notes))
-    print(f"\nResults in {out}: metrics.json, predictions.csv, {'patients.csv, ' * bool(patient)}"
-          "confusion_matrices.png, history.csv, model/")
-    return report
-
-def _in_folder(args, folder: Path, first: bool) -> argparse.Namespace:
-    "`args` for the run's folder `folder` (the other processes of a data-parallel run reuse it: a private copy)."
-    return argparse.Namespace(**{**vars(args), 'out': folder, 'overwrite': args.overwrite and first})
-
+# %% ../nbs/90_cli.ipynb #06158f84
 def print_summary(report: dict, title: str):
     "A short summary of a report: MES scores, remission vs active, and the per-class table of MES and the tasks."
     m, ra = report['mes'], report['remission_vs_active']
@@ -212,30 +103,34 @@ def print_summary(report: dict, title: str):
           f"remission vs active F1 {ra['f1']:.3f}, kappa {ra['kappa']:.3f}\n")
     print(markdown_table(report_table(report)))
 
-# %% ../nbs/90_cli.ipynb #544de8b3
-CV_DEMO_DEFAULTS = dict(pretrained=False, size=64, epochs=8, f1_epochs=4, lr=1e-3, arch=['resnet18'])
-CV_PAPER_DEFAULTS = dict(pretrained=True, size=None, epochs=200, f1_epochs=None, lr=2e-4, arch=list(PAPER_ARCHS))
+def train(args):
+    "`mes_mtl train`: `run_train` with the options' settings; a summary of the held-out test set."
+    cfg = config_from_args(args, 'train')
+    if args.data is None:
+        print(f"Demo run: {', '.join(f'{k}={_shown(v)}' for k, v in DEMO_PRESETS['train'].items())} unless given")
+    r = run_train(cfg, args.out, args.overwrite, args.skip_bad, log=lambda s: print(s, flush=True))
+    print_summary(r.report, f"Held-out test set ({len(r.predictions)} images), {cfg.arch} ({cfg.method}), "
+                            f"fold {cfg.fold} as validation")
+    print(f"\nResults in {r.out}: metrics.json, predictions.csv, {'patients.csv, ' * bool(r.patient)}"
+          "confusion_matrices.png, history.csv, model/")
+    return r.report
 
+# %% ../nbs/90_cli.ipynb #5ca1f72c
 def cv(args):
     "`mes_mtl cv`: the cross-validation study, resumable; tables and figures in `OUT/results`."
-    _defaults(args, CV_DEMO_DEFAULTS if args.data is None else CV_PAPER_DEFAULTS)
+    cfg = config_from_args(args, 'cv')
     if args.peer and not args.peer.is_file():
         raise UserFileNotFoundError(f"--peer {args.peer}: no such file (a CSV with columns method, class, f1)")
-    cfg = _study_config(args, args.arch)
     if args.workers > 1 or args.ray_address: import_ray()  # Ray is an optional extra: say so before any work
     if init_distributed()[1] > 1 and args.workers > 1:  # one of several processes of `accelerate launch`: join them
         raise UserError("--workers runs folds in parallel, not under accelerate launch: use one or the other")
-    meta = dict(command='cv', **_data_config(args))
-    def setup(folder: Path, first: bool):  # the other processes of a data-parallel run resume what the first claimed
+    def setup(folder: Path, first: bool):  # checks only: `run_cv` claims the folder
         resume, overwrite = args.resume or not first, args.overwrite and first
         folder = writable_dir(folder)
-        check_study(folder, {**meta, **cfg.to_dict()}, resume, overwrite)
-        split = prepare_data(folder, args.data, args.folds, not args.no_group, args.seed, args.skip_bad, overwrite)
-        check_folds(split, cfg.folds if cfg.folds is not None else sorted(split.fold[split.fold >= 0].unique()), cfg.bs)
-        claim_study(folder, {**meta, **cfg.to_dict()}, resume, overwrite)  # only now: everything has been checked
-        return folder, split
-    out, split = rank_folder_first(args.out, setup)
-    tables = run_cv(split, out, cfg, resume=True, meta=meta, verbose=not args.quiet, peer=args.peer,
+        check_folder(folder, cfg.record('cv'), resume, overwrite, STUDY_MAY_CHANGE)
+        return folder, prepare_data(folder, cfg, args.skip_bad, overwrite), resume, overwrite
+    out, split, resume, overwrite = rank_folder_first(args.out, setup)
+    tables = run_cv(split, out, cfg, resume, overwrite, verbose=not args.quiet, peer=args.peer,
                     workers=args.workers, ray_address=args.ray_address)
     res = out/'results'
     print(f"\nTable 1: cross-validation accuracy (mean ± sd over folds)\n{(res/'table1_cv_accuracy.md').read_text()}")
@@ -244,7 +139,7 @@ def cv(args):
           f"(summary.md)")
     return tables
 
-METHOD_SETTINGS = ('command', 'method', 'focal_gamma', 'cdw_power', 'archs', 'data')  # may differ between studies
+METHOD_SETTINGS = ('method', 'focal_gamma', 'cdw_power', 'decode_rule', 'archs', 'data')  # may differ between studies
 
 def check_comparable(studies: dict) -> dict:
     "A `UserError` unless the studies (name -> folder) share one split; the other settings that differ (warned)."
@@ -259,10 +154,10 @@ def check_comparable(studies: dict) -> dict:
         raise UserError(f"the studies were not run on the same images and folds, so their folds cannot be compared "
                         f"(against {ref}: {'; '.join(diffs)}). Run every method with the same --data, --folds, --seed "
                         f"and grouping.")
-    configs = {n: {**ADDED_SETTINGS, **json.loads((f/'config.json').read_text())} for n, f in studies.items()}
+    configs = {n: read_config(f) for n, f in studies.items()}
     keys = [k for k in dict.fromkeys(k for c in configs.values() for k in c) if k not in METHOD_SETTINGS]
-    values = {k: {n: c.get(k) for n, c in configs.items()} for k in keys}
-    differ = {k: v for k, v in values.items() if len({json.dumps(x) for x in v.values()}) > 1}
+    differ = {k: {n: c.get(k) for n, c in configs.items()} for k in keys
+              if any(config_changes(configs[ref], c, [k]) for c in configs.values())}
     if differ:
         what = '; '.join(f"{k} ({', '.join(f'{n}: {v!r}' for n, v in d.items())})" for k, d in differ.items())
         print(f"mes_mtl compare: WARNING: the studies differ in more than the method: {what}. "
@@ -335,82 +230,13 @@ def predict(args):
     return df
 
 # %% ../nbs/90_cli.ipynb #dddff1a0
-def _checked(kind, ok, what: str):
-    "An argparse type: `kind(text)` where `ok` of it, else the error 'must be `what`' (argparse names the option)."
-    def parse(text: str):
-        try: v = kind(text)
-        except ValueError: v = None
-        if v is None or not ok(v): raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
-        return v
-    parse.__name__ = kind.__name__
-    return parse
-
-COUNT = _checked(int, lambda v: v >= 1, 'an integer of at least 1')
-INDEX = _checked(int, lambda v: v >= 0, 'an integer of at least 0')
-FOLDS = _checked(int, lambda v: v >= 2, 'an integer of at least 2')
-SIZE = _checked(int, lambda v: v >= 32, 'an image size of at least 32 (pixels)')
-POSITIVE = _checked(float, lambda v: math.isfinite(v) and v > 0, 'a number > 0')
-NON_NEGATIVE = _checked(float, lambda v: math.isfinite(v) and v >= 0, 'a number >= 0')
-UNIT = _checked(float, lambda v: 0 < v <= 1, 'a number in (0, 1]')
-SHARE = _checked(float, lambda v: 0 <= v < 1, 'a number in [0, 1)')
-
-def _path(text: str) -> Path:
-    "A path option: `~` expanded, made absolute (so that a config.json never depends on the working directory)."
-    return Path(text).expanduser().absolute()
-
-def _add_data_args(p, fold: bool = True):
-    "The data, split and output-folder options (`prepare`, `train`, `cv`)."
-    p.add_argument('--data', type=_path,
-                   help='LIMUC folder (root or one of its three folders); default: the demo dataset')
+def _add_run_options(p, command: str):
+    "The output folder, the run's settings (`add_config_options`) and the data's handling (`prepare`, `train`, `cv`)."
     p.add_argument('--out', type=_path, required=True, help='output folder')
-    p.add_argument('--folds', type=FOLDS, default=10, help='cross-validation folds (default 10)')
-    p.add_argument('--no-group', action='store_true',
-                   help='split images, not patients (the paper; default: by patient)')
-    p.add_argument('--seed', type=INDEX, default=0)
+    add_config_options(p, command)
     p.add_argument('--skip-bad', action='store_true', help='leave unreadable images out with a warning')
     p.add_argument('--overwrite', action='store_true',
                    help='replace a run with other settings (or on changed data) in --out')
-    if fold: p.add_argument('--fold', type=INDEX, default=0, help='validation fold (default 0)')
-
-def _add_loader_args(p):
-    "Image size, batch size and augmentation (`prepare`, `train`, `cv`)."
-    p.add_argument('--size', type=SIZE,
-                   help='resize images to SIZE x SIZE (default: native 352x288; demo: train 128, cv 64)')
-    p.add_argument('--bs', type=COUNT, default=32, help='batch size (default 32)')
-    p.add_argument('--augment', choices=AUGMENTATIONS, default='paper',
-                   help="training augmentation: 'paper' (flip + rotation up to ±180°, for endoscopy; default), "
-                        "'fastai' (fastai's aug_transforms with vertical flips) or 'none' (data with an orientation)")
-
-def _add_model_args(p, several: bool = False):
-    "Backbone, method, loss and training options (`train`, `cv`: the same names, defaults and checks)."
-    if several: p.add_argument('--arch', action='append',
-                               help='timm backbone; repeat for several (default: the five of the paper; demo resnet18)')
-    else: p.add_argument('--arch', default='resnet18',
-                         help='timm backbone (paper: resnet18, resnet50, densenet121, inception_v3, '
-                              'mobilenetv3_large_100; default resnet18)')
-    p.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=None,
-                   help='start from ImageNet weights (needs a network; default: yes with --data, no on the demo data)')
-    p.add_argument('--epochs', type=COUNT,
-                   help='at most this many epochs (early stopping may end sooner; default 200; demo: train 30, cv 8)')
-    p.add_argument('--lr', type=POSITIVE, help='learning rate (default 2e-4, demo 1e-3)')
-    p.add_argument('--method', choices=METHODS, default='mtl',
-                   help="'mtl' (the paper; default) or a single-task baseline, trained in one stage")
-    p.add_argument('--focal-gamma', type=NON_NEGATIVE, default=0.,
-                   help="focal loss with this gamma (methods 'mtl', 'ce'; default 0: cross-entropy)")
-    p.add_argument('--cdw-power', type=POSITIVE, default=2., help="'cdw-ce': power of the class distance (default 2)")
-
-def _add_stage2_args(p):
-    "The F1-based stage 2 of a study (`cv`)."
-    p.add_argument('--f1-epochs', type=COUNT,
-                   help='stage 2 (F1-weighted fine-tuning): at most this many epochs (default: as --epochs, demo 4)')
-    p.add_argument('--f1-lr', type=POSITIVE, help='stage-2 learning rate (default: as --lr)')
-    p.add_argument('--every-epoch', action='store_true',
-                   help='update the F1 weights after every stage-2 epoch (default: once, the paper)')
-    p.add_argument('--smoothing', type=SHARE, default=0.5,
-                   help='--every-epoch: share of the old weights kept at each update (default 0.5)')
-    p.add_argument('--task-weights', action='store_true', help='also re-weight the tasks by 1/macro-F1')
-    p.add_argument('--min-f1', type=UNIT, default=0.05,
-                   help='F1 is clipped from below at this value, in (0, 1] (default 0.05)')
 
 def parser() -> argparse.ArgumentParser:
     "The `mes_mtl` argument parser."
@@ -430,21 +256,13 @@ def parser() -> argparse.ArgumentParser:
                        description='Download and extract LIMUC from Zenodo (record 5827695): resumable, md5-verified.')
     p.add_argument('dest', type=_path)
     p.add_argument('--keep-zips', action='store_true')
-    p = sub.add_parser('prepare', help='read, split and load the data; report a batch')
-    _add_data_args(p)
-    _add_loader_args(p)
-    p = sub.add_parser('train', help='train on one fold, evaluate on the held-out test set (the main job)')
-    _add_data_args(p)
-    _add_loader_args(p)
-    _add_model_args(p)
+    _add_run_options(sub.add_parser('prepare', help='read, split and load the data; report a batch'), 'prepare')
+    _add_run_options(sub.add_parser('train', help='train on one fold, evaluate on the held-out test set (the main job)'),
+                     'train')
     p = sub.add_parser('cv', help='the cross-validation study: backbones x folds, F1 optimisation, tables and figures',
                        description='The study of the paper: every backbone on every fold, stage 1 and F1-weighted '
                                    'stage 2, evaluated on the validation folds and the held-out test set; resumable.')
-    _add_data_args(p, fold=False)
-    _add_loader_args(p)
-    _add_model_args(p, several=True)
-    _add_stage2_args(p)
-    p.add_argument('--run-folds', type=INDEX, nargs='+', help='run only these folds (default: all)')
+    _add_run_options(p, 'cv')
     p.add_argument('--resume', action='store_true', help='continue the study in --out, skipping finished folds')
     p.add_argument('--peer', type=_path,
                    help='CSV of published per-class MES F1 (columns method, class, f1) for Table 2')

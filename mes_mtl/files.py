@@ -13,7 +13,7 @@ from .errors import UserError
 
 # %% auto #0
 __all__ = ['atomic_write', 'json_safe', 'write_json', 'read_json', 'save_figure', 'writable_dir', 'writable_file', 'Staging',
-           'cached_folder']
+           'make_folder', 'cached_folder']
 
 # %% ../nbs/00_files.ipynb #b3617386
 def _temporary(fname: Path) -> Path:
@@ -139,17 +139,24 @@ class Staging:
         return names
 
 # %% ../nbs/00_files.ipynb #8af5d471
+def make_folder(folder: Path,  # the folder to make
+                make,  # make(dest): writes the folder `dest` (a temporary name beside `folder`)
+               ) -> Path:
+    "`folder`, written by `make` under a temporary name beside it and renamed into place when complete."
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f'.{folder.name}.') as tmp:
+        make(Path(tmp)/folder.name)
+        if folder.exists(): shutil.rmtree(folder)  # an incomplete folder (an interrupted older version)
+        os.replace(Path(tmp)/folder.name, folder)
+    return folder
+
 def cached_folder(folder: Path,  # the cached folder
                   make,  # make(dest): writes the folder `dest` (a temporary name beside `folder`)
                   done=Path.is_dir,  # done(folder): whether `folder` is complete
                  ) -> Path:
-    "`folder`, made once by `make` and renamed into place when complete; another process making it meanwhile waits."
+    "`folder`, made once by `make_folder`; another process making it meanwhile waits for it (a file lock)."
     if done(folder): return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f'{folder}.lock'):
         if done(folder): return folder  # another process made it while this one waited
-        with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-            make(Path(tmp)/folder.name)
-            if folder.exists(): shutil.rmtree(folder)  # an incomplete folder (an interrupted older version)
-            os.replace(Path(tmp)/folder.name, folder)
-    return folder
+        return make_folder(folder, make)

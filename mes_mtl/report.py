@@ -4,14 +4,14 @@
 
 # %% ../nbs/20b_report.ipynb #8148356e
 from __future__ import annotations
-import json
 from pathlib import Path
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from .labels import TASKS
 from .metrics import markdown_table, plot_confusion_matrices
 from .files import save_figure
-from .baselines import baseline_loss
+from .config import RunConfig
+from .method import make_method
 from .results import (CLASS_METRICS, PATIENT_COLUMNS, study_metrics, study_items, mean_sd, best_arch,
                              cv_accuracy_table, classwise_table, compare_backbones, compare_stages, peer_table,
                              fold_ensemble, heldout_predictions, heldout_results, ensemble_table, compute_table,
@@ -162,11 +162,6 @@ def _patient_results(out, rule: str) -> tuple[dict, dict, pd.DataFrame, str]:
     return {'patient_cv_accuracy': cv, 'patient_test_results': test}, mds, plong, line + '\n'
 
 # %% ../nbs/20b_report.ipynb #c3b8a1f2
-def _decode_rule(config: dict) -> str:
-    "The rule from the heads to a Mayo score of the study with settings `config` (its config.json)."
-    method = config.get('method', 'mtl')
-    return config.get('decode_rule', 'prob') if method == 'mtl' else baseline_loss(method).decode_rule
-
 def _marked_classwise(cw: pd.DataFrame, tests: pd.DataFrame, best: str) -> pd.DataFrame:
     "The class-wise table as 'mean ± sd' texts, each marked where its backbone differs from `best`."
     vs_best = tests[(tests.arch_a == best) | (tests.arch_b == best)]
@@ -201,8 +196,8 @@ def collect_results(out,  # the study folder
     res = out/'results'
     res.mkdir(exist_ok=True)
     long = study_metrics(out)
-    config = json.loads((out/'config.json').read_text())
-    rule = _decode_rule(config)
+    cfg = RunConfig.from_folder(out)
+    rule = make_method(cfg.method, **cfg.method_settings()).decode_rule  # the heads' decoding of the fold ensembles
     ptables, pmds, plong, pline = _patient_results(out, rule)
     best = best_arch(long)
     t1, cw = cv_accuracy_table(long), classwise_table(long)
@@ -213,7 +208,7 @@ def collect_results(out,  # the study folder
     tables.update(compute=compute_table(out), f1_weights=f1_weight_table(out))
     mds = {'table1_cv_accuracy': mean_sd_table(t1, 'arch', 'column'), 'classwise': _marked_classwise(cw, tests, best),
            'backbone_tests': tests.round(4), 'before_after': _before_after_text(ba), **pmds}
-    method, n_archs, n_folds = config.get('method', 'mtl'), long.arch.nunique(), long.fold.nunique()
+    method, n_archs, n_folds = cfg.method, long.arch.nunique(), long.fold.nunique()
     summary = [f"# Study {out.name}: method {method}, {n_archs} backbone(s), {n_folds} fold(s)\n",
                f"Best backbone by CV MES macro F1: **{best}**. Marks: Wilcoxon {test.replace('ranksum', 'rank-sum')} "
                f"test, * p<0.05, ** p<0.01, *** p<0.001; class-wise marks compare each backbone with {best}.\n",

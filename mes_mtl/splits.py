@@ -4,6 +4,7 @@
 
 # %% ../nbs/03_splits.ipynb #5ad7ee03
 from __future__ import annotations
+import re
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
@@ -14,7 +15,7 @@ from .files import atomic_write
 
 # %% auto #0
 __all__ = ['MANIFEST_COLS', 'SUM_COLS', 'stratified_group_kfold', 'split_items', 'save_split', 'read_split', 'load_split',
-           'image_sums', 'channel_stats']
+           'split_diff', 'image_sums', 'channel_stats']
 
 # %% ../nbs/03_splits.ipynb #0fec9009
 def stratified_group_kfold(y, groups, n_splits: int, seed: int | None = 0):
@@ -106,6 +107,31 @@ def load_split(fname, root) -> pd.DataFrame:
                                 f"Pass the LIMUC root the manifest was made with "
                                 f"(the folder above '{df.key[0].split('/')[0]}').")
     return df
+
+# %% ../nbs/03_splits.ipynb #219ccd19
+def _examples(keys, n: int = 3) -> str:
+    keys = sorted(keys)
+    return ', '.join(keys[:n]) + (', ...' if len(keys) > n else '')
+
+def _unlabelled(key: str) -> str: return re.sub(r'(^|/)mayo[\s_-]*[0-3](/|$)', r'\1\2', key, flags=re.I)
+
+def split_diff(saved: pd.DataFrame, new: pd.DataFrame) -> str:
+    "What differs between split manifest `saved` and `new` (a split, or images without folds), by image `key`; or ''."
+    a, b = saved.set_index('key'), new.set_index('key')
+    added, removed = set(b.index) - set(a.index), set(a.index) - set(b.index)
+    moved = {_unlabelled(k) for k in added} & {_unlabelled(k) for k in removed}  # now in another 'Mayo k' folder
+    parts = [f"{len(moved)} image(s) moved to another Mayo folder ({_examples(moved)})"] if moved else []
+    added = [k for k in added if _unlabelled(k) not in moved]
+    removed = [k for k in removed if _unlabelled(k) not in moved]
+    parts += [f"{len(added)} image(s) added ({_examples(added)})"] if added else []
+    parts += [f"{len(removed)} image(s) removed or unreadable ({_examples(removed)})"] if removed else []
+    if {'is_test', 'fold'} <= set(b.columns):
+        na, nb = (int(d.fold.max()) + 1 for d in (a, b))
+        if na != nb: parts.append(f"{na} folds -> {nb}")
+        common = a.index.intersection(b.index)
+        if n := int((a.loc[common, ['is_test', 'fold']] != b.loc[common, ['is_test', 'fold']]).any(axis=1).sum()):
+            parts.append(f"{n} image(s) in another fold or set")
+    return '; '.join(parts)
 
 # %% ../nbs/03_splits.ipynb #bd98b559
 def _image_sums(path) -> list[float]:

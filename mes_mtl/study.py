@@ -4,136 +4,26 @@
 
 # %% ../nbs/20c_study.ipynb #9dafcd85
 from __future__ import annotations
-import contextlib, io, json, math, re, resource, shutil, sys, time, warnings
+import contextlib, io, json, math, resource, shutil, sys, time, warnings
 from collections import Counter
-from dataclasses import dataclass, asdict
+from dataclasses import replace
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastai.torch_core import set_seed
-from fastai.learner import Learner
-from .errors import UserError, UserFileExistsError
+from .errors import UserError
 from .files import write_json
-from .splits import save_split, read_split, image_sums
+from .splits import save_split, read_split, split_diff, image_sums
 from .parallel import run_jobs, JobsFailed
-from .dataloaders import mtl_dataloaders, mtl_test_dl, check_augment
-from .model import PAPER_ARCHS, LIMUC_SIZE, check_arch, default_size
-from .learner import mtl_learner, evaluate_learner
-from .baselines import METHODS, baseline_learner
+from .dataloaders import mtl_dataloaders, mtl_test_dl
+from .config import RunConfig, claim_folder
+from .learner import config_learner, evaluate_learner
 from .inference import save_mtl_model
 from .distributed import data_parallel, num_distrib
 from .results import finished_folds
 from .report import collect_results
 
 # %% auto #0
-__all__ = ['CAN_CHANGE_ON_RESUME', 'MAY_MOVE', 'ADDED_SETTINGS', 'CVConfig', 'settings_changes', 'check_study', 'claim_study',
-           'fold_dir', 'study_learner', 'run_fold', 'split_diff', 'check_folds', 'Interrupted', 'run_cv']
-
-# %% ../nbs/20c_study.ipynb #7d14918f
-@dataclass
-class CVConfig:
-    "Settings of a cross-validation study (the paper's protocol by default)."
-    archs: tuple = tuple(PAPER_ARCHS)  # timm backbones, each trained on every fold
-    epochs: int = 200  # stage 1: at most this many epochs (early stopping)
-    f1_epochs: int | None = None  # stage 2 (F1-weighted fine-tuning): at most this many epochs; None: `epochs`
-    size: int | tuple | None = None  # image size; None: native 352x288 (Inception-v3: 299x299)
-    bs: int = 32  # batch size
-    lr: float = 2e-4  # learning rate of stage 1
-    f1_lr: float | None = None  # learning rate of stage 2; None: `lr`
-    pretrained: bool = True  # start from ImageNet weights
-    seed: int = 0  # seed of every stage (with the fold and stage number)
-    folds: tuple | None = None  # the folds to run; None: all
-    every_epoch: bool = False  # F1WeightedLoss: update after every epoch (else once, the paper)
-    smoothing: float = 0.5  # F1WeightedLoss: share of the old weights kept per update (every_epoch), in [0, 1)
-    min_f1: float = 0.05  # F1WeightedLoss: F1 is clipped from below at this value, in (0, 1]
-    task_weights: bool = False  # F1WeightedLoss: also re-weight the tasks (α, β, γ ∝ 1/macro-F1)
-    lr_patience: int = 15  # epochs without improvement before the learning rate is cut by 5x
-    stop_patience: int = 25  # epochs without improvement before training stops
-    decode_rule: str = 'prob'  # Mayo score from the heads: 'prob' (product rule) or 'hier' (branch first)
-    focal_gamma: float = 0.  # > 0: focal loss in every task of the joint loss (the paper's next step), or in 'ce'
-    method: str = 'mtl'  # 'mtl' (the paper), or a one-stage baseline: 'ce', 'regression', 'cdw-ce', 'coral', 'corn'
-    cdw_power: float = 2.  # 'cdw-ce': the power of the class distance
-    augment: str = 'paper'  # training augmentation: 'paper' (flip, rotation ±180°), 'fastai' or 'none' (see 04)
-
-    def __post_init__(self):
-        self.archs = tuple([self.archs] if isinstance(self.archs, str) else self.archs)
-        for a in self.archs: check_arch(a)
-        if self.folds is not None: self.folds = tuple(int(k) for k in self.folds)
-        if isinstance(self.size, list): self.size = tuple(self.size)
-        self.augment = check_augment(self.augment)
-        for name in ('epochs', 'bs', 'lr_patience', 'stop_patience'):
-            if getattr(self, name) < 1: raise UserError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.f1_epochs is not None and self.f1_epochs < 1:
-            raise UserError(f"f1_epochs must be at least 1; got {self.f1_epochs}")
-        if self.size is not None and min(np.broadcast_to(self.size, 2)) < 1:
-            raise UserError(f"size must be positive (None: native); got {self.size}")
-        for name in ('lr', 'f1_lr'):
-            if (v := getattr(self, name)) is not None and not v > 0: raise UserError(f"{name} must be > 0; got {v}")
-        if not 0 < self.min_f1 <= 1: raise UserError(f"min_f1 must be in (0, 1]; got {self.min_f1}")
-        if not 0 <= self.smoothing < 1: raise UserError(f"smoothing must be in [0, 1); got {self.smoothing}")
-        if self.focal_gamma < 0:
-            raise UserError(f"focal_gamma must be >= 0 (0: plain cross-entropy); got {self.focal_gamma}")
-        if not self.cdw_power > 0: raise UserError(f"cdw_power must be > 0; got {self.cdw_power}")
-        if self.method not in METHODS: raise UserError(f"method must be one of {METHODS}; got {self.method!r}")
-        if self.focal_gamma and self.method not in ('mtl', 'ce'):
-            raise UserError(f"focal_gamma applies to the cross-entropy methods 'mtl' and 'ce', not to {self.method!r}")
-
-    def to_dict(self) -> dict:
-        "The settings as JSON-ready values."
-        return json.loads(json.dumps(asdict(self)))
-
-    def arch_size(self, arch: str):
-        "The image size for `arch`: `size`, or the native size where the backbone accepts it."
-        return self.size if self.size is not None or default_size(arch) == LIMUC_SIZE else default_size(arch)
-
-# %% ../nbs/20c_study.ipynb #cab4a301
-CAN_CHANGE_ON_RESUME = ('archs', 'folds')  # settings a resumed study may extend
-MAY_MOVE = ('data',)  # may differ on resume: the split manifest check (`_check_split`) guards the images themselves
-# settings newer than some studies' config.json, with the value those studies had
-ADDED_SETTINGS = {'focal_gamma': 0., 'method': 'mtl', 'cdw_power': 2., 'augment': 'paper'}
-
-def settings_changes(old: dict, new: dict, keys) -> str:
-    "The settings among `keys` in which `new` differs from `old`, as `key: old -> new`; '' when none differ."
-    return ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys if old.get(k) != new.get(k))
-
-def _saved_n_folds(out: Path) -> int | None:
-    "The number of folds of the split manifest saved in `out` (for studies whose config.json predates `n_folds`)."
-    fn = out/'split.csv'
-    return int(pd.read_csv(fn, usecols=['fold']).fold.max()) + 1 if fn.is_file() else None
-
-def check_study(out,  # the study folder
-                config: dict,  # the study's settings (`CVConfig.to_dict`, with the data's)
-                resume: bool = False,  # continue the study in `out` (the same settings; backbones, folds may be added)
-                overwrite: bool = False,  # delete the study in `out` and start again
-               ) -> dict:
-    "The config.json `claim_study` would write for study `config` in `out`; a `UserError` where it would refuse."
-    out, config = Path(out), json.loads(json.dumps(config))
-    fn = out/'config.json'
-    if not fn.is_file() or overwrite: return config
-    if not resume:
-        raise UserFileExistsError(f"{out} already holds a study. Resume it with --resume (resume=True), start it "
-                                  f"again with --overwrite (overwrite=True, deletes its results), or choose another "
-                                  f"output folder.")
-    old = {**ADDED_SETTINGS, 'n_folds': _saved_n_folds(out), **json.loads(fn.read_text())}
-    fixed = [k for k in config if k not in CAN_CHANGE_ON_RESUME + MAY_MOVE]
-    if changes := settings_changes(old, config, fixed):
-        raise UserError(f"{out} holds a study with other settings ({changes}); "
-                        f"resume it with the same settings, or use --overwrite or another output folder.")
-    return {**config, 'archs': list(dict.fromkeys([*old.get('archs', []), *config.get('archs', [])]))}
-
-def claim_study(out,  # the study folder
-                config: dict,  # the study's settings (`CVConfig.to_dict`, with the data's)
-                resume: bool = False,  # continue the study in `out` (the same settings; backbones, folds may be added)
-                overwrite: bool = False,  # delete the study in `out` and start again
-               ) -> Path:
-    "Create or reuse the study folder `out` for a study with settings `config`, its config.json written atomically."
-    out = Path(out)
-    config = check_study(out, config, resume, overwrite)
-    if (out/'config.json').is_file() and overwrite:
-        for d in ('folds', 'results'): shutil.rmtree(out/d, ignore_errors=True)
-        for f in ('split.csv', 'image_sums.csv'): (out/f).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(config, out/'config.json')
-    return out
+__all__ = ['fold_dir', 'run_fold', 'check_folds', 'Interrupted', 'run_cv']
 
 # %% ../nbs/20c_study.ipynb #62ac4156
 def fold_dir(out, arch: str, fold: int) -> Path:
@@ -145,7 +35,7 @@ def _peak_memory_mb() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 'process RSS'
 
 # %% ../nbs/20c_study.ipynb #bd28d919
-def _stage_dls(split, fold: int, cfg: CVConfig, arch: str, out: Path, stage: int):
+def _stage_dls(split, fold: int, cfg: RunConfig, arch: str, out: Path, stage: int):
     set_seed(cfg.seed * 1000 + fold * 10 + stage)
     return mtl_dataloaders(split, fold=fold, size=cfg.arch_size(arch), bs=cfg.bs, augment=cfg.augment,
                            stats_cache=out/'image_sums.csv')
@@ -166,20 +56,14 @@ def _quiet(learn, verbose: bool):
             for line, n in Counter(map(_warning_line, caught)).items():
                 print(line + (f' ({n} times)' if n > 1 else ''), file=sys.stderr)
 
-def _fit_stage(learn, stage: int, cfg: CVConfig, hist: Path):
+def _fit_stage(learn, stage: int, cfg: RunConfig, hist: Path):
     "Stage 1 (`fit_mtl`) or stage 2 (`fit_f1`, returning its `F1WeightedLoss`) of `cfg`, logged to `hist`."
     if stage == 1:
         learn.fit_mtl(cfg.epochs, log=hist)
         return None
-    return learn.fit_f1(cfg.f1_epochs or cfg.epochs,
-                        lr=cfg.f1_lr or cfg.lr,
-                        log=hist,
-                        every_epoch=cfg.every_epoch,
-                        smoothing=cfg.smoothing,
-                        min_f1=cfg.min_f1,
-                        task_weights=cfg.task_weights)
+    return learn.fit_f1(log=hist, **cfg.stage2())
 
-def _run_stage(learn, stage: int, d: Path, cfg: CVConfig, test_dl, verbose: bool):
+def _run_stage(learn, stage: int, d: Path, cfg: RunConfig, test_dl, verbose: bool):
     "Train one stage, evaluate it on the validation fold and the test set: (reports, predictions, compute, callback)."
     hist = d/f'history_stage{stage}.csv'
     hist.unlink(missing_ok=True)
@@ -207,35 +91,20 @@ def _run_stage(learn, stage: int, d: Path, cfg: CVConfig, test_dl, verbose: bool
     return reports, pd.concat(preds, ignore_index=True), compute, cb
 
 # %% ../nbs/20c_study.ipynb #fea549e5
-def study_learner(dls,  # DataLoaders of `mtl_dataloaders`
-                  arch: str,  # the timm backbone
-                  cfg: CVConfig,  # the study's settings: method, loss and protocol
-                  path,  # the Learner's folder (its `models/` holds the best epoch's weights)
-                 ) -> Learner:
-    "The study's Learner for `cfg.method`: the multi-task model or a single-task baseline, under one protocol."
-    kw = dict(pretrained=cfg.pretrained,
-              focal_gamma=cfg.focal_gamma,
-              lr=cfg.lr,
-              lr_patience=cfg.lr_patience,
-              stop_patience=cfg.stop_patience,
-              path=path)
-    if cfg.method == 'mtl': return mtl_learner(dls, arch, decode_rule=cfg.decode_rule, **kw)
-    return baseline_learner(dls, cfg.method, arch, cdw_power=cfg.cdw_power, **kw)
-
 def run_fold(split: pd.DataFrame,  # the split (`split_items`): test set and folds
              arch: str,  # the timm backbone
              fold: int,  # the validation fold
-             cfg: CVConfig,  # the study's settings
+             cfg: RunConfig,  # the study's settings
              out,  # the study folder: results in `fold_dir(out, arch, fold)`
              verbose: bool = True,  # epoch tables and progress bars (else: silent, warnings afterwards)
             ) -> dict:
-    "Stage 1, stage 2 (multi-task only) and their evaluation for `arch` on `fold`; finished work is reused."
+    "Stage 1, stage 2 (where the method has it) and their evaluation for `arch` on `fold`; finished work is reused."
     out = Path(out)
     d = fold_dir(out, arch, fold)
     if (d/'metrics.json').is_file(): return json.loads((d/'metrics.json').read_text())
     d.mkdir(parents=True, exist_ok=True)
     dls = _stage_dls(split, fold, cfg, arch, out, 1)
-    learn = study_learner(dls, arch, cfg, d)
+    learn = config_learner(dls, replace(cfg, archs=(arch,)), path=d)
     s1, s1_preds = d/'stage1.json', d/'predictions_stage1.csv'
     if s1.is_file() and s1_preds.is_file() and (d/'models'/'stage1.pth').is_file():
         learn.load('stage1', with_opt=False)
@@ -246,7 +115,7 @@ def run_fold(split: pd.DataFrame,  # the split (`split_items`): test set and fol
         write_json(dict(reports, compute=compute), s1)
     stage1 = json.loads(s1.read_text())  # from the files either way: identical results
     reports, preds, compute, extra = {'stage1': stage1}, [pd.read_csv(s1_preds)], {'stage1': stage1.pop('compute')}, {}
-    if cfg.method == 'mtl':  # stage 2: F1-based joint-loss optimisation
+    if learn.loss_func.stages == 2:  # stage 2: F1-based joint-loss optimisation
         learn.dls = _stage_dls(split, fold, cfg, arch, out, 2)
         test_dl = mtl_test_dl(learn.dls, split)
         reports['stage2'], p2, compute['stage2'], cb = _run_stage(learn, 2, d, cfg, test_dl, verbose)
@@ -262,31 +131,7 @@ def run_fold(split: pd.DataFrame,  # the split (`split_items`): test set and fol
     return metrics
 
 # %% ../nbs/20c_study.ipynb #f6d9708c
-def _examples(keys, n: int = 3) -> str:
-    keys = sorted(keys)
-    return ', '.join(keys[:n]) + (', ...' if len(keys) > n else '')
-
-def _unlabelled(key: str) -> str: return re.sub(r'(^|/)mayo[\s_-]*[0-3](/|$)', r'\1\2', key, flags=re.I)
-
-def split_diff(saved: pd.DataFrame, new: pd.DataFrame) -> str:
-    "What differs between split manifest `saved` and `new` (a split, or images without folds), by image `key`; or ''."
-    a, b = saved.set_index('key'), new.set_index('key')
-    added, removed = set(b.index) - set(a.index), set(a.index) - set(b.index)
-    moved = {_unlabelled(k) for k in added} & {_unlabelled(k) for k in removed}  # now in another 'Mayo k' folder
-    parts = [f"{len(moved)} image(s) moved to another Mayo folder ({_examples(moved)})"] if moved else []
-    added = [k for k in added if _unlabelled(k) not in moved]
-    removed = [k for k in removed if _unlabelled(k) not in moved]
-    parts += [f"{len(added)} image(s) added ({_examples(added)})"] if added else []
-    parts += [f"{len(removed)} image(s) removed or unreadable ({_examples(removed)})"] if removed else []
-    if {'is_test', 'fold'} <= set(b.columns):
-        na, nb = (int(d.fold.max()) + 1 for d in (a, b))
-        if na != nb: parts.append(f"{na} folds -> {nb}")
-        common = a.index.intersection(b.index)
-        if n := int((a.loc[common, ['is_test', 'fold']] != b.loc[common, ['is_test', 'fold']]).any(axis=1).sum()):
-            parts.append(f"{n} image(s) in another fold or set")
-    return '; '.join(parts)
-
-def _check_split(split: pd.DataFrame, out: Path) -> pd.DataFrame:
+def _keep_split(split: pd.DataFrame, out: Path) -> pd.DataFrame:
     "Save `split`'s manifest in `out`, or check it equals the one saved there (a resumed study keeps its folds)."
     fn = out/'split.csv'
     if not fn.is_file():
@@ -340,22 +185,21 @@ def _kept(out: Path, jobs: list, current) -> str:
 
 def run_cv(split: pd.DataFrame,  # the split (`split_items`): test set and folds
            out,  # the study folder
-           cfg: CVConfig | None = None,  # the study's settings; None: the paper's (`CVConfig()`)
-           resume: bool = False,  # continue the study in `out` (see `claim_study`)
+           cfg: RunConfig | None = None,  # the study's settings; None: the paper's (`RunConfig()`)
+           resume: bool = False,  # continue the study in `out` (see `claim_folder`)
            overwrite: bool = False,  # delete the study in `out` and start again
-           meta: dict | None = None,  # more settings to record in config.json (the command line's data settings)
            verbose: bool = True,  # epoch tables and progress bars (else: a line per fold)
            peer=None,  # published figures for Table 2 (see `collect_results`)
            workers: int = 1,  # folds at once, as Ray tasks (`mes_mtl.parallel`); 1: one after another here
            ray_address: str | None = None,  # the Ray cluster for them ('auto': this machine's); None: a local one
           ) -> dict:
     "Run (or resume) the study `cfg` on `split` in folder `out`; returns `collect_results`' tables."
-    cfg = cfg or CVConfig()
+    cfg = cfg or RunConfig()
     all_folds = sorted(split.fold[split.fold >= 0].unique().tolist())
     folds = list(cfg.folds) if cfg.folds is not None else all_folds
     check_folds(split, folds, cfg.bs)
-    out = claim_study(out, {**(meta or {}), **cfg.to_dict(), 'n_folds': len(all_folds)}, resume, overwrite)
-    split = _check_split(split, out)
+    out = claim_folder(out, {**cfg.record('cv'), 'n_folds': len(all_folds)}, resume, overwrite)
+    split = _keep_split(split, out)
     jobs = [(a, k) for a in cfg.archs for k in folds]
     todo = [j for j in jobs if not (fold_dir(out, *j)/'metrics.json').is_file()]
     print(f"Study in {out}: {len(cfg.archs)} backbone(s) x {len(folds)} fold(s); "
@@ -378,7 +222,7 @@ def run_cv(split: pd.DataFrame,  # the split (`split_items`): test set and folds
         raise Interrupted(_kept(out, jobs, job)) from None
 
 # %% ../nbs/20c_study.ipynb #d71d0f94
-def _run_parallel(split, out: Path, cfg: CVConfig, todo: list, workers: int, address, peer) -> dict:
+def _run_parallel(split, out: Path, cfg: RunConfig, todo: list, workers: int, address, peer) -> dict:
     "`run_cv`'s folds `todo` as Ray tasks, a line per finished fold; failed folds reported, then raised (`JobsFailed`)."
     times = []
     def report(r, i, n):

@@ -8,12 +8,14 @@ from coral_pytorch.layers import CoralLayer
 from coral_pytorch.losses import coral_loss, corn_loss
 from coral_pytorch.dataset import levels_from_labelbatch, proba_to_label, corn_label_from_logits
 from mes_mtl.labels import TASKS, mes_to_tasks, tasks_to_mes, mes_probs, heads_from_mes, mes_decode
-from mes_mtl.model import MTLModel
+from mes_mtl.model import MTLModel, create_mtl_model
+from mes_mtl.method import METHODS, method_names, make_method
 from mes_mtl.metrics import MTL_METRICS, report_from_predictions
-from mes_mtl.learner import DEFAULT_METRICS, evaluate_learner
-from mes_mtl.baselines import (METHODS, BASELINES, MES_THRESHOLDS, create_mes_model, MESCrossEntropy,
-                               CDWCELoss, MESRegressionLoss, MESCoralLoss, MESCornLoss, coral_head, mes_levels, baseline_loss,
-                               baseline_metrics, baseline_learner)
+from mes_mtl.metrics import mtl_metrics
+from mes_mtl.learner import DEFAULT_METRICS, evaluate_learner, mtl_learner
+from mes_mtl.baselines import (MES_THRESHOLDS, MESCrossEntropy, CDWCELoss, MESRegressionLoss, MESCoralLoss, MESCornLoss,
+                               coral_head, mes_levels)
+BASELINES = ('ce', 'regression', 'cdw-ce', 'coral', 'corn')
 
 MES = torch.tensor([0, 1, 2, 3, 3])
 TASKS_T = torch.as_tensor(mes_to_tasks(MES.numpy()))  # (5, 3)
@@ -21,20 +23,23 @@ LOGITS = torch.tensor([[2., 0., -1., 0.], [0., 1., 0., 0.], [0., 0., 3., 1.], [1
 
 
 def test_methods():
-    assert METHODS == ('mtl', 'ce', 'regression', 'cdw-ce', 'coral', 'corn') and BASELINES == METHODS[1:]
+    "The six methods are registered by name (the multi-task one first), each a class of the interface."
+    assert method_names()[:6] == ('mtl', 'ce', 'cdw-ce', 'regression', 'coral', 'corn')
+    assert [METHODS[m].__name__ for m in BASELINES] == ['MESCrossEntropy', 'MESRegressionLoss', 'CDWCELoss', 'MESCoralLoss',
+                                                       'MESCornLoss']
 
 
 def test_model_shapes():
     torch.manual_seed(0)
     for n_out in (4, 1, 3):
-        m = create_mes_model('resnet18', n_out, pretrained=False)
+        m = create_mtl_model('resnet18', pretrained=False, n_out=n_out)
         assert isinstance(m, MTLModel) and m.single_task and len(m.heads) == 1 and m.n_features == 512
         assert m(torch.randn(2, 3, 32, 32)).shape == (2, n_out)
-    m = create_mes_model('resnet18', 3, pretrained=False, head=coral_head)
+    m = create_mtl_model('resnet18', pretrained=False, n_out=3, head=coral_head)
     assert isinstance(m.heads[0], CoralLayer) and m(torch.randn(2, 3, 32, 32)).shape == (2, 3)
     assert m.heads[0].coral_weights.weight.shape == (1, 512) and m.heads[0].coral_bias.shape == (3,)
-    assert baseline_loss('coral').make_head is coral_head and baseline_loss('corn').make_head is torch.nn.Linear
-    with pytest.raises(ValueError, match="'resnet18'"): create_mes_model('resnet-18', 4, pretrained=False)
+    assert make_method('coral').make_head is coral_head and make_method('corn').make_head is torch.nn.Linear
+    with pytest.raises(ValueError, match="'resnet18'"): create_mtl_model('resnet-18', pretrained=False, n_out=4)
 
 
 def test_mes_from_task_targets():
@@ -169,22 +174,21 @@ def test_unordered_coral_ranks_are_rearranged():
 def test_every_method_decodes_its_probabilities_back():
     g = torch.Generator().manual_seed(2)
     for method in BASELINES:
-        loss = baseline_loss(method)
+        loss = make_method(method)
         act = loss.activation(torch.randn(200, loss.n_out, generator=g) * 2)
         assert (mes_decode(*heads_from_mes(loss.mes_probs(act)), rule=loss.decode_rule) == np.asarray(loss.decodes(act))).all(), method
 
 
-def test_baseline_loss_errors():
-    with pytest.raises(ValueError, match='use `mtl_learner`'): baseline_loss('mtl')
-    with pytest.raises(ValueError, match=r"choose from \('mtl', 'ce', 'regression', 'cdw-ce', 'coral', 'corn'\)"): baseline_loss('svm')
-    with pytest.raises(ValueError, match="focal_gamma applies to method 'ce' only"): baseline_loss('regression', focal_gamma=1.)
-    with pytest.raises(ValueError, match='cdw_power must be > 0'): baseline_loss('cdw-ce', cdw_power=-1.)
-    assert baseline_loss('ce', focal_gamma=2.).focal_gamma == 2. and baseline_loss('cdw-ce', cdw_power=3.).power == 3.
+def test_make_method_errors():
+    with pytest.raises(ValueError, match=r"unknown method 'svm': choose from \('mtl', 'ce', 'cdw-ce'"): make_method('svm')
+    with pytest.raises(ValueError, match=r"method 'regression' takes the settings \(\), not \['focal_gamma'\]"): make_method('regression', focal_gamma=1.)
+    with pytest.raises(ValueError, match='power must be > 0'): make_method('cdw-ce', cdw_power=-1.)
+    assert make_method('ce', focal_gamma=2.).focal_gamma == 2. and make_method('cdw-ce', cdw_power=3.).power == 3.
 
 
 def test_metrics_names_and_values():
-    assert [m.name for m in baseline_metrics(DEFAULT_METRICS)] == list(DEFAULT_METRICS)
-    with pytest.raises(ValueError, match='unknown metric'): baseline_metrics(['kappa'])
+    assert [m.name for m in mtl_metrics(DEFAULT_METRICS)] == list(DEFAULT_METRICS)
+    with pytest.raises(ValueError, match='unknown metric'): mtl_metrics(['kappa'])
 
     class Fake:
         def __init__(self, pred, mes): self.pred, self.yb, self.loss_func = pred, tuple(torch.as_tensor(mes_to_tasks(mes)).T), MESRegressionLoss()
@@ -192,7 +196,7 @@ def test_metrics_names_and_values():
     rng = np.random.default_rng(0)
     mes = rng.integers(0, 4, 50)
     scores = torch.tensor(mes + rng.normal(0, 0.7, 50), dtype=torch.float32)[:, None]
-    mets = baseline_metrics()
+    mets = mtl_metrics()
     for m in mets:
         m.reset(); m.accumulate(Fake(scores[:20], mes[:20])); m.accumulate(Fake(scores[20:], mes[20:]))
     report = report_from_predictions(mes, np.digitize(scores[:, 0].numpy(), MES_THRESHOLDS))
@@ -212,9 +216,11 @@ def demo(demo_root):
 
 def test_learner_errors(demo):
     _, dls, _ = demo
-    with pytest.raises(ValueError, match='use `mtl_learner`'): baseline_learner(dls, 'mtl', pretrained=False)
-    with pytest.raises(ValueError, match='unknown method'): baseline_learner(dls, 'ordinal', pretrained=False)
-    with pytest.raises(ValueError, match="'ce' only"): baseline_learner(dls, 'cdw-ce', pretrained=False, focal_gamma=2.)
+    with pytest.raises(ValueError, match='unknown method'): mtl_learner(dls, pretrained=False, method='ordinal')
+    with pytest.raises(ValueError, match="focal_gamma applies to the methods 'mtl', 'ce', not to 'cdw-ce'"):
+        mtl_learner(dls, pretrained=False, focal_gamma=2., method='cdw-ce')
+    with pytest.raises(ValueError, match="loss_weights and class_weights weight the joint loss"):
+        mtl_learner(dls, pretrained=False, loss_weights=(1, 0, 0), method='ce')
 
 
 @pytest.mark.parametrize('method', BASELINES)
@@ -222,8 +228,8 @@ def test_fit_evaluate_save_load(demo, method, tmp_path):
     from mes_mtl.inference import save_mtl_model, load_mtl_model, MESPredictor
     split, dls, test_dl = demo
     torch.manual_seed(0)
-    learn = baseline_learner(dls, method, pretrained=False, lr=1e-3, path=tmp_path, metrics=['mes_macro_f1', 'primary_acc'])
-    assert (learn.method, learn.arch, learn.model.n_out) == (method, 'resnet18', {'regression': 1, 'coral': 3, 'corn': 3}.get(method, 4))
+    learn = mtl_learner(dls, pretrained=False, lr=1e-3, path=tmp_path, metrics=['mes_macro_f1', 'primary_acc'], method=method)
+    assert (learn.loss_func.name, learn.config.arch, learn.model.n_out) == (method, 'resnet18', {'regression': 1, 'coral': 3, 'corn': 3}.get(method, 4))
     with learn.no_bar(), learn.no_logging(): learn.fit_mtl(1)
     assert learn.recorder.metric_names[3:-1] == ['mes_macro_f1', 'primary_acc'] and np.isfinite(learn.recorder.values[-1][0])
     report, table = evaluate_learner(learn, test_dl)
@@ -235,7 +241,7 @@ def test_fit_evaluate_save_load(demo, method, tmp_path):
     assert report['mes']['accuracy'] == pytest.approx((table.mes_pred == table.mes_true).mean())
     save_mtl_model(learn, tmp_path/'model')
     cfg = json.loads((tmp_path/'model'/'config.json').read_text())
-    assert (cfg['method'], cfg['n_out']) == (method, learn.model.n_out)
+    assert (cfg['method']['name'], cfg['n_out']) == (method, learn.model.n_out)
     model, _ = load_mtl_model(tmp_path/'model')
     assert isinstance(model, MTLModel) and model.single_task and type(model.heads[0]) is type(learn.model.heads[0])
     x = torch.randn(2, 3, 32, 32)
@@ -254,7 +260,7 @@ def test_cli_cv_and_compare_coral(demo_root, tmp_path, capsys):
     d = out/'folds'/'test_resnet'/'fold0'
     m = json.loads((d/'metrics.json').read_text())
     assert m['method'] == 'coral' and set(m) == {'arch', 'fold', 'method', 'stage1'}
-    assert json.loads((d/'model'/'config.json').read_text())['decode_rule'] == 'median'
+    assert json.loads((d/'model'/'config.json').read_text())['method'] == {'name': 'coral'}
     p = pd.read_csv(d/'predictions.csv')
     assert np.allclose(p.filter(like='p_mes').sum(axis=1), 1)
     assert (p.mes_pred == mes_decode(*(p[f'p_{t}'] for t in TASKS), rule='median')).all()

@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 import torch
 
-from mes_mtl.baselines import baseline_learner
 from mes_mtl.cli import main
 from mes_mtl.data import limuc_items
 from mes_mtl.dataloaders import mtl_dataloaders
@@ -26,9 +25,9 @@ def models(demo_root, tmp_path_factory):
     dls = mtl_dataloaders(split, fold=0, size=32, bs=8, num_workers=0)
     root = tmp_path_factory.mktemp('models')
     torch.manual_seed(0)
-    save_mtl_model(mtl_learner(dls, 'resnet18', pretrained=False, path=root, save_name=None), root/'mtl')
+    save_mtl_model(mtl_learner(dls, 'resnet18', pretrained=False, path=root), root/'mtl')
     for method in ('ce', 'regression'):
-        save_mtl_model(baseline_learner(dls, method, 'resnet18', pretrained=False, path=root), root/method)
+        save_mtl_model(mtl_learner(dls, 'resnet18', pretrained=False, path=root, method=method), root/method)
     return root, split[split.is_test].path.tolist()[:6], dls
 
 
@@ -74,6 +73,14 @@ def test_frames_and_arrays(models):
 def _mtime(folder): return (folder/ONNX_FILE).stat().st_mtime_ns
 
 
+def _resave(folder, model, config):
+    "Save `model` and `config` into `folder` as `save_mtl_model` does: the config bound into the weights file."
+    from safetensors.torch import save_model
+    from mes_mtl.inference import CONFIG_KEY
+    save_model(model, str(folder/'model.safetensors'), metadata={CONFIG_KEY: json.dumps(config, sort_keys=True)})
+    (folder/'config.json').write_text(json.dumps(config))
+
+
 def test_cache_reused_and_invalidated(models, tmp_path):
     folder, files = _copy(models, 'mtl', tmp_path), models[1]
     MESPredictor.from_folder(folder, device='cpu', runtime='onnx')
@@ -85,13 +92,12 @@ def test_cache_reused_and_invalidated(models, tmp_path):
     assert _mtime(folder) == exported
     model, config = load_mtl_model(folder)
     with torch.no_grad(): model.heads[0].weight.mul_(-1)  # new weights, the same size
-    from safetensors.torch import save_model
-    save_model(model, str(folder/'model.safetensors'))
+    _resave(folder, model, config)
     fast = MESPredictor.from_folder(folder, device='cpu', runtime='onnx')
     assert _mtime(folder) != exported
     assert np.allclose(fast.mes_probs(files), MESPredictor.from_folder(folder, device='cpu').mes_probs(files), atol=1e-5)
     exported = _mtime(folder)
-    (folder/'config.json').write_text(json.dumps({**config, 'size': [40, 40]}))  # another input size: another graph
+    _resave(folder, model, {**config, 'preprocessing': {**config['preprocessing'], 'size': [40, 40]}})  # another graph
     fast = MESPredictor.from_folder(folder, device='cpu', runtime='onnx')
     assert _mtime(folder) != exported and json.loads((folder/ONNX_RECORD).read_text())['size'] == [40, 40]
     assert fast.mes_probs(files).shape == (len(files), 4)
@@ -133,7 +139,7 @@ def test_read_only_folder(models, tmp_path):
 
 def test_from_learner_in_memory(models, tmp_path):
     dls = models[2]
-    learn = mtl_learner(dls, 'resnet18', pretrained=False, path=tmp_path, save_name=None)
+    learn = mtl_learner(dls, 'resnet18', pretrained=False, path=tmp_path)
     fast = MESPredictor.from_learner(learn, device='cpu', runtime='onnx')
     assert list(tmp_path.iterdir()) == []
     assert np.allclose(fast.mes_probs(models[1]), MESPredictor.from_learner(learn, device='cpu').mes_probs(models[1]), atol=1e-5)
@@ -179,7 +185,7 @@ def test_dynamo_exporter(models):
     "The torch.export-based exporter, the one left where the TorchScript-based one is gone (needs onnxscript)."
     pytest.importorskip('onnxscript')
     model, config = load_mtl_model(models[0]/'ce')
-    fast, data = export_onnx(model, config['size'], exporter='dynamo')
+    fast, data = export_onnx(model, config['preprocessing']['size'], exporter='dynamo')
     x = torch.randn(3, 3, 32, 32)
     with torch.inference_mode(): want = model(x)
     assert fast.record['exporter'] == 'dynamo' and torch.allclose(fast(x), want, atol=1e-4)
@@ -203,7 +209,7 @@ def test_fallback_when_the_torchscript_exporter_is_gone(models, monkeypatch):
     try: import onnxscript  # noqa: F401
     except ImportError:
         with pytest.raises(UserError, match=r"needs the package onnxscript: pip install onnxscript \(the TorchScript-based exporter"):
-            export_onnx(model, config['size'])
+            export_onnx(model, config['preprocessing']['size'])
         return
-    fast, _ = export_onnx(model, config['size'])
+    fast, _ = export_onnx(model, config['preprocessing']['size'])
     assert fast.record['exporter'] == 'dynamo'

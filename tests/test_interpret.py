@@ -10,11 +10,15 @@ import torch.nn.functional as F
 from PIL import Image
 from coral_pytorch.layers import CoralLayer
 
-from mes_mtl.inference import MESPredictor, save_mtl_model
+from mes_mtl.inference import MESPredictor, save_mtl_model, model_config
 import warnings
 from mes_mtl.interpret import (TARGETS, MIN_CAM_CELLS, cam_layer, gradcam, plot_gradcam, plot_worst_cases, target_score,
-                               worst_cases, regression_margins, _gradcam)
-from mes_mtl.baselines import BASELINES, MES_THRESHOLDS, baseline_loss, baseline_learner, create_mes_model
+                               worst_cases, _gradcam)
+from mes_mtl.baselines import MES_THRESHOLDS
+from mes_mtl.method import make_method
+from mes_mtl.dataloaders import Preprocessing
+from mes_mtl.learner import mtl_learner
+BASELINES = ('ce', 'regression', 'cdw-ce', 'coral', 'corn')
 from mes_mtl.errors import UserError
 from mes_mtl.labels import TASKS, mes_decode, mes_probs
 from mes_mtl.model import PAPER_ARCHS, create_mtl_model
@@ -36,8 +40,11 @@ def images(tmp_path):
     return paths
 
 
+PRE = Preprocessing(64, [0.5] * 3, [0.25] * 3)
+
+
 def _predictor(model, rule='prob'):
-    return MESPredictor(model, dict(size=[64, 64], mean=[0.5] * 3, std=[0.25] * 3, decode_rule=rule), device='cpu')
+    return MESPredictor(model, model_config(model, 'resnet18', make_method('mtl', decode_rule=rule), PRE), device='cpu')
 
 
 @pytest.mark.parametrize('arch', list(PAPER_ARCHS))
@@ -174,13 +181,12 @@ def test_coarse_layer_warns_and_names_earlier_layers(model):
 def _baseline(method, seed=0):
     "An untrained resnet18 single-task `MTLModel` for `method` (eval mode) and its loss."
     torch.manual_seed(seed)
-    loss = baseline_loss(method)
-    return create_mes_model('resnet18', loss.n_out, pretrained=False, head=loss.make_head).eval(), loss
+    loss = make_method(method)
+    return create_mtl_model('resnet18', pretrained=False, n_out=loss.n_out, head=loss.make_head).eval(), loss
 
 
 def _baseline_predictor(model, method):
-    cfg = dict(size=[64, 64], mean=[0.5] * 3, std=[0.25] * 3, method=method, decode_rule=baseline_loss(method).decode_rule)
-    return MESPredictor(model, cfg, device='cpu')
+    return MESPredictor(model, model_config(model, 'resnet18', make_method(method), PRE), device='cpu')
 
 
 def _oracle_cam(model, x, layer, score):
@@ -210,9 +216,9 @@ def test_baseline_maps_for_every_grade(method):
 
 @pytest.mark.parametrize('method', [m for m in BASELINES if m != 'regression'])
 def test_log_probs_are_the_methods_probabilities(method):
-    loss = baseline_loss(method)
+    loss = make_method(method)
     out = torch.randn(64, loss.n_out, generator=torch.Generator().manual_seed(2)) * 3
-    np.testing.assert_allclose(loss.mes_log_probs(out).exp().numpy(), loss.mes_probs(loss.activation(out)), atol=1e-5)
+    np.testing.assert_allclose(loss.mes_scores(out).exp().numpy(), loss.mes_probs(loss.activation(out)), atol=1e-5)
     for k in range(4):
         np.testing.assert_allclose(target_score(out, 'mes', torch.full((64,), k), loss).exp().numpy(),
                                    loss.mes_probs(loss.activation(out))[:, k], atol=1e-5)
@@ -238,7 +244,7 @@ def test_baseline_default_class_is_the_decoded_one(method):
     decoded = loss.decodes(act).numpy()
     assert len(set(decoded)) >= 2
     r = _gradcam(pred, imgs)
-    assert r.method == method and (r.classes == decoded).all() and (r.mes == decoded).all()
+    assert r.method.name == method and (r.classes == decoded).all() and (r.mes == decoded).all()
     assert (r.mes == pred.predict(imgs).mes.to_numpy()).all()
     np.testing.assert_allclose(r.p_mes, loss.mes_probs(act), atol=1e-6)
     np.testing.assert_allclose(r.maps, gradcam(model, x, cls=decoded), atol=1e-6)
@@ -291,7 +297,7 @@ def test_regression_explains_its_score_up_or_down():
     np.testing.assert_allclose(r.values, s.numpy(), atol=1e-6)
     np.testing.assert_allclose(r.scores, (1.5 - s).numpy(), atol=1e-6)  # the margin of MES 1
     np.testing.assert_allclose(r.p_mes, np.eye(4)[[1, 1, 1]])
-    m = regression_margins(torch.tensor([-1., 0.2, 0.51, 1.7, 2.49, 9.]))
+    m = make_method('regression').mes_scores(torch.tensor([-1., 0.2, 0.51, 1.7, 2.49, 9.]))
     assert m.argmax(1).tolist() == [0, 0, 1, 2, 2, 3] and MES_THRESHOLDS == (0.5, 1.5, 2.5)
 
 
@@ -301,9 +307,9 @@ def test_head_targets_refused_for_baselines(images):
         for obj in (model, _baseline_predictor(model, method)):
             for t in TASKS:
                 with pytest.raises(UserError, match=rf"target '{t}' is a head of the multi-task model; the '(ce|{method})' "
-                                                    r"baseline has one head.*use target='mes'"):
+                                                    r"method has one head.*use target='mes'"):
                     gradcam(obj, images if isinstance(obj, MESPredictor) else torch.randn(1, 3, 64, 64), target=t)
-    with pytest.raises(UserError, match='none of the baselines'):
+    with pytest.raises(UserError, match='is none of the methods'):
         from mes_mtl.model import MTLModel
         gradcam(MTLModel(model.body, 512, n_out=2), torch.randn(1, 3, 64, 64))
 
@@ -331,10 +337,10 @@ def test_baseline_learner_and_saved_model_folder(demo_root, tmp_path):
     split = split_items(limuc_items(demo_root), n_folds=4, seed=0)
     dls = mtl_dataloaders(split, fold=0, size=64, bs=8, num_workers=0)
     torch.manual_seed(0)
-    learn = baseline_learner(dls, 'corn', pretrained=False, path=tmp_path, save_name=None)
+    learn = mtl_learner(dls, pretrained=False, path=tmp_path, method='corn')
     files = split[~split.is_test].drop_duplicates('mes').sort_values('mes').path.tolist()
     pred = MESPredictor.from_folder(save_mtl_model(learn, tmp_path/'corn'), device='cpu')
-    assert pred.method == 'corn'
+    assert pred.method.name == 'corn'
     learn.model.train()
     cam = gradcam(learn, files)
     assert learn.model.training and all(p.grad is None for p in learn.model.parameters())
@@ -344,5 +350,5 @@ def test_baseline_learner_and_saved_model_folder(demo_root, tmp_path):
     np.testing.assert_allclose(gradcam(learn, files, cls=pred.predict(files).mes.to_numpy()), cam, atol=1e-5)
     fig = plot_gradcam(learn, files, mes_true=[0, 1, 2, 3])
     assert len(fig.axes) == 16 and 'corn baseline' in fig._suptitle.get_text()
-    with pytest.raises(UserError, match="the 'corn' baseline has one head"): gradcam(learn, files, target='remission')
+    with pytest.raises(UserError, match="the 'corn' method has one head"): gradcam(learn, files, target='remission')
     plt.close('all')

@@ -12,7 +12,7 @@ def test_learner_module_alone_gives_both_training_stages():
     assert out.stdout.strip() == 'True'
 
 
-def test_fit_mtl_needs_a_protocol_and_positive_epochs(demo_root):
+def test_fit_mtl_needs_run_settings_and_positive_epochs(demo_root):
     from mes_mtl.data import limuc_items
     from mes_mtl.splits import split_items
     from mes_mtl.dataloaders import mtl_dataloaders
@@ -20,7 +20,7 @@ def test_fit_mtl_needs_a_protocol_and_positive_epochs(demo_root):
     split = split_items(limuc_items(demo_root), n_folds=3, seed=0)
     dls = mtl_dataloaders(split, fold=0, size=32, bs=16)
     learn = mtl_learner(dls, 'resnet18', pretrained=False)
-    assert (learn.arch, learn.method, learn.protocol.max_epochs) == ('resnet18', 'mtl', 200)
+    assert (learn.config.arch, learn.loss_func.name, learn.config.epochs) == ('resnet18', 'mtl', 200)
     with pytest.raises(UserError, match='at least 1; got 0'): learn.fit_mtl(0)
     plain = Learner(dls, learn.model, loss_func=learn.loss_func)
-    with pytest.raises(AttributeError, match='no training protocol'): plain.fit_mtl(1)
+    with pytest.raises(AttributeError, match='no run settings'): plain.fit_mtl(1)

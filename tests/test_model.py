@@ -7,7 +7,7 @@ from torch.utils.data import TensorDataset
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 
-from mes_mtl.model import (PAPER_ARCHS, MTLModel, check_arch, create_mtl_model, create_mes_model, default_size,
+from mes_mtl.model import (PAPER_ARCHS, MTLModel, check_arch, create_mtl_model, default_size,
                            feature_width, mtl_splitter)
 
 
@@ -41,13 +41,14 @@ def test_unknown_arch_suggests_close_names():
 
 def test_default_size():
     assert default_size('resnet18') == (288, 352)
-    assert default_size('inception_v3') == (299, 299)
+    assert default_size('inception_v3') == (288, 352)  # takes any size: the native one, as the others
+    assert default_size('vit_small_patch16_224') == (224, 224)  # a fixed input size: timm's pretrained_cfg
 
 
 def test_one_model_class_for_one_head_and_three():
     "A single-task model is the same class: one head, one output tensor, the multi-task model's state_dict keys."
     torch.manual_seed(0)
-    mtl, one = create_mtl_model('resnet18', pretrained=False), create_mes_model('resnet18', 4, pretrained=False)
+    mtl, one = create_mtl_model('resnet18', pretrained=False), create_mtl_model('resnet18', pretrained=False, n_out=4)
     x = torch.randn(2, 3, 64, 64)
     assert type(mtl) is type(one) is MTLModel and (mtl.single_task, one.single_task) == (False, True)
     assert isinstance(mtl(x), tuple) and one(x).shape == (2, 4)
