@@ -33,7 +33,7 @@ from .metrics import report_table, markdown_table
 __all__ = ['METHOD_SETTINGS', 'COMMANDS', 'add_config_options', 'config_from_args', 'prepare', 'print_summary', 'train', 'cv',
            'check_comparable', 'compare_studies', 'predict', 'parser', 'main']
 
-# %% ../nbs/90_cli.ipynb #111fa4dc
+# %% ../nbs/90_cli.ipynb #2d91f12b
 def _path(text: str) -> Path:
     "A path option: `~` expanded, made absolute (so that a config.json never depends on the working directory)."
     return Path(text).expanduser().absolute()
@@ -73,7 +73,7 @@ def config_from_args(args, command: str) -> RunConfig:
     preset = (DEMO_PRESETS if args.data is None else PAPER_PRESETS).get(command, {})
     return RunConfig(**{**preset, **given})
 
-# %% ../nbs/90_cli.ipynb #ea4e04a7
+# %% ../nbs/90_cli.ipynb #c1ff383f
 def prepare(args):
     "`mes_mtl prepare`: data, split, statistics and one batch (saved as `batch.png`)."
     cfg = config_from_args(args, 'prepare')
@@ -95,7 +95,7 @@ def prepare(args):
         st.commit()
     print(f"Saved {out/'batch.png'} and {out/'split.csv'}")
 
-# %% ../nbs/90_cli.ipynb #06158f84
+# %% ../nbs/90_cli.ipynb #b9d6747c
 def print_summary(report: dict, title: str):
     "A short summary of a report: MES scores, remission vs active, and the per-class table of MES and the tasks."
     m, ra = report['mes'], report['remission_vs_active']
@@ -115,7 +115,7 @@ def train(args):
           "confusion_matrices.png, history.csv, model/")
     return r.report
 
-# %% ../nbs/90_cli.ipynb #5ca1f72c
+# %% ../nbs/90_cli.ipynb #5fe6df67
 def cv(args):
     "`mes_mtl cv`: the cross-validation study, resumable; tables and figures in `OUT/results`."
     cfg = config_from_args(args, 'cv')

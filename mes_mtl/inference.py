@@ -25,7 +25,7 @@ __all__ = ['MODEL_FILES', 'MODEL_FORMAT', 'CONFIG_KEY', 'RUNTIMES', 'ONNX_FILE',
            'EXPORTERS', 'model_config', 'learner_config', 'save_mtl_model', 'read_model_config', 'model_method',
            'load_mtl_model', 'MESPredictor', 'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model']
 
-# %% ../nbs/16_inference.ipynb #f444c2a4
+# %% ../nbs/16_inference.ipynb #482aa71c
 MODEL_FILES = ('model.safetensors', 'config.json')
 MODEL_FORMAT = 2  # the version of the model folder's format: 2 binds config and weights
 CONFIG_KEY = 'mes_mtl_config'  # the safetensors metadata entry that holds the config
@@ -53,7 +53,7 @@ def save_mtl_model(learn, path) -> Path:
     write_json(config, path/'config.json')
     return path
 
-# %% ../nbs/16_inference.ipynb #0e16fe5e
+# %% ../nbs/16_inference.ipynb #29747f36
 def _from_format1(config: dict) -> dict:
     "A config of format 1 (settings at the top level, no `format`) in today's layout."
     name = config.get('method', 'mtl')  # folders written before the baselines hold multi-task models

@@ -86,7 +86,7 @@ def heads_from_mes(p_mes) -> list[np.ndarray]:
     branch = lambda a, b: np.divide(p[:, b], p[:, a] + p[:, b], out=np.full(len(p), 0.5), where=(p[:, a] + p[:, b]) > 0)
     return [np.clip(p[:, 2] + p[:, 3], 0, 1), branch(0, 1), branch(2, 3)]  # clip: float rounding can give 1 + 2e-16
 
-# %% ../nbs/00_labels.ipynb #81ae7222
+# %% ../nbs/00_labels.ipynb #db91a32b
 def mes_pred_to_tasks(mes_pred) -> np.ndarray:
     "Task predictions (n, 3) from predicted Mayo scores: branch `mes >= 2`, each sub-task its branch's nearest grade."
     mes = check_mes(mes_pred)

@@ -19,10 +19,10 @@ from .errors import UserError
 __all__ = ['PAPER_ARCHS', 'default_size', 'check_arch', 'eval_mode', 'feature_width', 'MTLModel', 'create_body',
            'create_mtl_model', 'mtl_splitter']
 
-# %% ../nbs/10_model.ipynb #622bce55
+# %% ../nbs/10_model.ipynb #ea718205
 PAPER_ARCHS = ('resnet18', 'resnet50', 'densenet121', 'inception_v3', 'mobilenetv3_large_100')  # timm names
 
-# %% ../nbs/10_model.ipynb #d293da36
+# %% ../nbs/10_model.ipynb #f5e3042c
 def default_size(arch: str) -> tuple[int, int]:
     "Training image size (h, w) for `arch`: LIMUC's native 288 x 352, or the backbone's own if it takes no other."
     cfg = timm.get_pretrained_cfg(parse_model_name(arch)[1]) if timm.is_model(parse_model_name(arch)[1]) else None

@@ -72,7 +72,7 @@ class PlainTrainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=learn.lr, weight_decay=learn.wd or 0.)
         self.loader = DataLoader(TensorDataset(images, targets), batch_size=dls.bs, shuffle=True, drop_last=True,
                                  num_workers=workers, pin_memory=self.device.type == 'cuda')
-        self.mean, self.std = (torch.tensor(s, device=self.device).view(1, 3, 1, 1) for s in dls.stats)
+        self.mean, self.std = (torch.tensor(s, device=self.device).view(1, 3, 1, 1) for s in dls.preprocessing.stats)
 
     def step(self, batch):
         "One training step on a batch of uint8 images and targets: augment, normalise, forward, loss, backward, update."
@@ -151,7 +151,7 @@ def train_throughput(items: pd.DataFrame, # the images, e.g. from `bench_items`
     split = cache.attach(bench_split(items, (WARMUP + steps) * bs))
     set_seed(seed)
     dls = mtl_dataloaders(split, fold=0, bs=bs, stats=stats, num_workers=workers, device=device)
-    learn = mtl_learner(dls, arch, pretrained=False, save_name=None)
+    learn = mtl_learner(dls, arch, pretrained=False)
     runs = {'fastai': lambda: fastai_timed_epoch(learn, steps)}
     if compare:
         train = split[split.fold == 1]
