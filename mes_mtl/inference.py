@@ -16,6 +16,7 @@ from .labels import TASKS, LABEL_TABLE, mes_probs, mes_decode, heads_from_mes
 from .model import create_mtl_model, create_mes_model, MTLModel
 from .baselines import METHODS, baseline_loss
 from .errors import UserError, UserFileNotFoundError
+from .extras import require
 from .files import atomic_write, write_json
 
 # %% auto #0
@@ -189,11 +190,8 @@ ONNX_ATOL = ONNX_RTOL = 1e-3  # outputs (logits) of ONNX Runtime must equal PyTo
 
 def onnx_runtime():
     "The `onnxruntime` module; a `UserError` saying what to install if it or `onnx` (the exporter's) is missing."
-    try: import onnx, onnxruntime  # noqa: F401
-    except ImportError as e:
-        raise UserError(f"runtime='onnx' needs the packages onnx and onnxruntime, and {e.name} is not installed: "
-                        "pip install mes_mtl[onnx]") from None
-    return onnxruntime
+    require('onnx', 'onnx')
+    return require('onnxruntime', 'onnx')
 
 def _export_torchscript(model, x, names) -> bytes:
     "The TorchScript-based exporter (torch <= 2.x; deprecated since 2.9): batch dimension dynamic."

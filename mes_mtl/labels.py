@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['MES_CLASSES', 'TASKS', 'IGNORE', 'TASK_CLASSES', 'LABEL_TABLE', 'HEAD_COLUMNS', 'MES_COLUMNS', 'check_mes',
-           'mes_to_tasks', 'tasks_to_mes', 'class1_prob', 'mes_probs', 'heads_from_mes', 'mes_decode']
+__all__ = ['MES_CLASSES', 'TASKS', 'IGNORE', 'TASK_CLASSES', 'LABEL_TABLE', 'HEAD_COLUMNS', 'MES_COLUMNS', 'LIMUC_SIZE',
+           'check_mes', 'mes_to_tasks', 'tasks_to_mes', 'class1_prob', 'mes_probs', 'heads_from_mes', 'mes_decode']
 
 # %% ../nbs/00_labels.ipynb #439453cc
 MES_CLASSES = (0, 1, 2, 3)
@@ -98,3 +98,6 @@ def mes_decode(p_primary, p_remission, p_active, rule: str = 'prob') -> np.ndarr
         return np.where(act > 0.5, 2 + (three > 0.5), (one > 0.5).astype(int))
     if rule == 'median': return (np.cumsum(mes_probs(p_primary, p_remission, p_active), -1)[..., :-1] < 0.5).sum(-1)
     raise ValueError(f"rule must be 'prob' or 'hier' (or 'median', the ordinal baselines' rule); got {rule!r}")
+
+# %% ../nbs/00_labels.ipynb #49daa30c
+LIMUC_SIZE = (288, 352)  # (height, width) of every LIMUC image, the order of torch and fastai: 352 x 288 px (w x h)

@@ -11,8 +11,7 @@ from torch import nn
 import timm
 from timm.models import parse_model_name
 from fastai.torch_core import params
-from .labels import TASKS, TASK_CLASSES
-from .demo import LIMUC_SIZE
+from .labels import TASKS, TASK_CLASSES, LIMUC_SIZE
 from .errors import UserError
 
 # %% auto #0

@@ -16,7 +16,8 @@ from .files import write_json
 from .splits import save_split, read_split, image_sums
 from .parallel import run_jobs, JobsFailed
 from .dataloaders import mtl_dataloaders, mtl_test_dl, check_augment
-from .model import PAPER_ARCHS, LIMUC_SIZE, check_arch, default_size
+from .labels import LIMUC_SIZE
+from .model import PAPER_ARCHS, check_arch, default_size
 from .learner import mtl_learner, evaluate_learner
 from .baselines import METHODS, baseline_learner
 from .inference import save_mtl_model
