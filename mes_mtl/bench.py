@@ -4,29 +4,33 @@
 
 # %% ../nbs/32_bench.ipynb #f3888359
 from __future__ import annotations
-import argparse, itertools, json, tempfile, time
+import argparse, itertools, tempfile, time
 from pathlib import Path
 from typing import Callable
 import numpy as np, pandas as pd, torch
 import torch.nn.functional as F
 from fastai.torch_core import set_seed
 import matplotlib.pyplot as plt
-from .labels import mes_probs
+from .errors import UserError
+from .files import write_json
+from .labels import LIMUC_SIZE, mes_probs
+from .demo_video import make_demo_video
 from .splits import channel_stats
-from .dataloaders import default_workers
-from .model import create_mtl_model, check_arch, default_size, LIMUC_SIZE
-from .inference import MESPredictor, onnx_runtime
+from .dataloaders import Preprocessing, default_workers
+from .method import make_method
+from .model import create_mtl_model, check_arch, default_size
+from .config import COUNT, INDEX, PIXELS, image_size
+from .inference import MESPredictor, model_config, onnx_runtime
 from .metrics import markdown_table
 from .cache import ImageCache
-from .errors import UserError
-from .video import video_bench, video_bench_table
+from .video import VideoReader, score_video
 from .profiling import time_interleaved, machine_info, machine_label
 from .reference import bench_items, train_throughput, loader_cases, loader_throughput
 
 # %% auto #0
 __all__ = ['LIMUC_IMAGES', 'DEFAULT_ARCHS', 'BENCH_DEFAULTS', 'QUICK_DEFAULTS', 'optimised_forward', 'inference_throughput',
-           'study_estimate', 'bench_args', 'bench_settings', 'run_bench', 'bench_tables', 'bench_targets',
-           'bench_report', 'plot_bench']
+           'study_estimate', 'video_throughput', 'video_runtimes', 'video_bench', 'video_bench_table', 'bench_args',
+           'bench_settings', 'run_bench', 'bench_tables', 'bench_targets', 'bench_report', 'plot_bench']
 
 # %% ../nbs/32_bench.ipynb #b5008b5d
 def _mes(outputs) -> np.ndarray:
@@ -87,12 +91,13 @@ def inference_throughput(arch: str, # timm backbone
     "Latency at batch size 1 and throughput at `bs` of `arch`'s bare forward, `MESPredictor` and an optimised path."
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     set_seed(seed)
-    config = dict(arch=arch, size=list(default_size(arch)), mean=stats[0], std=stats[1], decode_rule='prob')
-    pred = MESPredictor(create_mtl_model(arch, pretrained=False), config, device=device)
+    model = create_mtl_model(arch, pretrained=False)
+    config = model_config(model, arch, make_method('mtl'), Preprocessing(default_size(arch), *stats))
+    pred = MESPredictor(model, config, device=device)
     bare = torch.inference_mode()(pred.model)
     batch_files = [files[i % len(files)] for i in range(bs)]
     one, batch, frames = pred.preprocess(files[:1]), pred.preprocess(batch_files), itertools.cycle(files)
-    res, start = dict(arch=arch, size=config['size'], bs=bs), time.perf_counter()
+    res, start = dict(arch=arch, size=list(pred.size), bs=bs), time.perf_counter()
     fast, note, fast_pred = optimised_forward(pred, one, optimise)
     res['optimised'] = dict(method=note, setup_s=time.perf_counter() - start) if fast else dict(skipped=note)
     as_input = (lambda x: x.contiguous()) if fast_pred else (lambda x: x)  # ONNX Runtime takes NCHW memory as it is
@@ -132,10 +137,88 @@ def study_estimate(train_images_per_s: dict[str, float], # arch -> training imag
                          study_h=epoch_s * epochs * folds / 3600))
     return pd.DataFrame(rows)
 
+# %% ../nbs/32_bench.ipynb #a329b6dd
+def video_throughput(arch: str, # timm backbone (random weights)
+                     runtime: str = 'torch', # `MESPredictor`'s runtime: 'torch' or 'onnx'
+                     seconds: float = 4.0, # length of the demo video at 25 frames/s
+                     bs: int = 16, # frames per model call
+                     rounds: int = 3, # rounds in which the video path and the bare forward take turns
+                     device=None, # default: the GPU when there is one
+                     stats=None, # channel means and standard deviations (default: 0.5 and 0.25)
+                     folder=None, # where the demo video is written (a temporary folder inside it)
+                     seed: int = 0, # seed of the weights and the video
+                    ) -> dict:
+    "Frames/s of `score_video` on a demo video at 352x288 and of the bare forward on the same frames."
+    torch.manual_seed(seed)
+    mean, std = stats or ([0.5] * 3, [0.25] * 3)
+    model = create_mtl_model(arch, pretrained=False)
+    config = model_config(model, arch, make_method('mtl'), Preprocessing(default_size(arch), mean, std))
+    pred = MESPredictor(model, config, device=device, runtime=runtime)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        video = Path(tmp)/'video.mp4'
+        make_demo_video(video, segments=((0, seconds / 2), (2, seconds / 2)), artefacts=(), seed=seed)
+        reader = VideoReader(video)
+        first = [f for _, (_, _, f) in zip(range(4 * bs), reader)]  # up to 4 batches for the bare forward
+        reader.close()
+        batches = [pred.preprocess(first[i:i + bs]) for i in range(0, len(first), bs)]
+        def bare() -> float:
+            t0 = time.perf_counter()
+            for x in batches: pred.heads(x)
+            return len(first) / (time.perf_counter() - t0)
+        bare()  # warm-up
+        score_video(video, pred, bs=bs, progress=False)
+        bare_fps, runs = [], []
+        for _ in range(rounds):  # in turns, so that both see the same load of a shared machine
+            bare_fps.append(bare())
+            runs.append(score_video(video, pred, bs=bs, progress=False).summary)
+    run = sorted(runs, key=lambda r: r['speed']['wall_s'])[len(runs) // 2]  # the median run
+    s, n = run['speed'], run['n_frames']
+    median_bare = float(np.median(bare_fps))
+    stage_ms = {f"{k}_ms": s[f'{k}_s'] / n * 1e3 for k in ('decode', 'quality', 'model', 'smoothing')}
+    return dict(arch=arch, runtime=runtime, size=list(pred.size), bs=bs, frames=n, rounds=rounds, fps=s['frames_per_s'],
+                bare_fps=median_bare, ratio=s['frames_per_s'] / median_bare, realtime_factor=s['realtime_factor'],
+                **stage_ms, device=str(pred.device), threads=torch.get_num_threads())
+
+def video_runtimes() -> list[str]:
+    "The runtimes `MESPredictor` offers here: torch, and onnx where ONNX Runtime (the `onnx` extra) is installed."
+    try: onnx_runtime()
+    except UserError: return ['torch']
+    return ['torch', 'onnx']
+
+def video_bench(archs, # timm backbones
+                runtimes=None, # `MESPredictor` runtimes (default: `video_runtimes()`)
+                seconds: float = 4.0, # length of the demo video at 25 frames/s
+                bs: int = 16, # frames per model call
+                rounds: int = 3, # rounds in which the paths take turns
+                device=None, # default: the GPU when there is one
+                stats=None, # channel means and standard deviations
+                folder=None, # where the demo videos are written
+                log=print, # called with a line per run; None: quiet
+               ) -> dict:
+    "`video_throughput` of each backbone with each runtime: per backbone `fps` and `runtime` of the fastest, all runs."
+    res = {}
+    for arch in archs:
+        runs = {}
+        for rt in runtimes or video_runtimes():
+            stages = 'decode -> quality -> model -> smoothing'
+            if log: log(f"      video {arch} with {rt}: {stages}, {seconds:g} s at 352x288")
+            runs[rt] = video_throughput(arch, rt, seconds, bs, rounds, device, stats, folder)
+        best = max(runs.values(), key=lambda r: r['fps'])
+        res[arch] = dict(fps=best['fps'], runtime=best['runtime'], realtime_factor=best['realtime_factor'],
+                         runtimes=runs)
+    return res
+
+def video_bench_table(res: dict) -> pd.DataFrame:
+    "The runs of `video_bench` as a table: one row per backbone and runtime."
+    cols = ['fps', 'bare_fps', 'ratio', 'realtime_factor', 'decode_ms', 'quality_ms', 'model_ms', 'smoothing_ms']
+    rows = [dict(arch=a, runtime=rt, **{c: r[c] for c in cols})
+            for a, v in res.items() for rt, r in v['runtimes'].items()]
+    return pd.DataFrame(rows)
+
 # %% ../nbs/32_bench.ipynb #1e0e3e43
 DEFAULT_ARCHS = ('resnet18', 'mobilenetv3_large_100')
 BENCH_DEFAULTS = dict(images=64, bs=32, steps=3, rounds=3, reps=20, infer_bs=32)
-QUICK_DEFAULTS = dict(images=16, size=[80], bs=4, steps=1, rounds=1, reps=2, infer_bs=2)
+QUICK_DEFAULTS = dict(images=16, size=80, bs=4, steps=1, rounds=1, reps=2, infer_bs=2)
 
 def bench_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add the options of `mes_mtl bench` to the parser `p`."
@@ -146,39 +229,33 @@ def bench_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
                    help='default: cuda when there is a GPU')
     p.add_argument('--quick', action='store_true', help='tiny settings: a smoke test of seconds, not a measurement')
-    p.add_argument('--size', type=int, nargs='+', metavar='PX',
+    p.add_argument('--size', type=PIXELS, nargs='+', metavar='PX',
                    help='training and data-loading size, PX (square) or H W '
                         '(default: 128 on a CPU, native 288 352 on a GPU); '
                         "inference runs at each backbone's study size (native 352x288, Inception-v3 299x299)")
-    p.add_argument('--bs', type=int, help=f"training batch size (default {BENCH_DEFAULTS['bs']})")
-    p.add_argument('--steps', type=int,
+    p.add_argument('--bs', type=COUNT, help=f"training batch size (default {BENCH_DEFAULTS['bs']})")
+    p.add_argument('--steps', type=COUNT,
                    help=f"timed training steps per round and path (default {BENCH_DEFAULTS['steps']})")
-    p.add_argument('--rounds', type=int,
+    p.add_argument('--rounds', type=COUNT,
                    help=f"rounds in which the compared paths take turns (default {BENCH_DEFAULTS['rounds']})")
-    p.add_argument('--workers', type=int, help='DataLoader workers (default: none on a CPU, up to 8 on a GPU)')
-    p.add_argument('--infer-bs', type=int, help=f"the large inference batch (default {BENCH_DEFAULTS['infer_bs']})")
-    p.add_argument('--reps', type=int, help=f"timed inference calls at batch size 1 (default {BENCH_DEFAULTS['reps']}; "
-                                            "a tenth of them, at least 1, at the large batch)")
+    p.add_argument('--workers', type=INDEX, help='DataLoader workers (default: none on a CPU, up to 8 on a GPU)')
+    p.add_argument('--infer-bs', type=COUNT, help=f"the large inference batch (default {BENCH_DEFAULTS['infer_bs']})")
+    p.add_argument('--reps', type=COUNT,
+                   help=f"timed inference calls at batch size 1 (default {BENCH_DEFAULTS['reps']}; "
+                        "a tenth of them, at least 1, at the large batch)")
     p.add_argument('--optimise', choices=('onnx', 'compile', 'none'), default='onnx',
                    help='optimised inference path: ONNX Runtime (default; CPU, needs onnx and onnxruntime), '
                         'torch.compile, or none')
-    p.add_argument('--threads', type=int,
+    p.add_argument('--threads', type=COUNT,
                    help="PyTorch's (and ONNX Runtime's) CPU threads (default: PyTorch's, one per core; "
                         "1 on a machine busy with other work)")
-    p.add_argument('--epochs', type=int, default=200, help='epochs per fold in the full-study estimate (default 200)')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--epochs', type=COUNT, default=200, help='epochs per fold in the full-study estimate (default 200)')
+    p.add_argument('--seed', type=INDEX, default=0)
     return p
 
 # %% ../nbs/32_bench.ipynb #71910f6e
-def _bench_size(size: list | None, device: torch.device) -> tuple[int, int]:
-    "The training (h, w) of `--size`: its default on `device`, one size for both sides; a `UserError` if too small."
-    if size is None: size = list(LIMUC_SIZE) if device.type == 'cuda' else [128]
-    if len(size) not in (1, 2) or min(size) < 32:
-        raise UserError(f"--size takes one or two sizes of at least 32 px; got {size}")
-    return tuple(size * 2 if len(size) == 1 else size)
-
 def bench_settings(args) -> argparse.Namespace:
-    "`args` of `bench_args` with the defaults filled in and checked: architectures, device, sizes, counts."
+    "`args` of `bench_args` with the defaults filled in: architectures, device, training size (h, w), workers."
     s = argparse.Namespace(**vars(args))
     for k, v in (QUICK_DEFAULTS if args.quick else BENCH_DEFAULTS).items():
         if getattr(s, k, None) is None: setattr(s, k, v)
@@ -186,11 +263,7 @@ def bench_settings(args) -> argparse.Namespace:
     has_gpu = torch.cuda.is_available()
     if s.device == 'cuda' and not has_gpu: raise UserError("--device cuda: PyTorch sees no GPU here")
     s.device = torch.device(s.device if s.device != 'auto' else 'cuda' if has_gpu else 'cpu')
-    s.size = _bench_size(s.size, s.device)
-    for k in ('bs', 'steps', 'rounds', 'reps', 'infer_bs', 'epochs', 'threads'):
-        value = getattr(s, k)
-        if value is not None and value < 1:
-            raise UserError(f"--{k.replace('_', '-')} must be at least 1; got {value}")
+    s.size = image_size(s.size or (LIMUC_SIZE if s.device.type == 'cuda' else 128), '--size')
     s.workers = default_workers() if s.workers is None else s.workers
     return s
 
@@ -263,16 +336,10 @@ def _run_bench(s: argparse.Namespace) -> dict:
     res['study'] = _study_part(s, train_ips, res['inference'])
     res['seconds'] = time.perf_counter() - start
     _log('\n' + bench_report(res))
-    if s.json: _write_json(res, Path(s.json))
+    if s.json:
+        write_json(res, s.json)
+        _log(f"\nResults written to {s.json}")
     return res
-
-def _write_json(res: dict, fname: Path):
-    "Write `res` to `fname` atomically (a temporary file, then a rename) and say so."
-    fname.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fname.with_name(f".{fname.name}.tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    tmp.replace(fname)
-    _log(f"\nResults written to {fname}")
 
 # %% ../nbs/32_bench.ipynb #ca021e6c
 def _train_table(t: dict) -> pd.DataFrame:
@@ -369,7 +436,7 @@ def bench_report(res: dict) -> str:
         + markdown_table(tables['study'], 1)]
     if 'video' in res:
         parts.append("Video end to end (decode, quality, model, smoothing) at 352x288 against the bare forward on the "
-                     "same frames (see `mes_mtl.video.video_throughput`):\n\n"
+                     "same frames (see `mes_mtl.bench.video_throughput`):\n\n"
                      + markdown_table(video_bench_table(res['video']), 2))
     parts.append("Targets:\n\n" + markdown_table(bench_targets(res), 3))
     return '\n\n'.join(parts)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, shlex, sys
 from dataclasses import fields
 from pathlib import Path
-import pandas as pd
+import pandas as pd, torch
 import mes_mtl
 from .errors import UserError, UserFileNotFoundError, UserNotADirectoryError
 from .files import atomic_write, write_json, save_figure, writable_dir, writable_file, Staging
@@ -17,23 +17,27 @@ from .demo import make_demo_limuc
 from .download import DownloadError
 from .splits import read_split, save_split, split_diff
 from .dataloaders import mtl_dataloaders
-from .config import (RunConfig, DEMO_PRESETS, PAPER_PRESETS, STUDY_MAY_CHANGE, COUNT, INDEX, read_config,
-                            check_folder, config_changes)
+from .config import (RunConfig, DEMO_PRESETS, PAPER_PRESETS, STUDY_MAY_CHANGE, COUNT, INDEX, POSITIVE,
+                            NON_NEGATIVE, read_config, check_folder, config_changes)
 from .results import finished_folds
 from .study import Interrupted, check_folds, run_cv
 from .train import prepare_data, run_train
 from .methods import write_method_comparison
 from .bench import bench_args, run_bench
-from .video import video_args, run_video
+from .extras import require
+from .inference import MESPredictor
+from .quality import QualityThresholds
+from .video import VideoReader, VideoResult, score_video, save_video_result
 from .parallel import import_ray, JobsFailed
 from .distributed import init_distributed, rank_folder_first
 from .metrics import report_table, markdown_table
 
 # %% auto #0
 __all__ = ['METHOD_SETTINGS', 'COMMANDS', 'add_config_options', 'config_from_args', 'prepare', 'print_summary', 'train', 'cv',
-           'check_comparable', 'compare_studies', 'predict', 'parser', 'main']
+           'check_comparable', 'compare_studies', 'predict', 'parser', 'video_args', 'load_predictor', 'run_video',
+           'main']
 
-# %% ../nbs/90_cli.ipynb #2d91f12b
+# %% ../nbs/90_cli.ipynb #27800a9e
 def _path(text: str) -> Path:
     "A path option: `~` expanded, made absolute (so that a config.json never depends on the working directory)."
     return Path(text).expanduser().absolute()
@@ -73,7 +77,7 @@ def config_from_args(args, command: str) -> RunConfig:
     preset = (DEMO_PRESETS if args.data is None else PAPER_PRESETS).get(command, {})
     return RunConfig(**{**preset, **given})
 
-# %% ../nbs/90_cli.ipynb #c1ff383f
+# %% ../nbs/90_cli.ipynb #6db06d55
 def prepare(args):
     "`mes_mtl prepare`: data, split, statistics and one batch (saved as `batch.png`)."
     cfg = config_from_args(args, 'prepare')
@@ -95,7 +99,7 @@ def prepare(args):
         st.commit()
     print(f"Saved {out/'batch.png'} and {out/'split.csv'}")
 
-# %% ../nbs/90_cli.ipynb #b9d6747c
+# %% ../nbs/90_cli.ipynb #13ce469d
 def print_summary(report: dict, title: str):
     "A short summary of a report: MES scores, remission vs active, and the per-class table of MES and the tasks."
     m, ra = report['mes'], report['remission_vs_active']
@@ -115,7 +119,7 @@ def train(args):
           "confusion_matrices.png, history.csv, model/")
     return r.report
 
-# %% ../nbs/90_cli.ipynb #5fe6df67
+# %% ../nbs/90_cli.ipynb #eaaed5b2
 def cv(args):
     "`mes_mtl cv`: the cross-validation study, resumable; tables and figures in `OUT/results`."
     cfg = config_from_args(args, 'cv')
@@ -303,6 +307,85 @@ def parser() -> argparse.ArgumentParser:
                    help="'onnx': ONNX Runtime, several times faster on a CPU (pip install mes_mtl[onnx]; "
                         "the export is cached in the model folder)")
     return ap
+
+# %% ../nbs/90_cli.ipynb #5786fa89
+def _threshold(text: str) -> tuple[str, float]:
+    "A `--threshold` NAME=VALUE: a field of `QualityThresholds` and a number it accepts."
+    name, sep, value = text.partition('=')
+    names = list(QualityThresholds().to_dict())
+    if not sep or name not in names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=VALUE with NAME one of {', '.join(names)}")
+    try: number = float(value)
+    except ValueError: raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not a number") from None
+    try: QualityThresholds(**{name: number})  # the bound's own check (>= 0; width at least 16)
+    except ValueError as e: raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+    return name, number
+
+def video_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    "Add the arguments of `mes_mtl video` to the parser `p`."
+    p.add_argument('videos', nargs='+', type=Path, metavar='VIDEO',
+                   help='video files (anything FFmpeg reads: MP4, AVI, MKV, WebM, ...)')
+    p.add_argument('--model', type=Path, required=True, help='model folder (OUT/model of `mes_mtl train`)')
+    p.add_argument('--out', type=Path, required=True,
+                   help='output folder (one subfolder per video when there are several)')
+    g = p.add_mutually_exclusive_group()
+    g.add_argument('--every', type=COUNT, default=1, metavar='N', help='score every N-th frame (default: every frame)')
+    g.add_argument('--fps', type=POSITIVE, metavar='F', help='score frames at about F frames per second')
+    p.add_argument('--window', type=NON_NEGATIVE, default=1.0, metavar='S',
+                   help='smoothing window in seconds (default 1)')
+    p.add_argument('--min-length', type=NON_NEGATIVE, default=2.0, metavar='S',
+                   help='shortest segment in seconds (default 2)')
+    p.add_argument('--threshold', type=_threshold, action='append', default=[], metavar='NAME=VALUE',
+                   help='an informative-frame bound of QualityThresholds, e.g. min_sharpness=10 (repeatable)')
+    p.add_argument('--crop', type=INDEX, nargs=4, metavar=('X', 'Y', 'W', 'H'),
+                   help='score only this area of the frames (pixels)')
+    p.add_argument('--bs', type=COUNT, default=16, help='frames per model call (default 16)')
+    p.add_argument('--runtime', choices=('torch', 'onnx'), default='torch', help='inference runtime (default torch)')
+    p.add_argument('--device', help='torch device (default: cuda when there is a GPU)')
+    p.add_argument('--threads', type=COUNT, help='CPU threads for the model (default: one per core)')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return p
+
+def _out_dirs(videos: list[Path], out: Path) -> list[Path]:
+    "`out` for one video, else one subfolder of `out` per video, named after it (made unique)."
+    if len(videos) == 1: return [out]
+    names, dirs = {}, []
+    for v in videos:
+        n = names[v.stem] = names.get(v.stem, 0) + 1
+        dirs.append(out/(v.stem if n == 1 else f'{v.stem}-{n}'))
+    return dirs
+
+def load_predictor(model, runtime: str = 'torch', device=None) -> MESPredictor:
+    "`MESPredictor.from_folder(model)` with `runtime`, its errors as `UserError`s naming the folder."
+    if not Path(model).is_dir():
+        raise UserError(f"--model {model}: no such folder; "
+                        "give the model folder written by `mes_mtl train` (OUT/model)")
+    try: return MESPredictor.from_folder(model, device=device, runtime=runtime)
+    except (FileNotFoundError, ValueError) as e: raise UserError(f"--model: {e}") from None
+
+def run_video(args) -> list[VideoResult]:
+    "`mes_mtl video`: score each video of `args.videos`, write its results and print its Mayo score."
+    require('av', 'video')
+    thresholds = QualityThresholds(**dict(args.threshold))
+    # every file checked before any is scored
+    for v in args.videos: VideoReader(v, args.every, args.fps, args.crop).close()
+    threads = torch.get_num_threads()
+    if args.threads: torch.set_num_threads(args.threads)
+    try:
+        pred = load_predictor(args.model, args.runtime, args.device)
+        results = []
+        for video, out in zip(args.videos, _out_dirs(args.videos, args.out)):
+            res = score_video(video, pred, args.every, args.fps, args.window, args.min_length, thresholds, args.bs,
+                              args.crop, progress=not args.no_progress)
+            save_video_result(res, out)
+            warning = res.summary['warning']
+            if warning: print(f"mes_mtl video: warning: {video}: {warning}; scored the frames before", file=sys.stderr)
+            sp = res.summary['speed']
+            speed = f"{sp['frames_per_s']:.0f} frames/s, {sp['realtime_factor']:.2f}x real time"
+            print(f"{video}: {res.summary['message']} ({speed}) -> {out}")
+            results.append(res)
+        return results
+    finally: torch.set_num_threads(threads)
 
 # %% ../nbs/90_cli.ipynb #fe1bac34
 def _demo_data(args):

@@ -9,17 +9,16 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image, ImageFilter
 from fastprogress.fastprogress import progress_bar
-from .labels import MES_CLASSES, check_mes
+from .labels import MES_CLASSES, LIMUC_SIZE, check_mes
 from .errors import UserError, UserFileExistsError, UserNotADirectoryError
 from .files import cached_folder
 
 # %% auto #0
-__all__ = ['LIMUC_SIZE', 'CUE_RAMPS', 'NORMAL_RGB', 'ERYTHEMA_RGB', 'VESSEL_RGB', 'BLOOD_RGB', 'FIBRIN_RGB', 'WHITE',
-           'SEVERITY_JITTER', 'MES_PROPORTIONS', 'PATIENT_SPREAD', 'DEMO_VERSION', 'severity_cues', 'mucosa_image',
-           'demo_image', 'mes_counts', 'demo_layout', 'make_demo_limuc', 'cache_root', 'demo_limuc']
+__all__ = ['CUE_RAMPS', 'NORMAL_RGB', 'ERYTHEMA_RGB', 'VESSEL_RGB', 'BLOOD_RGB', 'FIBRIN_RGB', 'WHITE', 'SEVERITY_JITTER',
+           'MES_PROPORTIONS', 'PATIENT_SPREAD', 'DEMO_VERSION', 'severity_cues', 'mucosa_image', 'demo_image',
+           'mes_counts', 'demo_layout', 'make_demo_limuc', 'cache_root', 'demo_limuc']
 
 # %% ../nbs/01_demo.ipynb #941dc61d
-LIMUC_SIZE = (288, 352)  # (height, width) of every LIMUC image, the order of torch and fastai: 352 x 288 px (w x h)
 CUE_RAMPS = {            # severity at which a cue appears and at which it is at full strength
     'erythema': (0.2, 2.4), 'vessel_loss': (0.1, 1.9), 'vessel_blur': (0.2, 1.6), 'granularity': (0.9, 2.6),
     'friability': (0.6, 2.6), 'erosions': (1.3, 2.6), 'bleeding': (2.2, 3.4), 'ulcers': (2.3, 3.4)}

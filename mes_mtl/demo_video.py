@@ -12,21 +12,14 @@ from PIL import Image, ImageFilter
 from scipy.ndimage import uniform_filter1d
 from .errors import UserError, UserFileExistsError
 from .files import atomic_write
-from .labels import check_mes
-from .demo import mucosa_image, LIMUC_SIZE
+from .labels import check_mes, LIMUC_SIZE
+from .extras import require
+from .demo import mucosa_image
 
 # %% auto #0
 __all__ = ['DEMO_SEGMENTS', 'DEMO_ARTEFACTS', 'ARTEFACTS', 'VIEW_SECONDS', 'FADE_SECONDS', 'TEXTURE_SCALE', 'PAN_HZ', 'ZOOM',
-           'ZOOM_PERIOD', 'WATER_RGB', 'require_av', 'demo_video_truth', 'camera_path', 'view_frame', 'motion_blur',
-           'spoil', 'demo_video_frames', 'video_codec', 'write_video', 'count_frames', 'make_demo_video']
-
-# %% ../nbs/06_demo_video.ipynb #38f0e077
-def require_av():
-    "The `av` module (PyAV), or a `UserError` saying how to install it."
-    try: import av
-    except ImportError: raise UserError("reading and writing video needs PyAV, which is not installed: "
-                                        "pip install 'mes_mtl[video]' (or pip install av)") from None
-    return av
+           'ZOOM_PERIOD', 'WATER_RGB', 'demo_video_truth', 'camera_path', 'view_frame', 'motion_blur', 'spoil',
+           'demo_video_frames', 'video_codec', 'write_video', 'count_frames', 'make_demo_video']
 
 # %% ../nbs/06_demo_video.ipynb #7bf1eeaf
 DEMO_SEGMENTS = ((0, 4.0), (1, 4.0), (3, 4.0), (2, 4.0))  # (Mayo score, seconds) of each segment, in order
@@ -126,7 +119,7 @@ def demo_video_frames(truth: pd.DataFrame, size=LIMUC_SIZE, seed: int = 0):
 # %% ../nbs/06_demo_video.ipynb #782b5379
 def video_codec(codec: str | None = None) -> str:
     "`codec` if this FFmpeg build can encode it; by default libx264, or mpeg4 where libx264 is missing."
-    av = require_av()
+    av = require('av', 'video')
     if codec is None: return 'libx264' if 'libx264' in av.codecs_available else 'mpeg4'
     try: av.codec.Codec(codec, 'w')
     except Exception: raise UserError(f"codec {codec!r}: this FFmpeg build (PyAV {av.__version__}) cannot encode it; "
@@ -140,7 +133,7 @@ def write_video(frames, # an iterable of (h, w, 3) uint8 RGB arrays, all one eve
                 crf: int = 18, # libx264's constant rate factor (lower: better quality)
                ) -> Path:
     "Encode `frames` (an iterable of (h, w, 3) uint8 arrays, all one even size) to the video file `dest`, atomically."
-    av, codec, dest = require_av(), video_codec(codec), Path(dest)
+    av, codec, dest = require('av', 'video'), video_codec(codec), Path(dest)
     opts = {'movflags': '+faststart'} if dest.suffix.lower() in ('.mp4', '.mov', '.m4v') else {}
     def write(tmp):  # the temporary file keeps the suffix, from which FFmpeg chooses the container
         with av.open(str(tmp), 'w', container_options=opts) as out:
@@ -175,7 +168,7 @@ def _runs(truth: pd.DataFrame, key: str, value: str) -> list[dict]:
 
 def count_frames(path) -> int:
     "The number of frames PyAV decodes from the video file `path`."
-    av = require_av()
+    av = require('av', 'video')
     with av.open(str(path)) as c: return sum(1 for _ in c.decode(video=0))
 
 def make_demo_video(dest, # the video file, e.g. `demo_video.mp4`

@@ -18,6 +18,7 @@ from .method import get_method, make_method
 from .dataloaders import Preprocessing
 import mes_mtl.baselines  # registers the single-task methods, so that every saved model loads
 from .errors import UserError, UserFileNotFoundError
+from .extras import require
 from .files import atomic_write, write_json, read_json
 
 # %% auto #0
@@ -25,7 +26,7 @@ __all__ = ['MODEL_FILES', 'MODEL_FORMAT', 'CONFIG_KEY', 'RUNTIMES', 'ONNX_FILE',
            'EXPORTERS', 'model_config', 'learner_config', 'save_mtl_model', 'read_model_config', 'model_method',
            'load_mtl_model', 'MESPredictor', 'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model']
 
-# %% ../nbs/16_inference.ipynb #482aa71c
+# %% ../nbs/16_inference.ipynb #05c8c150
 MODEL_FILES = ('model.safetensors', 'config.json')
 MODEL_FORMAT = 2  # the version of the model folder's format: 2 binds config and weights
 CONFIG_KEY = 'mes_mtl_config'  # the safetensors metadata entry that holds the config
@@ -53,7 +54,7 @@ def save_mtl_model(learn, path) -> Path:
     write_json(config, path/'config.json')
     return path
 
-# %% ../nbs/16_inference.ipynb #29747f36
+# %% ../nbs/16_inference.ipynb #b1268eb9
 def _from_format1(config: dict) -> dict:
     "A config of format 1 (settings at the top level, no `format`) in today's layout."
     name = config.get('method', 'mtl')  # folders written before the baselines hold multi-task models
@@ -238,11 +239,8 @@ ONNX_ATOL = ONNX_RTOL = 1e-3  # outputs (logits) of ONNX Runtime must equal PyTo
 
 def onnx_runtime():
     "The `onnxruntime` module; a `UserError` saying what to install if it or `onnx` (the exporter's) is missing."
-    try: import onnx, onnxruntime  # noqa: F401
-    except ImportError as e:
-        raise UserError(f"runtime='onnx' needs the packages onnx and onnxruntime, and {e.name} is not installed: "
-                        "pip install mes_mtl[onnx]") from None
-    return onnxruntime
+    require('onnx', 'onnx')
+    return require('onnxruntime', 'onnx')
 
 def _export_torchscript(model, x, names) -> bytes:
     "The TorchScript-based exporter (torch <= 2.x; deprecated since 2.9): batch dimension dynamic."

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['MES_CLASSES', 'TASKS', 'IGNORE', 'TASK_CLASSES', 'LABEL_TABLE', 'HEAD_COLUMNS', 'MES_COLUMNS', 'check_mes',
-           'mes_to_tasks', 'tasks_to_mes', 'class1_prob', 'mes_probs', 'heads_from_mes', 'mes_pred_to_tasks',
-           'mes_decode']
+__all__ = ['MES_CLASSES', 'TASKS', 'IGNORE', 'TASK_CLASSES', 'LABEL_TABLE', 'HEAD_COLUMNS', 'MES_COLUMNS', 'LIMUC_SIZE',
+           'check_mes', 'mes_to_tasks', 'tasks_to_mes', 'class1_prob', 'mes_probs', 'heads_from_mes',
+           'mes_pred_to_tasks', 'mes_decode']
 
 # %% ../nbs/00_labels.ipynb #439453cc
 MES_CLASSES = (0, 1, 2, 3)
@@ -86,7 +86,7 @@ def heads_from_mes(p_mes) -> list[np.ndarray]:
     branch = lambda a, b: np.divide(p[:, b], p[:, a] + p[:, b], out=np.full(len(p), 0.5), where=(p[:, a] + p[:, b]) > 0)
     return [np.clip(p[:, 2] + p[:, 3], 0, 1), branch(0, 1), branch(2, 3)]  # clip: float rounding can give 1 + 2e-16
 
-# %% ../nbs/00_labels.ipynb #db91a32b
+# %% ../nbs/00_labels.ipynb #b55a18ab
 def mes_pred_to_tasks(mes_pred) -> np.ndarray:
     "Task predictions (n, 3) from predicted Mayo scores: branch `mes >= 2`, each sub-task its branch's nearest grade."
     mes = check_mes(mes_pred)
@@ -105,3 +105,6 @@ def mes_decode(p_primary, p_remission, p_active, rule: str = 'prob') -> np.ndarr
         return np.where(act > 0.5, 2 + (three > 0.5), (one > 0.5).astype(int))
     if rule == 'median': return (np.cumsum(mes_probs(p_primary, p_remission, p_active), -1)[..., :-1] < 0.5).sum(-1)
     raise ValueError(f"rule must be 'prob' or 'hier' (or 'median', the ordinal baselines' rule); got {rule!r}")
+
+# %% ../nbs/00_labels.ipynb #49daa30c
+LIMUC_SIZE = (288, 352)  # (height, width) of every LIMUC image, the order of torch and fastai: 352 x 288 px (w x h)

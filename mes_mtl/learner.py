@@ -29,7 +29,7 @@ import pandas as pd
 # %% auto #0
 __all__ = ['DEFAULT_METRICS', 'config_learner', 'mtl_learner', 'predictions_table', 'evaluate_learner']
 
-# %% ../nbs/14_learner.ipynb #83351a92
+# %% ../nbs/14_learner.ipynb #25ea90a1
 DEFAULT_METRICS = ('mes_macro_f1', 'mes_qwk', 'mes_accuracy', 'primary_acc', 'remission_acc', 'active_acc')
 
 def _on_gpu(dls) -> bool:
@@ -90,7 +90,7 @@ def mtl_learner(dls,  # DataLoaders of `mtl_dataloaders`
         if class_weights is not None: loss.set_class_weights('all', class_weights)
     return config_learner(dls, config, loss, metrics, **kwargs)
 
-# %% ../nbs/14_learner.ipynb #a15c7f3c
+# %% ../nbs/14_learner.ipynb #b55b22e1
 def _config(learn: Learner) -> RunConfig:
     if (c := getattr(learn, 'config', None)) is not None: return c
     raise AttributeError("this Learner has no run settings: build it with `mtl_learner` or `config_learner`, "
@@ -115,7 +115,7 @@ def fit_mtl(self: Learner,
     self.fit(n_epoch, lr=lr, cbs=cbs)
     return self
 
-# %% ../nbs/14_learner.ipynb #90c2e417
+# %% ../nbs/14_learner.ipynb #185034b4
 def predictions_table(items: pd.DataFrame,  # the images (path, mes), in the order of the probabilities
                       p_primary,  # the primary head's probabilities, (n, 2) or (n,) for class 1
                       p_remission,  # the remission head's

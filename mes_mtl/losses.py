@@ -6,7 +6,6 @@
 from __future__ import annotations
 import numpy as np, torch
 import torch.nn.functional as F
-from torch import nn
 from fastai.torch_core import to_np
 from .labels import TASKS, IGNORE, class1_prob, mes_decode, mes_probs
 from .method import MESMethod, register_method, _check_choice

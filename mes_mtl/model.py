@@ -11,18 +11,17 @@ from torch import nn
 import timm
 from timm.models import parse_model_name
 from fastai.torch_core import params
-from .labels import TASKS, TASK_CLASSES
-from .demo import LIMUC_SIZE
+from .labels import TASKS, TASK_CLASSES, LIMUC_SIZE
 from .errors import UserError
 
 # %% auto #0
 __all__ = ['PAPER_ARCHS', 'default_size', 'check_arch', 'eval_mode', 'feature_width', 'MTLModel', 'create_body',
            'create_mtl_model', 'mtl_splitter']
 
-# %% ../nbs/10_model.ipynb #ea718205
+# %% ../nbs/10_model.ipynb #44c25a4e
 PAPER_ARCHS = ('resnet18', 'resnet50', 'densenet121', 'inception_v3', 'mobilenetv3_large_100')  # timm names
 
-# %% ../nbs/10_model.ipynb #f5e3042c
+# %% ../nbs/10_model.ipynb #41a70989
 def default_size(arch: str) -> tuple[int, int]:
     "Training image size (h, w) for `arch`: LIMUC's native 288 x 352, or the backbone's own if it takes no other."
     cfg = timm.get_pretrained_cfg(parse_model_name(arch)[1]) if timm.is_model(parse_model_name(arch)[1]) else None

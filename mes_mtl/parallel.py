@@ -8,20 +8,16 @@ import heapq, logging, os, re, shutil, tempfile, time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from .errors import UserError
+from .extras import require
 
 # %% auto #0
-__all__ = ['INSTALL_SCALE', 'import_ray', 'local_cores', 'ray_session', 'job_resources', 'JobResult', 'JobsFailed', 'run_job',
-           'run_jobs', 'wall_time']
+__all__ = ['import_ray', 'local_cores', 'ray_session', 'job_resources', 'JobResult', 'JobsFailed', 'run_job', 'run_jobs',
+           'wall_time']
 
 # %% ../nbs/08_parallel.ipynb #201637a2
-INSTALL_SCALE = "pip install 'mes_mtl[scale]' (or pip install ray)"
-
 def import_ray():
-    "The `ray` module, or a `UserError` that says how to install it (it is an optional extra)."
-    try: import ray
-    except ImportError:
-        raise UserError(f"running jobs in parallel (--workers, --ray-address) needs Ray: {INSTALL_SCALE}") from None
-    return ray
+    "The `ray` module, or a `UserError` that says how to install it (the optional extra `scale`: see `require`)."
+    return require('ray', 'scale')
 
 def local_cores() -> int:
     "The CPU cores this process may run on."

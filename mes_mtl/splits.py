@@ -108,7 +108,7 @@ def load_split(fname, root) -> pd.DataFrame:
                                 f"(the folder above '{df.key[0].split('/')[0]}').")
     return df
 
-# %% ../nbs/03_splits.ipynb #ea53c9dc
+# %% ../nbs/03_splits.ipynb #314833b1
 def _examples(keys, n: int = 3) -> str:
     keys = sorted(keys)
     return ', '.join(keys[:n]) + (', ...' if len(keys) > n else '')

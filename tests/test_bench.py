@@ -1,8 +1,9 @@
-"""`mes_mtl bench` (`mes_mtl.bench.run_bench`): bad input, and the report of a saved run. The smoke run with tiny
-settings (`--quick`) and its JSON are checked in `nbs/32_bench.ipynb`, which runs it."""
+"""`mes_mtl bench` (`mes_mtl.bench.run_bench`): bad input, the report of a saved run, a short run of the video path.
+The smoke run with tiny settings (`--quick`) and its JSON are checked in `nbs/32_bench.ipynb`, which runs it."""
 import argparse, json
 import pytest, torch
 from mes_mtl.bench import bench_args, run_bench
+from mes_mtl.cli import main
 
 
 def parse(*argv):
@@ -11,12 +12,23 @@ def parse(*argv):
 
 @pytest.mark.parametrize('argv,msg', [
     (('--arch', 'resnet-18'), "unknown timm architecture 'resnet-18': did you mean 'resnet18'"),
-    (('--size', 8), 'at least 32 px'),
-    (('--size', 64, 64, 64), 'one or two sizes'),
-    (('--steps', 0), '--steps must be at least 1'),
+    (('--size', 64, 64, 64), '--size must be one or two image sizes'),
 ])
 def test_bad_input(argv, msg):
     with pytest.raises(ValueError, match=msg): run_bench(parse('--quick', *argv))
+
+
+@pytest.mark.parametrize('option,value,why', [
+    ('--size', 8, 'an image size of at least 32 (pixels)'), ('--steps', 0, 'an integer of at least 1'),
+    ('--bs', 0, 'an integer of at least 1'), ('--rounds', 0, 'an integer of at least 1'),
+    ('--infer-bs', 0, 'an integer of at least 1'), ('--reps', 0, 'an integer of at least 1'),
+    ('--threads', 0, 'an integer of at least 1'), ('--epochs', 0, 'an integer of at least 1'),
+    ('--workers', -1, 'an integer of at least 0'), ('--seed', 'x', 'an integer of at least 0'),
+])
+def test_refused_by_the_parser(option, value, why, capsys):
+    "A number out of range is refused by the parser, naming the option (exit code 2), before anything runs."
+    assert main(['bench', '--quick', option, str(value)]) == 2
+    assert f"argument {option}: must be {why}; got '{value}'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
@@ -45,3 +57,14 @@ def test_optimised_forward_rejects_unknown_path():
     with pytest.raises(ValueError, match="'onnx', 'compile' or 'none'"):
         optimised_forward(None, torch.zeros(1), 'tensorrt')
     assert optimised_forward(None, torch.zeros(1), 'none') == (None, 'not asked for', None)
+
+
+def test_video_bench():
+    "The video path of `mes_mtl bench`: frames/s end to end and of the bare forward, per backbone and runtime."
+    from mes_mtl.bench import video_bench, video_bench_table
+    res = video_bench(['resnet18'], ['torch'], seconds=0.5, bs=4, rounds=1, log=None)
+    r = res['resnet18']
+    assert r['runtime'] == 'torch' and r['fps'] == r['runtimes']['torch']['fps'] > 0
+    run = r['runtimes']['torch']
+    assert run['size'] == [288, 352] and run['frames'] == 12 and run['bare_fps'] > 0 and run['model_ms'] > 0
+    assert list(video_bench_table(res).runtime) == ['torch']

@@ -1,11 +1,12 @@
 "`mes_mtl video` and `mes_mtl demo-data --video`: the demo video scored end to end through the CLI, live scoring, memory, bad input."
-import json
+import json, sys
 import numpy as np, pandas as pd
 import pytest
-from mes_mtl.cli import main
+from mes_mtl.cli import main, load_predictor
+from mes_mtl.demo_model import demo_model
 from mes_mtl.demo_video import make_demo_video
 from mes_mtl.labels import MES_COLUMNS
-from mes_mtl.video import VideoScorer, demo_model, score_video, load_predictor
+from mes_mtl.video import VideoScorer, score_video
 
 
 @pytest.fixture(scope='module')
@@ -171,25 +172,26 @@ def test_bad_model(demo, tmp_path, capsys):
 
 def test_bad_options(demo, model, tmp_path, capsys):
     video = demo/'demo_video.mp4'
-    assert run(video, '--model', model, '--out', tmp_path, '--every', 0) == 2
-    assert '--every) must be at least 1' in capsys.readouterr().err
+    for option, value, why in (('--every', 0, 'an integer of at least 1'), ('--fps', 0, 'a number > 0'),
+                               ('--bs', 0, 'an integer of at least 1'), ('--window', -1, 'a number >= 0'),
+                               ('--min-length', 'nan', 'a number >= 0'), ('--threads', 0, 'an integer of at least 1')):
+        assert run(video, '--model', model, '--out', tmp_path/'refused', option, value) == 2  # the parser's own error
+        assert f"argument {option}: must be {why}; got '{value}'" in capsys.readouterr().err
+    assert not (tmp_path/'refused').exists()
     assert run(video, '--model', model, '--out', tmp_path, '--crop', 0, 0, 400, 288) == 2
     assert 'is not inside the 352x288 frames' in capsys.readouterr().err
     assert run(video, '--model', model, '--out', tmp_path, '--threshold', 'sharpness=3') == 2  # the parser's own error
     assert 'give NAME=VALUE with NAME one of min_sharpness' in capsys.readouterr().err
+    assert run(video, '--model', model, '--out', tmp_path, '--threshold', 'width=8') == 2  # the bound's own check
+    assert 'QualityThresholds.width must be at least 16 px' in capsys.readouterr().err
     assert run(video, '--model', model, '--out', tmp_path/'t', '--threshold', 'min_saturation=0.9', '--fps', 5) == 0  # nothing passes
     assert json.loads((tmp_path/'t'/'summary.json').read_text())['mes'] is None
 
 
 def test_without_pyav(demo, model, tmp_path, monkeypatch, capsys):
-    import builtins
-    real = builtins.__import__
-    def no_av(name, *args, **kwargs):
-        if name == 'av' or name.startswith('av.'): raise ImportError("No module named 'av'")
-        return real(name, *args, **kwargs)
-    monkeypatch.setattr(builtins, '__import__', no_av)
+    monkeypatch.setitem(sys.modules, 'av', None)  # as the import system sees a package that is not installed
     assert run(demo/'demo_video.mp4', '--model', model, '--out', tmp_path) == 2
-    assert "pip install 'mes_mtl[video]'" in capsys.readouterr().err
+    assert "needs the package av, an optional extra: pip install 'mes_mtl[video]'" in capsys.readouterr().err
 
 
 def test_onnx_runtime(scored, demo, model, tmp_path):
@@ -202,13 +204,3 @@ def test_onnx_runtime(scored, demo, model, tmp_path):
     summary = json.loads((tmp_path/'summary.json').read_text())
     assert summary['settings']['runtime'] == 'onnx' and summary['settings']['torch_threads'] == 1
 
-
-def test_video_bench():
-    "The video path of `mes_mtl bench`: frames/s end to end and of the bare forward, per backbone and runtime."
-    from mes_mtl.video import video_bench, video_bench_table
-    res = video_bench(['resnet18'], ['torch'], seconds=0.5, bs=4, rounds=1, log=None)
-    r = res['resnet18']
-    assert r['runtime'] == 'torch' and r['fps'] == r['runtimes']['torch']['fps'] > 0
-    run = r['runtimes']['torch']
-    assert run['size'] == [288, 352] and run['frames'] == 12 and run['bare_fps'] > 0 and run['model_ms'] > 0
-    assert list(video_bench_table(res).runtime) == ['torch']
