@@ -33,19 +33,19 @@ def check_predictions(preds: pd.DataFrame, what: str = 'predictions') -> pd.Data
     if not len(preds): raise ValueError(f"{what} hold no rows")
     return preds
 
-def with_head_probs(preds: pd.DataFrame, heads, rule: str = 'prob') -> pd.DataFrame:
+def with_head_probs(preds: pd.DataFrame, heads, decode_rule: str = 'prob') -> pd.DataFrame:
     "A copy of prediction table `preds` with the heads' probabilities `heads` (3 arrays of p(class 1)), MES from them."
     items = pd.DataFrame({'path': preds.path.to_numpy(), 'mes': preds.mes_true.to_numpy()})
-    new = predictions_table(items, *heads, rule=rule)
+    new = predictions_table(items, *heads, rule=decode_rule)
     out = preds.copy()
     out[DERIVED_COLUMNS] = new[DERIVED_COLUMNS].to_numpy()
     out['mes_pred'] = out.mes_pred.astype(int)
     return out
 
-def predictions_report(preds: pd.DataFrame, rule: str = 'prob') -> dict:
+def predictions_report(preds: pd.DataFrame, decode_rule: str = 'prob') -> dict:
     "The `mtl_report` of a prediction table."
     check_predictions(preds)
-    return mtl_report(preds.mes_true.to_numpy(), *(preds[c].to_numpy() for c in HEAD_COLUMNS), rule=rule)
+    return mtl_report(preds.mes_true.to_numpy(), *(preds[c].to_numpy() for c in HEAD_COLUMNS), rule=decode_rule)
 
 # %% ../nbs/23_calibration.ipynb #142e3538
 class CalibrationWarning(UserWarning):
@@ -80,7 +80,7 @@ def fit_temperature(p1,  # a head's p(class 1) per image
 # %% ../nbs/23_calibration.ipynb #c34864ff
 class TemperatureScaler:
     "One temperature per head, fitted on validation predictions (`fit`) and applied to prediction tables (`transform`)."
-    def __init__(self, rule: str = 'prob'): self.rule, self.temperatures = rule, None
+    def __init__(self, decode_rule: str = 'prob'): self.decode_rule, self.temperatures = decode_rule, None
 
     def fit(self, preds: pd.DataFrame) -> TemperatureScaler:
         "Fit each head's temperature on validation prediction table `preds`."
@@ -95,7 +95,7 @@ class TemperatureScaler:
         check_predictions(preds)
         logits = [logit(np.clip(preds[f'p_{t}'].to_numpy(dtype=float), EPS, 1 - EPS)) for t in TASKS]
         heads = [expit(z / self.temperatures[t]) for z, t in zip(logits, TASKS)]
-        return with_head_probs(preds, heads, self.rule)
+        return with_head_probs(preds, heads, self.decode_rule)
 
     def __repr__(self) -> str:
         if not self.temperatures: return "TemperatureScaler(not fitted)"
@@ -172,9 +172,9 @@ def tta_predictions(learn, dl, flips=tuple(FLIPS)) -> tuple[dict, pd.DataFrame]:
         raise ValueError(f"unknown flips {unknown}; choose from {list(FLIPS)}")
     if not flips: raise ValueError(f"flips is empty; choose from {list(FLIPS)}")
     tables = [evaluate_learner(learn, dl, cbs=[FlipInput(FLIPS[f])])[1] for f in flips]
-    rule = learn.loss_func.decode_rule
-    preds = with_head_probs(tables[0], [np.mean([t[c] for t in tables], axis=0) for c in HEAD_COLUMNS], rule)
-    return predictions_report(preds, rule), preds
+    decode_rule = learn.loss_func.decode_rule
+    preds = with_head_probs(tables[0], [np.mean([t[c] for t in tables], axis=0) for c in HEAD_COLUMNS], decode_rule)
+    return predictions_report(preds, decode_rule), preds
 
 # %% ../nbs/23_calibration.ipynb #a5ccbe3b
 def nll_check(before: pd.DataFrame, after: pd.DataFrame, what: str = 'test set') -> pd.DataFrame:
@@ -190,15 +190,15 @@ def nll_check(before: pd.DataFrame, after: pd.DataFrame, what: str = 'test set')
 def calibrate_study(out,  # the study folder
                     arch: str,  # the backbone whose fold models are calibrated
                     stage: int | None = None,  # the stage of the fold models; None: the final models
-                    rule: str = 'prob',  # the rule from the heads to a Mayo score
+                    decode_rule: str = 'prob',  # the rule from the heads to a Mayo score
                     pooled: bool = False,  # one temperature per head from all folds' validation predictions
                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     "Per fold of `arch` in `out` (`stage` None: final models): temperatures from validation; (test before, after, T)."
     preds = fold_predictions(out, arch, stage)
-    shared = TemperatureScaler(rule).fit(preds[preds.set == 'valid']) if pooled else None
+    shared = TemperatureScaler(decode_rule).fit(preds[preds.set == 'valid']) if pooled else None
     before, after, temps = [], [], []
     for fold, p in preds.groupby('fold'):
-        scaler = shared or TemperatureScaler(rule).fit(p[p.set == 'valid'])
+        scaler = shared or TemperatureScaler(decode_rule).fit(p[p.set == 'valid'])
         test = p[p.set == 'test'].reset_index(drop=True)
         before.append(test)
         after.append(scaler.transform(test))

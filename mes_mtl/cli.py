@@ -17,7 +17,7 @@ from .demo import make_demo_limuc
 from .download import DownloadError
 from .splits import read_split, save_split, split_diff
 from .dataloaders import mtl_dataloaders
-from .config import (RunConfig, DEMO_PRESETS, PAPER_PRESETS, STUDY_MAY_CHANGE, COUNT, INDEX, POSITIVE,
+from .config import (RunConfig, DEMO_PRESETS, PAPER_PRESETS, STUDY_MAY_CHANGE, SPLIT_SETTINGS, COUNT, INDEX, POSITIVE,
                             NON_NEGATIVE, read_config, check_folder, config_changes)
 from .results import finished_folds
 from .study import Interrupted, check_folds, run_cv
@@ -50,7 +50,8 @@ def _default_text(name: str, command: str) -> str:
     paper = {**RunConfig.defaults(), **PAPER_PRESETS.get(command, {})}[name]
     demo = DEMO_PRESETS.get(command, {}).get(name, paper)
     if name == 'data': return ''
-    shown = ([f"default: {_shown(paper)}"] if paper is not None else []) + ([f"demo: {_shown(demo)}"] if demo != paper else [])
+    shown = [f"default: {_shown(paper)}"] if paper is not None else []  # None: as the help text says
+    if demo != paper: shown.append(f"demo: {_shown(demo)}")
     return f" ({'; '.join(shown)})" if shown else ''  # a default of None: as the help text says
 
 def add_config_options(p: argparse.ArgumentParser, command: str):
@@ -65,7 +66,7 @@ def add_config_options(p: argparse.ArgumentParser, command: str):
         elif f.name == 'archs' and command == 'cv': p.add_argument(flag, action='append', metavar='NAME', **kw)
         elif f.name == 'archs': p.add_argument(flag, metavar='NAME', **kw)
         elif f.name == 'data': p.add_argument(flag, type=_path, **kw)
-        elif f.name in ('size', 'folds'): p.add_argument(flag, type=meta['rule'] or int, nargs='+', **kw)
+        elif meta['several']: p.add_argument(flag, type=meta['rule'], nargs='+', **kw)
         else: p.add_argument(flag, type=meta['rule'] or str, choices=choices, **kw)
 
 def config_from_args(args, command: str) -> RunConfig:
@@ -82,7 +83,7 @@ def prepare(args):
     "`mes_mtl prepare`: data, split, statistics and one batch (saved as `batch.png`)."
     cfg = config_from_args(args, 'prepare')
     out = writable_dir(args.out)
-    check_folder(out, cfg.record('prepare'), overwrite=args.overwrite)
+    check_folder(out, cfg.record('prepare', SPLIT_SETTINGS), overwrite=args.overwrite)
     split = prepare_data(out, cfg, args.skip_bad, args.overwrite)
     check_folds(split, [cfg.fold], cfg.bs)
     with Staging(out) as st:
@@ -94,7 +95,7 @@ def prepare(args):
         import matplotlib.pyplot as plt
         dls.show_batch(max_n=8, nrows=2, figsize=(12, 7))
         save_figure(plt.gcf(), st.tmp/'batch.png')
-        write_json(cfg.record('prepare'), st.tmp/'config.json')
+        write_json(cfg.record('prepare', SPLIT_SETTINGS), st.tmp/'config.json')
         save_split(split, st.tmp/'split.csv')
         st.commit()
     print(f"Saved {out/'batch.png'} and {out/'split.csv'}")
@@ -261,8 +262,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('dest', type=_path)
     p.add_argument('--keep-zips', action='store_true')
     _add_run_options(sub.add_parser('prepare', help='read, split and load the data; report a batch'), 'prepare')
-    _add_run_options(sub.add_parser('train', help='train on one fold, evaluate on the held-out test set (the main job)'),
-                     'train')
+    p = sub.add_parser('train', help='train on one fold, evaluate on the held-out test set (the main job)')
+    _add_run_options(p, 'train')
     p = sub.add_parser('cv', help='the cross-validation study: backbones x folds, F1 optimisation, tables and figures',
                        description='The study of the paper: every backbone on every fold, stage 1 and F1-weighted '
                                    'stage 2, evaluated on the validation folds and the held-out test set; resumable.')

@@ -57,7 +57,7 @@ def augment_tfms(augment='paper') -> list:
 
 @dataclass
 class Preprocessing:
-    "How images become a model's input: resized to `size` (h, w), normalised by `mean` and `std`; `augment` in training."
+    "How images become a model's input: resized to `size` (h, w), normalised by `mean`, `std`; `augment` in training."
     size: tuple  # (h, w) of the model's input
     mean: list  # channel means (R, G, B) in [0, 1], of the training images
     std: list  # channel standard deviations

@@ -22,9 +22,9 @@ from .extras import require
 from .files import atomic_write, write_json, read_json
 
 # %% auto #0
-__all__ = ['MODEL_FILES', 'MODEL_FORMAT', 'CONFIG_KEY', 'RUNTIMES', 'ONNX_FILE', 'ONNX_RECORD', 'ONNX_ATOL', 'ONNX_RTOL',
-           'EXPORTERS', 'model_config', 'learner_config', 'save_mtl_model', 'read_model_config', 'model_method',
-           'load_mtl_model', 'MESPredictor', 'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model']
+__all__ = ['MODEL_FILES', 'MODEL_FORMAT', 'CONFIG_KEY', 'FORMAT1_KEYS', 'RUNTIMES', 'ONNX_FILE', 'ONNX_RECORD', 'ONNX_ATOL',
+           'ONNX_RTOL', 'EXPORTERS', 'model_config', 'learner_config', 'save_mtl_model', 'read_model_config',
+           'model_method', 'load_mtl_model', 'MESPredictor', 'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model']
 
 # %% ../nbs/16_inference.ipynb #05c8c150
 MODEL_FILES = ('model.safetensors', 'config.json')
@@ -55,6 +55,8 @@ def save_mtl_model(learn, path) -> Path:
     return path
 
 # %% ../nbs/16_inference.ipynb #b1268eb9
+FORMAT1_KEYS = ('arch', 'size', 'mean', 'std', 'label_table')  # what a config of format 1 must hold
+
 def _from_format1(config: dict) -> dict:
     "A config of format 1 (settings at the top level, no `format`) in today's layout."
     name = config.get('method', 'mtl')  # folders written before the baselines hold multi-task models
@@ -88,7 +90,10 @@ def read_model_config(path) -> dict:
     if missing := [f for f in MODEL_FILES if not (path/f).is_file()]:
         raise UserFileNotFoundError(f"{path}: not a mes_mtl model folder, {' and '.join(missing)} missing "
                                     f"(a model folder is written by `mes_mtl train` or `save_mtl_model`).")
-    config, bound = read_json(path/'config.json'), _bound_config(path/'model.safetensors')
+    config = read_json(path/'config.json')
+    if config.get('format', 1) < 2 and (missing := [k for k in FORMAT1_KEYS if k not in config]):
+        raise UserError(f"{path/'config.json'} lacks {missing}: was it written by `save_mtl_model`?")
+    bound = _bound_config(path/'model.safetensors')
     if bound is None and config.get('format', 1) >= 2:
         raise UserError(f"{path/'model.safetensors'} holds no config, but {path/'config.json'} is of format "
                         f"{config['format']}: the weights file was replaced by another. Restore the model folder.")
@@ -97,8 +102,6 @@ def read_model_config(path) -> dict:
                         f"the weights were trained with the saved settings. Restore config.json (the weights file "
                         f"holds the original), or train and save the model again.")
     if bound is None:
-        if missing := [k for k in ('arch', 'size', 'mean', 'std', 'label_table') if k not in config]:
-            raise UserError(f"{path/'config.json'} lacks {missing}: was it written by `save_mtl_model`?")
         warnings.warn(f"{path}: a model folder of format 1 (mes_mtl {config.get('mes_mtl_version', '< 0.1')}), whose "
                       f"config.json is not bound to its weights: it loads as before. Save the model again "
                       f"(`save_mtl_model`) to bind them.")

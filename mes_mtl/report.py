@@ -145,9 +145,9 @@ def patient_test_markdown(t: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
                  dict(key, model='ensemble', **{c: f'{e[c]:.{digits}f}' for c in cols})]
     return pd.DataFrame(rows)[['arch', 'rule', 'model', 'patients', *cols]]
 
-def _patient_results(out, rule: str) -> tuple[dict, dict, pd.DataFrame, str]:
+def _patient_results(out, decode_rule: str) -> tuple[dict, dict, pd.DataFrame, str]:
     "The patient-level tables of study `out`, their Markdown versions, `patient_metrics` and a line for the summary."
-    plong = patient_metrics(out, rule)
+    plong = patient_metrics(out, decode_rule)
     if plong.empty: return {}, {}, plong, "No patient id for every image in split.csv: no patient-level tables.\n"
     cv, test = patient_cv_table(plong), patient_test_results(plong)
     mds = {'patient_cv_accuracy': mean_sd_table(cv, ['arch', 'rule'], 'column'),
@@ -175,7 +175,7 @@ def _before_after_text(ba: pd.DataFrame) -> pd.DataFrame:
     texts = dict(before=mean_sd(ba.before, ba.before_sd), after=mean_sd(ba.after, ba.after_sd))
     return ba.assign(**texts).drop(columns=['before_sd', 'after_sd']).round(3)
 
-def _save_figures(out: Path, tables: dict, long: pd.DataFrame, rule: str, best: str):
+def _save_figures(out: Path, tables: dict, long: pd.DataFrame, decode_rule: str, best: str):
     "The figures of `collect_results`, as PNG files in `out/results`."
     res = out/'results'
     save_figure(plot_classwise(tables['classwise'], tables['backbone_tests'], best=best), res/'fig2_classwise.png')
@@ -184,7 +184,7 @@ def _save_figures(out: Path, tables: dict, long: pd.DataFrame, rule: str, best: 
     if 'backbone_ensemble' in tables:
         save_figure(plot_ensemble(tables['backbone_ensemble']), res/'backbone_ensemble.png')
     for arch in long.arch.unique():
-        report, _ = fold_ensemble(heldout_predictions(out, arch), rule)
+        report, _ = fold_ensemble(heldout_predictions(out, arch), decode_rule)
         save_figure(plot_confusion_matrices(report), res/f'test_ensemble_confusion_{arch}.png')
 
 def collect_results(out,  # the study folder
@@ -197,14 +197,15 @@ def collect_results(out,  # the study folder
     res.mkdir(exist_ok=True)
     long = study_metrics(out)
     cfg = RunConfig.from_folder(out)
-    rule = make_method(cfg.method, **cfg.method_settings()).decode_rule  # the heads' decoding of the fold ensembles
-    ptables, pmds, plong, pline = _patient_results(out, rule)
+    decode_rule = make_method(cfg.method, **cfg.method_settings()).decode_rule  # the fold ensembles' decoding
+    ptables, pmds, plong, pline = _patient_results(out, decode_rule)
     best = best_arch(long)
     t1, cw = cv_accuracy_table(long), classwise_table(long)
     tests, ba = compare_backbones(long, test=test), compare_stages(long, test=test)
     tables = {'table1_cv_accuracy': t1, 'classwise': cw, 'backbone_tests': tests, 'before_after': ba,
-              'table2_peer': peer_table(long, out, peer), 'test_results': heldout_results(out, long, rule), **ptables}
-    if long.arch.nunique() > 1: tables['backbone_ensemble'] = ensemble_table(out, long, rule)
+              'table2_peer': peer_table(long, out, peer), 'test_results': heldout_results(out, long, decode_rule),
+              **ptables}
+    if long.arch.nunique() > 1: tables['backbone_ensemble'] = ensemble_table(out, long, decode_rule)
     tables.update(compute=compute_table(out), f1_weights=f1_weight_table(out))
     mds = {'table1_cv_accuracy': mean_sd_table(t1, 'arch', 'column'), 'classwise': _marked_classwise(cw, tests, best),
            'backbone_tests': tests.round(4), 'before_after': _before_after_text(ba), **pmds}
@@ -217,5 +218,5 @@ def collect_results(out,  # the study folder
     (res/'summary.md').write_text('\n'.join(summary))
     long.to_csv(res/'all_metrics.csv', index=False)
     if len(plong): plong.to_csv(res/'patient_metrics.csv', index=False)
-    _save_figures(out, tables, long, rule, best)
+    _save_figures(out, tables, long, decode_rule, best)
     return tables

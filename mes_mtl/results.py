@@ -151,12 +151,12 @@ def heldout_predictions(out, arch: str, stage: int | None = None) -> pd.DataFram
     p = fold_predictions(out, arch, stage)
     return p[p.set == 'test']
 
-def fold_ensemble(preds: pd.DataFrame, rule: str = 'prob') -> tuple[dict, pd.DataFrame]:
+def fold_ensemble(preds: pd.DataFrame, decode_rule: str = 'prob') -> tuple[dict, pd.DataFrame]:
     "`mtl_report` and `predictions_table` of the mean head probabilities of several models' predictions."
     agg = {h: (h, 'mean') for h in HEAD_COLUMNS}
     mean = preds.groupby('path', sort=False).agg(mes=('mes_true', 'first'), **agg).reset_index()
     heads = [mean[h].to_numpy() for h in HEAD_COLUMNS]
-    return mtl_report(mean.mes.to_numpy(), *heads, rule=rule), predictions_table(mean, *heads, rule=rule)
+    return mtl_report(mean.mes.to_numpy(), *heads, rule=decode_rule), predictions_table(mean, *heads, rule=decode_rule)
 
 # %% ../nbs/20_results.ipynb #fb349841
 HELDOUT_COLUMNS = {('mes', 'all', 'accuracy'): 'MES accuracy',
@@ -170,7 +170,7 @@ def _heldout_row(rows, columns: dict = HELDOUT_COLUMNS) -> dict:
     d = {(b, c, m): v for b, c, m, v in rows}
     return {name: d[key] for key, name in columns.items()}
 
-def heldout_results(out, long: pd.DataFrame, rule: str = 'prob') -> pd.DataFrame:
+def heldout_results(out, long: pd.DataFrame, decode_rule: str = 'prob') -> pd.DataFrame:
     "Test results of each final fold model, their mean and sd, the fold ensemble (and stage 1's), per backbone."
     rows, cols = [], ['block', 'class', 'metric', 'value']
     for arch in long.arch.unique():
@@ -181,7 +181,7 @@ def heldout_results(out, long: pd.DataFrame, rule: str = 'prob') -> pd.DataFrame
         per = pd.DataFrame(folds)[list(HELDOUT_COLUMNS.values())]
         rows += [dict(arch=arch, model='mean', **per.mean()), dict(arch=arch, model='sd', **per.std(ddof=1).fillna(0))]
         for stage in (None, 1) if (long[long.arch == arch].stage == 2).any() else (None,):
-            report, _ = fold_ensemble(heldout_predictions(out, arch, stage), rule)
+            report, _ = fold_ensemble(heldout_predictions(out, arch, stage), decode_rule)
             model = 'ensemble' if stage is None else 'ensemble (stage 1)'
             rows.append(dict(arch=arch, model=model, **_heldout_row(_report_rows(report))))
     return pd.DataFrame(rows)
@@ -197,7 +197,7 @@ def backbone_ensemble(out,  # the study folder
                       archs=None,  # the backbones combined; None: all of the study
                       weighted: bool = False,  # weight each backbone by its CV MES macro F1 (else: equal weights)
                       stage: int | None = None,  # the stage of the fold models; None: the final models
-                      rule: str = 'prob',  # the rule from the heads to a Mayo score of the fold ensembles
+                      decode_rule: str = 'prob',  # the rule from the heads to a Mayo score of the fold ensembles
                      ) -> tuple[dict, pd.DataFrame]:
     "`mtl_report` and `predictions_table` on the test set of the mean MES probabilities of the fold ensembles."
     archs = list(long.arch.unique() if archs is None else archs)
@@ -206,23 +206,23 @@ def backbone_ensemble(out,  # the study folder
     f1 = _val_macro_f1(long, stage)
     w = np.array([f1[a] if weighted else 1. for a in archs])
     w = w / w.sum()
-    members = [fold_ensemble(heldout_predictions(out, a, stage), rule)[1].set_index('path') for a in archs]
+    members = [fold_ensemble(heldout_predictions(out, a, stage), decode_rule)[1].set_index('path') for a in archs]
     paths = members[0].index
     p = sum(wi * m.loc[paths, MES_COLUMNS].to_numpy() for wi, m in zip(w, members))
     heads = heads_from_mes(p)
     items = pd.DataFrame({'path': paths, 'mes': members[0].loc[paths, 'mes_true'].to_numpy()})
-    return mtl_report(items.mes.to_numpy(), *heads, rule=rule), predictions_table(items, *heads, rule=rule)
+    return mtl_report(items.mes.to_numpy(), *heads, rule=decode_rule), predictions_table(items, *heads, rule=decode_rule)
 
 def _ensemble_row(report: dict) -> dict: return _heldout_row(_report_rows(report))
 
-def ensemble_table(out, long: pd.DataFrame, rule: str = 'prob') -> pd.DataFrame:
+def ensemble_table(out, long: pd.DataFrame, decode_rule: str = 'prob') -> pd.DataFrame:
     "Test results of each backbone's fold ensemble, the best member, both backbone ensembles, their gain over it."
-    rows = [dict(model=a, **_ensemble_row(fold_ensemble(heldout_predictions(out, a), rule)[0]))
+    rows = [dict(model=a, **_ensemble_row(fold_ensemble(heldout_predictions(out, a), decode_rule)[0]))
             for a in long.arch.unique()]
     best = pd.DataFrame(rows).drop(columns='model').max()
     rows.append(dict(model='best member', **best))
     for weighted, name in ((False, 'ensemble (mean)'), (True, 'ensemble (CV-F1-weighted)')):
-        ens = _ensemble_row(backbone_ensemble(out, long, weighted=weighted, rule=rule)[0])
+        ens = _ensemble_row(backbone_ensemble(out, long, weighted=weighted, decode_rule=decode_rule)[0])
         rows += [dict(model=name, **ens), dict(model=f'{name} - best member', **(pd.Series(ens) - best))]
     return pd.DataFrame(rows)
 

@@ -39,7 +39,7 @@ def test_settings_checked_against_each_other_and_the_data(demo_root, capsys, tmp
     assert not (out/'config.json').exists()
     code, _, err = run_main(capsys, 'train', '--out', out, '--data', demo_root, *TINY, '--method', 'regression',
                             '--focal-gamma', 2)
-    assert code == 2 and "focal_gamma applies to the cross-entropy methods 'mtl' and 'ce', not to 'regression'" in err
+    assert code == 2 and "focal_gamma applies to the methods 'mtl', 'ce', not to 'regression'" in err
     code, _, err = run_main(capsys, 'cv', '--out', out, '--data', demo_root, *TINY,
                             '--run-folds', 5)
     assert code == 2 and 'fold 5 does not exist; the split has folds [0, 1, 2]' in err

@@ -86,7 +86,7 @@ def test_rerun_replaces_at_the_end_and_records_method_and_augment(finished, demo
     assert "augmentation 'none'" in stdout and "method 'ce'" in stdout
     config = json.loads((out/'config.json').read_text())
     assert (config['method'], config['augment'], config['n_folds']) == ('ce', 'none', 3)
-    assert json.loads((out/'model'/'config.json').read_text())['method'] == 'ce'
+    assert json.loads((out/'model'/'config.json').read_text())['method'] == {'name': 'ce', 'focal_gamma': 0.0}
     assert (out/'model'/'model.safetensors').read_bytes() != old_model
     assert sorted(p.name for p in out.iterdir()) == sorted(['confusion_matrices.png', 'config.json', 'history.csv',
                                                             'image_sums.csv', 'metrics.json', 'model', 'patients.csv',

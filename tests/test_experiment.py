@@ -108,7 +108,7 @@ def test_cv_interrupted_and_resumed_equals_uninterrupted(study, demo_root, tmp_p
     (('--run-folds', 7), 'fold 7 does not exist'),
     (('--peer', 'missing.csv'), 'missing.csv: no such file'),
     (('--epochs', 0), 'argument --epochs: must be an integer of at least 1'),
-    (('--method', 'regression', '--focal-gamma', 2), "focal_gamma applies to the cross-entropy methods"),
+    (('--method', 'regression', '--focal-gamma', 2), "focal_gamma applies to the methods 'mtl', 'ce'"),
 ])
 def test_cv_bad_input(demo_root, tmp_path, args, msg, cv):
     r = cv('--data', demo_root, '--out', tmp_path/'o', '--folds', 3, '--no-pretrained', *args)

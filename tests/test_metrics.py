@@ -5,6 +5,7 @@ matplotlib.use('Agg')
 import numpy as np
 import pytest
 import torch
+from mes_mtl.losses import JointLoss
 from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support)
 from mes_mtl.labels import TASKS, mes_decode, mes_to_tasks
@@ -126,7 +127,8 @@ def test_table_and_figure():
 
 
 class _FakeLearner:
-    def __init__(self, logits, mes): self.pred, self.yb = logits, tuple(torch.tensor(mes_to_tasks(mes)).T)
+    "What fastai's Recorder hands a metric: the outputs, the targets and the method (the loss) that decodes them."
+    def __init__(self, logits, mes): self.pred, self.yb, self.loss_func = logits, tuple(torch.tensor(mes_to_tasks(mes)).T), JointLoss()
     def to_detach(self, b): return b
 
 
