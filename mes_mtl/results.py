@@ -211,7 +211,8 @@ def backbone_ensemble(out,  # the study folder
     p = sum(wi * m.loc[paths, MES_COLUMNS].to_numpy() for wi, m in zip(w, members))
     heads = heads_from_mes(p)
     items = pd.DataFrame({'path': paths, 'mes': members[0].loc[paths, 'mes_true'].to_numpy()})
-    return mtl_report(items.mes.to_numpy(), *heads, rule=decode_rule), predictions_table(items, *heads, rule=decode_rule)
+    report = mtl_report(items.mes.to_numpy(), *heads, rule=decode_rule)
+    return report, predictions_table(items, *heads, rule=decode_rule)
 
 def _ensemble_row(report: dict) -> dict: return _heldout_row(_report_rows(report))
 
