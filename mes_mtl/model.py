@@ -118,9 +118,7 @@ def create_mtl_model(arch: str = 'resnet18',  # a timm backbone
                      head=nn.Linear,  # head(n_features, n_out) -> one head module
                      **timm_kwargs) -> MTLModel:  # arguments of `timm.create_model` (`in_chans`, `img_size`, ...)
     "`MTLModel` on the timm backbone `arch` (ImageNet weights if `pretrained`), heads as wide as the body's output."
-    model = MTLModel(*create_body(arch, pretrained, **timm_kwargs), dropout, n_out=n_out, head=head)
-    model.arch = arch  # recorded with the model (`save_mtl_model`)
-    return model
+    return MTLModel(*create_body(arch, pretrained, **timm_kwargs), dropout, n_out=n_out, head=head)
 
 # %% ../nbs/10_model.ipynb #914b8642
 def mtl_splitter(model: MTLModel) -> list[list[nn.Parameter]]:
