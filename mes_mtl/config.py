@@ -15,7 +15,7 @@ import shutil
 from .labels import LIMUC_SIZE
 from .model import PAPER_ARCHS, check_arch, default_size
 from .dataloaders import AUGMENTATIONS, check_augment
-from .method import METHODS, get_method, method_names
+from .method import METHODS, MESMethod, get_method, make_method, method_names
 
 # %% auto #0
 __all__ = ['COUNT', 'INDEX', 'FOLDS', 'PIXELS', 'POSITIVE', 'NON_NEGATIVE', 'UNIT', 'SHARE', 'SPLIT', 'LOADER', 'SPLIT_SETTINGS',
@@ -158,9 +158,9 @@ class RunConfig:
         "The image size for `arch`: `size`, else None (the native size) or a fixed-size backbone's own (h, w)."
         return self.size if self.size is not None or default_size(arch) == LIMUC_SIZE else default_size(arch)
 
-    def method_settings(self) -> dict:
-        "The settings of `method` (`make_method(self.method, **self.method_settings())`)."
-        return {k: getattr(self, k) for k in get_method(self.method).setting_names}
+    def new_method(self) -> MESMethod:
+        "A new object of `method` (the loss) with its settings from these (e.g. `focal_gamma`)."
+        return make_method(self.method, **{k: getattr(self, k) for k in get_method(self.method).setting_names})
 
     @classmethod
     def from_folder(cls, folder, **changes) -> RunConfig:
@@ -217,9 +217,14 @@ def read_config(folder) -> dict:
         old['n_folds'] = old.pop('folds') if isinstance(old.get('folds'), int) else _saved_n_folds(Path(folder))
     return {**RunConfig.defaults(), **old}
 
-def config_changes(old: dict, new: dict, keys) -> str:
-    "The settings among `keys` in which `new` differs from `old`, as `key: old -> new`; '' when none differ."
-    return ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys if old.get(k) != new.get(k))
+def config_changes(old: dict, new: dict, keys=None, prefix: str = '') -> str:
+    "The settings among `keys` (None: all) in which `new` differs from `old`, as `key: old -> new` (nested: `a.b`)."
+    keys = dict.fromkeys([*old, *new]) if keys is None else keys
+    def change(k):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict): return config_changes(a, b, None, f'{prefix}{k}.')
+        return f'{prefix}{k}: {a!r} -> {b!r}' if a != b else ''
+    return ', '.join(c for c in map(change, keys) if c)
 
 # %% ../nbs/13b_config.ipynb #fe52b6e5
 def check_folder(out,  # the run's folder

@@ -16,6 +16,7 @@ from .labels import TASKS, LABEL_TABLE
 from .model import create_mtl_model, MTLModel
 from .method import get_method, make_method
 from .dataloaders import Preprocessing
+from .config import config_changes
 import mes_mtl.baselines  # registers the single-task methods, so that every saved model loads
 from .errors import UserError, UserFileNotFoundError
 from .extras import require
@@ -75,15 +76,6 @@ def _bound_config(weights: Path) -> dict | None:
         raise UserError(f"{weights} is not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
     return json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else None
 
-def _changes(saved: dict, now: dict, prefix: str = '') -> list[str]:
-    "The settings (dotted keys) in which config `now` differs from `saved`, as `key: saved -> now`."
-    out = []
-    for k in dict.fromkeys([*saved, *now]):
-        a, b = saved.get(k), now.get(k)
-        if isinstance(a, dict) and isinstance(b, dict): out += _changes(a, b, f'{prefix}{k}.')
-        elif a != b: out.append(f'{prefix}{k}: {a!r} -> {b!r}')
-    return out
-
 def read_model_config(path) -> dict:
     "The config of the model folder `path`, checked against the one bound into its weights; format 1 converted."
     path = Path(path)
@@ -97,8 +89,8 @@ def read_model_config(path) -> dict:
     if bound is None and config.get('format', 1) >= 2:
         raise UserError(f"{path/'model.safetensors'} holds no config, but {path/'config.json'} is of format "
                         f"{config['format']}: the weights file was replaced by another. Restore the model folder.")
-    if bound is not None and (changes := _changes(bound, config)):
-        raise UserError(f"{path/'config.json'} was changed after the model was saved ({'; '.join(changes[:5])}): "
+    if bound is not None and (changes := config_changes(bound, config)):
+        raise UserError(f"{path/'config.json'} was changed after the model was saved ({changes}): "
                         f"the weights were trained with the saved settings. Restore config.json (the weights file "
                         f"holds the original), or train and save the model again.")
     if bound is None:

@@ -17,7 +17,7 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.progress import CSVLogger
 import fastai.callback.schedule  # patches `Learner.lr_find`, `fit_one_cycle` and friends onto the Learner
 from .model import create_mtl_model, mtl_splitter
-from .method import MESMethod, make_method
+from .method import MESMethod
 from .losses import JointLoss
 from .labels import TASKS, class1_prob, mes_probs, mes_decode
 from .errors import UserError
@@ -56,7 +56,7 @@ def config_learner(dls,  # DataLoaders of `mtl_dataloaders`
                    cbs=None,  # extra callbacks of the Learner
                    **kwargs) -> Learner:  # arguments of fastai's `Learner` (`path`, ...)
     "A fastai `Learner` of run settings `config` (`learn.config`): its backbone, method, metrics and protocol."
-    method = method or make_method(config.method, **config.method_settings())
+    method = method or config.new_method()
     model = create_mtl_model(config.arch, config.pretrained, config.dropout, n_out=method.n_out, head=method.make_head)
     metrics = mtl_metrics(metrics) if metrics and isinstance(metrics[0], str) else metrics
     learn = Learner(dls, model, loss_func=method, opt_func=opt_func or partial(OptimWrapper, opt=torch.optim.Adam),
@@ -82,7 +82,7 @@ def mtl_learner(dls,  # DataLoaders of `mtl_dataloaders`
     config = RunConfig(archs=(arch,), pretrained=pretrained, dropout=dropout, method=method,
                        **{k: v for k, v in settings.items() if v != defaults[k]},
                        **{k: kwargs.pop(k) for k in list(kwargs) if k in names})
-    loss = make_method(method, **config.method_settings())
+    loss = config.new_method()
     if tuple(loss_weights) != (1/3, 1/3, 1/3) or class_weights is not None:
         if not isinstance(loss, JointLoss):
             raise UserError(f"loss_weights and class_weights weight the joint loss of method 'mtl', not {method!r}")

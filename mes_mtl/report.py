@@ -11,7 +11,6 @@ from .labels import TASKS
 from .metrics import markdown_table, plot_confusion_matrices
 from .files import save_figure
 from .config import RunConfig
-from .method import make_method
 from .results import (CLASS_METRICS, PATIENT_COLUMNS, study_metrics, study_items, mean_sd, best_arch,
                              cv_accuracy_table, classwise_table, compare_backbones, compare_stages, peer_table,
                              fold_ensemble, heldout_predictions, heldout_results, ensemble_table, compute_table,
@@ -197,7 +196,7 @@ def collect_results(out,  # the study folder
     res.mkdir(exist_ok=True)
     long = study_metrics(out)
     cfg = RunConfig.from_folder(out)
-    decode_rule = make_method(cfg.method, **cfg.method_settings()).decode_rule  # the fold ensembles' decoding
+    decode_rule = cfg.new_method().decode_rule  # the fold ensembles' decoding
     ptables, pmds, plong, pline = _patient_results(out, decode_rule)
     best = best_arch(long)
     t1, cw = cv_accuracy_table(long), classwise_table(long)
