@@ -17,7 +17,8 @@ from .demo import make_demo_limuc
 from .download import DownloadError
 from .splits import read_split, save_split, split_diff
 from .dataloaders import mtl_dataloaders
-from .config import (RunConfig, DEMO_PRESETS, PAPER_PRESETS, STUDY_MAY_CHANGE, SPLIT_SETTINGS, COUNT, INDEX, POSITIVE,
+from .config import (RunConfig, DEMO_PRESETS, PAPER_PRESETS, STUDY_MAY_CHANGE, SPLIT_SETTINGS, PATH_SETTINGS,
+                            COUNT, INDEX, POSITIVE,
                             NON_NEGATIVE, read_config, check_folder, config_changes)
 from .results import finished_folds
 from .study import Interrupted, check_folds, run_cv
@@ -25,7 +26,7 @@ from .train import prepare_data, run_train
 from .methods import write_method_comparison
 from .bench import bench_args, run_bench
 from .extras import require
-from .inference import MESPredictor
+from .inference import MESPredictor, init_settings
 from .quality import QualityThresholds
 from .video import VideoReader, VideoResult, score_video, save_video_result
 from .parallel import import_ray, JobsFailed
@@ -49,7 +50,7 @@ def _default_text(name: str, command: str) -> str:
     "The defaults of setting `name` for `command`, as `--help` shows them: the paper's, and the demo data's."
     paper = {**RunConfig.defaults(), **PAPER_PRESETS.get(command, {})}[name]
     demo = DEMO_PRESETS.get(command, {}).get(name, paper)
-    if name == 'data': return ''
+    if name in PATH_SETTINGS: return ''
     shown = [f"default: {_shown(paper)}"] if paper is not None else []  # None: as the help text says
     if demo != paper: shown.append(f"demo: {_shown(demo)}")
     return f" ({'; '.join(shown)})" if shown else ''  # a default of None: as the help text says
@@ -65,7 +66,7 @@ def add_config_options(p: argparse.ArgumentParser, command: str):
         if f.type in ('bool', bool): p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif f.name == 'archs' and command == 'cv': p.add_argument(flag, action='append', metavar='NAME', **kw)
         elif f.name == 'archs': p.add_argument(flag, metavar='NAME', **kw)
-        elif f.name == 'data': p.add_argument(flag, type=_path, **kw)
+        elif f.name in PATH_SETTINGS: p.add_argument(flag, type=_path, metavar='PATH', **kw)
         elif meta['several']: p.add_argument(flag, type=meta['rule'], nargs='+', **kw)
         else: p.add_argument(flag, type=meta['rule'] or str, choices=choices, **kw)
 
@@ -74,8 +75,8 @@ def config_from_args(args, command: str) -> RunConfig:
     given = {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None}
     if isinstance(given.get('archs'), str): given['archs'] = [given['archs']]
     if given.get('size') is not None and len(given['size']) == 1: given['size'] = given['size'][0]
-    if 'data' in given: given['data'] = str(given['data'])
     preset = (DEMO_PRESETS if args.data is None else PAPER_PRESETS).get(command, {})
+    if given.get('init'): preset = {**preset, **init_settings(given['init'])}  # the starting model's backbone, ...
     return RunConfig(**{**preset, **given})
 
 # %% ../nbs/90_cli.ipynb #6db06d55

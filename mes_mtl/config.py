@@ -19,8 +19,8 @@ from .method import METHODS, MESMethod, get_method, make_method, method_names
 
 # %% auto #0
 __all__ = ['COUNT', 'INDEX', 'FOLDS', 'PIXELS', 'POSITIVE', 'NON_NEGATIVE', 'UNIT', 'SHARE', 'SPLIT', 'LOADER', 'SPLIT_SETTINGS',
-           'DEMO_PRESETS', 'PAPER_PRESETS', 'STUDY_MAY_CHANGE', 'Rule', 'image_size', 'setting', 'RunConfig',
-           'read_config', 'config_changes', 'check_folder', 'claim_folder']
+           'PATH_SETTINGS', 'DEMO_PRESETS', 'PAPER_PRESETS', 'STUDY_MAY_CHANGE', 'Rule', 'image_size', 'setting',
+           'RunConfig', 'read_config', 'config_changes', 'check_folder', 'claim_folder']
 
 # %% ../nbs/13b_config.ipynb #35c23335
 class Rule:
@@ -72,6 +72,7 @@ def setting(default, help: str, commands=('train', 'cv'), rule: Rule | None = No
 
 SPLIT, LOADER = ('prepare', 'train', 'cv'), ('prepare', 'train', 'cv')  # the commands of the data and loader options
 SPLIT_SETTINGS = ('data', 'n_folds', 'group', 'seed')  # what shapes a split (what a `prepare` folder records)
+PATH_SETTINGS = ('data', 'init')  # settings that name a file or folder (kept as absolute paths)
 
 @dataclass
 class RunConfig:
@@ -93,6 +94,11 @@ class RunConfig:
     archs: tuple = setting(lambda: tuple(PAPER_ARCHS), "timm backbone(s): one for train, each on every fold for cv",
                            flag='--arch')
     pretrained: bool = setting(True, "start from ImageNet weights (needs a network once)")
+    init: str | None = setting(None, "start from the weights of this saved model (a model folder of the same backbone "
+                                     "and method; its heads kept): fine-tuning, e.g. to a new site", ('train',))
+    init_stats: str = setting('model', "with --init: normalise the images with the starting model's channel "
+                                       "statistics ('model') or with this data's ('data')", ('train',),
+                              choices=('model', 'data'))
     method: str = setting('mtl', "'mtl' (the paper's multi-task model) or a single-task baseline (one stage)",
                           choices=method_names)
     focal_gamma: float = setting(0., "focal loss with this gamma (0: cross-entropy)", rule=NON_NEGATIVE)
@@ -130,6 +136,10 @@ class RunConfig:
         if isinstance(self.size, list): self.size = tuple(self.size)
         image_size(self.size)
         self.augment = check_augment(self.augment)
+        for name in PATH_SETTINGS:  # absolute, so that a config.json never depends on the working directory
+            if (path := getattr(self, name)) is not None: setattr(self, name, str(Path(path).expanduser().absolute()))
+        if self.init is None and self.init_stats != 'model':
+            raise UserError(f"init_stats={self.init_stats!r} applies to a run that starts from a model (init, --init)")
         get_method(self.method)  # an unknown method: the registered ones, and where the others come from
         for f in fields(self):
             meta, value = f.metadata, getattr(self, f.name)

@@ -25,7 +25,8 @@ from .files import atomic_write, write_json, read_json
 # %% auto #0
 __all__ = ['MODEL_FILES', 'MODEL_FORMAT', 'CONFIG_KEY', 'FORMAT1_KEYS', 'RUNTIMES', 'ONNX_FILE', 'ONNX_RECORD', 'ONNX_ATOL',
            'ONNX_RTOL', 'EXPORTERS', 'model_config', 'learner_config', 'save_mtl_model', 'read_model_config',
-           'model_method', 'load_mtl_model', 'MESPredictor', 'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model']
+           'model_method', 'load_mtl_model', 'init_settings', 'check_init', 'init_weights', 'MESPredictor',
+           'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model']
 
 # %% ../nbs/16_inference.ipynb #05c8c150
 MODEL_FILES = ('model.safetensors', 'config.json')
@@ -118,6 +119,34 @@ def load_mtl_model(path) -> tuple[MTLModel, dict]:
         raise UserError(f"{path/'model.safetensors'} does not match architecture {config['arch']!r} of config.json "
                         f"(or is damaged): {str(e).splitlines()[0][:300]}") from None
     return model.eval(), config
+
+# %% ../nbs/16_inference.ipynb #f14efcce
+def init_settings(path) -> dict:
+    "The `RunConfig` settings of a run that starts from model folder `path`: its backbone, method, size, augmentation."
+    config = read_model_config(path)
+    method, pre = dict(config['method']), config['preprocessing']
+    return dict(archs=(config['arch'],), method=method.pop('name'), **method, size=tuple(pre['size']),
+                **({'augment': pre['augment']} if pre.get('augment') else {}), pretrained=False)
+
+def check_init(path,  # the starting model's folder
+               arch: str,  # the backbone of the run
+               method,  # the method of the run (an `MESMethod`)
+              ) -> dict:
+    "The config of model folder `path`, or a `UserError` unless its backbone and method (settings) are the run's."
+    config = read_model_config(path)
+    want = dict(name=method.name, **method.settings())
+    if config['arch'] != arch or config['method'] != want:
+        raise UserError(f"{path} holds a {config['arch']} model of method {config['method']}, this run trains {arch} "
+                        f"with {want}: a run that starts from a model (--init) trains its backbone and method. Leave "
+                        f"out --arch and the method's options (they default to the model's), or train from scratch.")
+    return config
+
+def init_weights(learn, path) -> dict:
+    "Copy the weights of model folder `path` into `learn.model` (a Learner of the same backbone and method)."
+    config = check_init(path, learn.config.arch, learn.loss_func)
+    model, _ = load_mtl_model(path)
+    learn.model.load_state_dict(model.state_dict())
+    return config
 
 # %% ../nbs/16_inference.ipynb #728084c9
 RUNTIMES = ('torch', 'onnx')  # what runs the model: eager PyTorch or ONNX Runtime (below)

@@ -18,7 +18,7 @@ from .dataloaders import mtl_dataloaders, mtl_test_dl
 from .metrics import plot_confusion_matrices
 from .config import RunConfig, check_folder
 from .learner import config_learner, evaluate_learner
-from .inference import save_mtl_model
+from .inference import save_mtl_model, read_model_config, check_init, init_weights
 from .aggregate import write_patient_results
 from .distributed import init_distributed, rank_folder_first, data_parallel
 from .study import Interrupted, check_folds
@@ -70,11 +70,14 @@ def prepare_data(out,  # the run's folder: its split.csv is reused while the ima
 def run_dataloaders(split: pd.DataFrame, config: RunConfig, stats_cache=None, log=print):
     "The DataLoaders of fold `config.fold` of `split`: the run's seed, image size, batch size and augmentation."
     set_seed(config.seed)
+    keep = config.init is not None and config.init_stats == 'model'  # a fine-tuned model keeps its normalisation
+    stats = [read_model_config(config.init)['preprocessing'][k] for k in ('mean', 'std')] if keep else None
     dls = mtl_dataloaders(split, fold=config.fold, size=config.arch_size(config.archs[0]), bs=config.bs,
-                          augment=config.augment, stats_cache=stats_cache)
+                          augment=config.augment, stats=stats, stats_cache=stats_cache)
     mean, std = dls.preprocessing.stats
     log(f"\nFold {config.fold}: {len(dls.train_ds)} training / {len(dls.valid_ds)} validation images; "
-        f"channel mean {mean}, std {std} (training folds); augmentation {config.augment!r}")
+        f"channel mean {mean}, std {std} ({'the starting model' if keep else 'training folds'}); "
+        f"augmentation {config.augment!r}")
     return dls
 
 class TrainResult(NamedTuple):
@@ -86,6 +89,7 @@ class TrainResult(NamedTuple):
 
 def _setup(folder: Path, config: RunConfig, overwrite: bool, skip_bad: bool, log) -> tuple[Path, pd.DataFrame]:
     "Check the folder, its settings, the data, the split and the fold; writes nothing but the demo data."
+    if config.init: check_init(config.init, config.arch, config.new_method())  # the starting model fits the run
     folder = writable_dir(folder)
     check_folder(folder, config.record('train'), overwrite=overwrite, log=log)
     split = prepare_data(folder, config, skip_bad, overwrite, log)
@@ -110,6 +114,9 @@ def run_train(config: RunConfig,  # the run's settings: data (None: the demo dat
             if (out/'image_sums.csv').is_file() and not overwrite: shutil.copy(out/'image_sums.csv', cache)
             dls = run_dataloaders(split, config, cache, log)
             learn = config_learner(dls, config, path=st.tmp)
+            if config.init:
+                init_weights(learn, config.init)
+                log(f"Starting from the weights of {config.init}")
             log(f"\nTraining {config.arch} (method {config.method!r}) for up to {config.epochs} epochs")
             with data_parallel(learn): learn.fit_mtl(config.epochs, log=st.tmp/'history.csv')
             report, preds = evaluate_learner(learn, mtl_test_dl(dls, split))

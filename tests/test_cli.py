@@ -102,6 +102,24 @@ def test_metrics_agree_with_predictions(trained):
     assert len(p) == pd.read_csv(out/'split.csv').is_test.sum()
 
 
+def test_train_init(trained, tmp_path, demo_root, mes_mtl):
+    "`train --init MODEL` fine-tunes a saved model: its backbone, method and size by default, its normalisation kept."
+    out, _ = trained
+    r = mes_mtl('train', '--out', tmp_path/'tuned', '--data', demo_root, '--init', out/'model', '--epochs', 1,
+                '--folds', 3, '--bs', 16)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    cfg = json.loads((tmp_path/'tuned'/'config.json').read_text())
+    assert (cfg['init'], cfg['archs'], cfg['size'], cfg['pretrained']) == (str(out/'model'), ['test_resnet'], [32, 32], False)
+    model = lambda run: json.loads((run/'model'/'config.json').read_text())['preprocessing']
+    assert model(tmp_path/'tuned') == model(out) and 'Starting from the weights of' in r.stdout
+    r = mes_mtl('train', '--out', tmp_path/'other', '--data', demo_root, '--init', out/'model', '--arch', 'resnet18')
+    assert r.returncode == 2 and 'holds a test_resnet model' in r.stderr and not (tmp_path/'other').exists()
+    r = mes_mtl('train', '--out', tmp_path/'no', '--data', demo_root, '--init', tmp_path/'nothing')
+    assert r.returncode == 2 and 'not a mes_mtl model folder' in r.stderr
+    r = mes_mtl('train', '--out', tmp_path/'no', '--data', demo_root, '--init-stats', 'data')
+    assert r.returncode == 2 and 'applies to a run that starts from a model' in r.stderr
+
+
 def test_predict_csv_and_json(trained, tmp_path, demo_root, mes_mtl):
     import pandas as pd
     out, _ = trained
