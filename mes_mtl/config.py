@@ -19,8 +19,8 @@ from .method import METHODS, MESMethod, get_method, make_method, method_names
 
 # %% auto #0
 __all__ = ['COUNT', 'INDEX', 'FOLDS', 'PIXELS', 'POSITIVE', 'NON_NEGATIVE', 'UNIT', 'SHARE', 'SPLIT', 'LOADER', 'SPLIT_SETTINGS',
-           'PATH_SETTINGS', 'DEMO_PRESETS', 'PAPER_PRESETS', 'STUDY_MAY_CHANGE', 'Rule', 'image_size', 'setting',
-           'RunConfig', 'read_config', 'config_changes', 'check_folder', 'claim_folder']
+           'CONTROL_STAGE', 'PATH_SETTINGS', 'DEMO_PRESETS', 'PAPER_PRESETS', 'STUDY_MAY_CHANGE', 'Rule', 'image_size',
+           'setting', 'RunConfig', 'read_config', 'config_changes', 'check_folder', 'claim_folder']
 
 # %% ../nbs/13b_config.ipynb #35c23335
 class Rule:
@@ -72,6 +72,7 @@ def setting(default, help: str, commands=('train', 'cv'), rule: Rule | None = No
 
 SPLIT, LOADER = ('prepare', 'train', 'cv'), ('prepare', 'train', 'cv')  # the commands of the data and loader options
 SPLIT_SETTINGS = ('data', 'n_folds', 'group', 'seed')  # what shapes a split (what a `prepare` folder records)
+CONTROL_STAGE = 3  # a study's stage number of the control: stage 2 with the uniform loss (`control`)
 PATH_SETTINGS = ('data', 'init')  # settings that name a file or folder (kept as absolute paths)
 
 @dataclass
@@ -123,6 +124,9 @@ class RunConfig:
                                SHARE)
     task_weights: bool = setting(False, "also re-weight the tasks by 1/macro-F1", ('cv',))
     min_f1: float = setting(0.05, "F1 is clipped from below at this value", ('cv',), UNIT)
+    control: bool = setting(False, "also fine-tune each fold with the uniform joint loss (stage 2's epochs, learning "
+                                   "rate and seed): the control that tells the re-weighting from the longer training; "
+                                   "doubles stage 2's cost", ('cv',))
     # which folds
     fold: int = setting(0, "the validation fold of a training run", ('prepare', 'train'), INDEX)
     folds: tuple | None = setting(None, "run only these folds of a study (default: all)", ('cv',), INDEX,

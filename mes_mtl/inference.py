@@ -120,7 +120,7 @@ def load_mtl_model(path) -> tuple[MTLModel, dict]:
                         f"(or is damaged): {str(e).splitlines()[0][:300]}") from None
     return model.eval(), config
 
-# %% ../nbs/16_inference.ipynb #f14efcce
+# %% ../nbs/16_inference.ipynb #45379adc
 def init_settings(path) -> dict:
     "The `RunConfig` settings of a run that starts from model folder `path`: its backbone, method, size, augmentation."
     config = read_model_config(path)

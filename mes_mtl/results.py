@@ -11,6 +11,7 @@ import numpy as np, pandas as pd
 from scipy import stats
 from .labels import TASKS, HEAD_COLUMNS, MES_COLUMNS, heads_from_mes
 from .splits import read_split
+from .config import CONTROL_STAGE
 from .metrics import CLASS_NAMES, mtl_report
 from .learner import predictions_table
 from .aggregate import STUDY_RULES, rule_label, attach_patients, patient_table, patient_report
@@ -50,6 +51,8 @@ def study_metrics(out) -> pd.DataFrame:
         for stage in stages:
             for s, report in m[f'stage{stage}'].items():
                 rows += [(m['arch'], m['fold'], stage, stage == stages[-1], s, *r) for r in _report_rows(report)]
+        for s, report in m.get('control', {}).items():  # stage 2's control (`RunConfig.control`): never final
+            rows += [(m['arch'], m['fold'], CONTROL_STAGE, False, s, *r) for r in _report_rows(report)]
     if not rows: raise FileNotFoundError(f"{out} holds no finished fold yet (folds/<arch>/fold<k>/metrics.json)")
     return pd.DataFrame(rows, columns=LONG_COLS)
 
@@ -144,7 +147,8 @@ def fold_predictions(out, arch: str, stage: int | None = None) -> pd.DataFrame:
         raise FileNotFoundError(f"{Path(out)/'folds'/arch} holds no finished fold "
                                 f"(fold<k>/metrics.json and predictions.csv)")
     p = pd.concat(frames, ignore_index=True)
-    return p[p.stage == (p.groupby('fold').stage.transform('max') if stage is None else stage)]
+    final = p[p.stage != CONTROL_STAGE].groupby('fold').stage.max()  # stage 2 of the multi-task method, else 1
+    return p[p.stage == (p.fold.map(final) if stage is None else stage)]
 
 def heldout_predictions(out, arch: str, stage: int | None = None) -> pd.DataFrame:
     "The held-out test set's predictions of every finished fold model of `arch` (a row per image and fold)."
@@ -261,7 +265,8 @@ def compute_table(out) -> pd.DataFrame:
     for fn in finished_folds(out):
         arch, fold = fn.parts[-3], int(fn.parent.name[4:])
         compute = json.loads((fn.parent/'compute.json').read_text())
-        rows += [dict(arch=arch, fold=fold, stage=int(s[-1]), **c) for s, c in compute.items()]
+        rows += [dict(arch=arch, fold=fold, stage=CONTROL_STAGE if s == 'control' else int(s[-1]), **c)
+                 for s, c in compute.items()]
     return pd.DataFrame(rows)
 
 def f1_weight_table(out) -> pd.DataFrame:

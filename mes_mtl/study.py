@@ -15,7 +15,7 @@ from .files import write_json
 from .splits import save_split, read_split, split_diff, image_sums
 from .parallel import run_jobs, JobsFailed
 from .dataloaders import mtl_dataloaders, mtl_test_dl
-from .config import RunConfig, claim_folder
+from .config import RunConfig, CONTROL_STAGE, claim_folder
 from .learner import config_learner, evaluate_learner
 from .inference import save_mtl_model
 from .distributed import data_parallel, num_distrib
@@ -57,15 +57,17 @@ def _quiet(learn, verbose: bool):
                 print(line + (f' ({n} times)' if n > 1 else ''), file=sys.stderr)
 
 def _fit_stage(learn, stage: int, cfg: RunConfig, hist: Path):
-    "Stage 1 (`fit_mtl`) or stage 2 (`fit_f1`, returning its `F1WeightedLoss`) of `cfg`, logged to `hist`."
-    if stage == 1:
-        learn.fit_mtl(cfg.epochs, log=hist)
-        return None
-    return learn.fit_f1(log=hist, **cfg.stage2())
+    "Stage 1 (`fit_mtl`), stage 2 (`fit_f1`, returning its `F1WeightedLoss`) or its control of `cfg`, logged to `hist`."
+    if stage == 2: return learn.fit_f1(log=hist, **cfg.stage2())
+    if stage == CONTROL_STAGE:  # stage 2's fine-tuning (a new optimiser, its epochs and learning rate), uniform loss
+        learn.create_opt()
+        learn.fit_mtl(cfg.stage2()['n_epoch'], cfg.stage2()['lr'], log=hist)
+    else: learn.fit_mtl(cfg.epochs, log=hist)
+    return None
 
 def _run_stage(learn, stage: int, d: Path, cfg: RunConfig, test_dl, verbose: bool):
     "Train one stage, evaluate it on the validation fold and the test set: (reports, predictions, compute, callback)."
-    hist = d/f'history_stage{stage}.csv'
+    hist = d/('history_control.csv' if stage == CONTROL_STAGE else f'history_stage{stage}.csv')
     hist.unlink(missing_ok=True)
     if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -115,6 +117,12 @@ def run_fold(split: pd.DataFrame,  # the split (`split_items`): test set and fol
         write_json(dict(reports, compute=compute), s1)
     stage1 = json.loads(s1.read_text())  # from the files either way: identical results
     reports, preds, compute, extra = {'stage1': stage1}, [pd.read_csv(s1_preds)], {'stage1': stage1.pop('compute')}, {}
+    if learn.loss_func.stages == 2 and cfg.control:  # first (the loss is not re-weighted yet), from stage 1's weights
+        learn.dls = _stage_dls(split, fold, cfg, arch, out, 2)  # stage 2's seed: the same batches
+        reports['control'], pc, compute['control'], _ = _run_stage(learn, CONTROL_STAGE, d, cfg,
+                                                                   mtl_test_dl(learn.dls, split), verbose)
+        preds.append(pc)
+        learn.load('stage1', with_opt=False)
     if learn.loss_func.stages == 2:  # stage 2: F1-based joint-loss optimisation
         learn.dls = _stage_dls(split, fold, cfg, arch, out, 2)
         test_dl = mtl_test_dl(learn.dls, split)
@@ -165,7 +173,8 @@ def _fold_line(m: dict, secs: float) -> str:
     f = lambda st, s: m[st][s]['mes']['macro_f1']
     if 'stage2' not in m:
         return f"MES macro F1 valid {f('stage1', 'valid'):.3f}, test {f('stage1', 'test'):.3f} in {secs:.0f} s"
-    return (f"MES macro F1 valid {f('stage1', 'valid'):.3f} -> {f('stage2', 'valid'):.3f}, "
+    control = f", control {f('control', 'valid'):.3f}" if 'control' in m else ''
+    return (f"MES macro F1 valid {f('stage1', 'valid'):.3f} -> {f('stage2', 'valid'):.3f}{control}, "
             f"test {f('stage1', 'test'):.3f} -> {f('stage2', 'test'):.3f} (stage 1 -> 2) in {secs:.0f} s")
 
 # %% ../nbs/20c_study.ipynb #5415197f
