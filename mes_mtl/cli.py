@@ -13,7 +13,7 @@ from .errors import UserError, UserFileNotFoundError, UserNotADirectoryError
 from .files import atomic_write, write_json, save_figure, writable_dir, writable_file, Staging
 from .labels import TASKS
 from .data import IMAGE_EXTS
-from .demo import make_demo_limuc
+from .demo import make_demo_limuc, DEMO_SITES
 from .download import DownloadError
 from .splits import read_split, save_split, split_diff
 from .dataloaders import mtl_dataloaders
@@ -256,6 +256,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--patients', type=COUNT, default=40)
     p.add_argument('--seed', type=INDEX, default=0)
     p.add_argument('--overwrite', action='store_true')
+    p.add_argument('--site', choices=DEMO_SITES, default='A',
+                   help="the hospital: A (LIMUC-like, the default) or B (another system's frames, other patients)")
     p.add_argument('--video', action='store_true',
                    help='write the demo video (DEST/demo_video.mp4 and its ground truth) instead of the images')
     p = sub.add_parser('download', help='download and extract LIMUC from Zenodo (11,276 images, ~2 GB)',
@@ -394,7 +396,7 @@ def _demo_data(args):
     if args.video: return _demo_video(args)
     dest = writable_dir(args.dest, 'DEST')
     df = make_demo_limuc(dest, n_images=args.n_images, n_patients=args.patients, seed=args.seed,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, site=DEMO_SITES[args.site])
     print(f"Wrote {len(df)} demo images of {df.patient.nunique()} patients to {dest}")
 
 def _demo_video(args):

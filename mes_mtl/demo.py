@@ -7,7 +7,9 @@ from __future__ import annotations
 import os, shutil, tempfile
 from pathlib import Path
 import numpy as np, pandas as pd
-from PIL import Image, ImageFilter
+from dataclasses import dataclass, asdict
+import hashlib
+from PIL import Image, ImageDraw, ImageFilter
 from fastprogress.fastprogress import progress_bar
 from .labels import MES_CLASSES, LIMUC_SIZE, check_mes
 from .errors import UserError, UserFileExistsError, UserNotADirectoryError
@@ -15,8 +17,9 @@ from .files import cached_folder
 
 # %% auto #0
 __all__ = ['CUE_RAMPS', 'NORMAL_RGB', 'ERYTHEMA_RGB', 'VESSEL_RGB', 'BLOOD_RGB', 'FIBRIN_RGB', 'WHITE', 'SEVERITY_JITTER',
-           'MES_PROPORTIONS', 'PATIENT_SPREAD', 'DEMO_VERSION', 'severity_cues', 'mucosa_image', 'demo_image',
-           'mes_counts', 'demo_layout', 'make_demo_limuc', 'cache_root', 'demo_limuc']
+           'SCOPE_TEXT', 'SITE_B', 'DEMO_SITES', 'MES_PROPORTIONS', 'PATIENT_SPREAD', 'DEMO_VERSION', 'severity_cues',
+           'mucosa_image', 'demo_image', 'SiteShift', 'burnt_text', 'site_frame', 'site_image', 'mes_counts',
+           'demo_layout', 'make_demo_limuc', 'cache_root', 'demo_limuc']
 
 # %% ../nbs/01_demo.ipynb #941dc61d
 CUE_RAMPS = {            # severity at which a cue appears and at which it is at full strength
@@ -119,6 +122,77 @@ def demo_image(mes: int, rng: np.random.Generator, size=LIMUC_SIZE) -> np.ndarra
     jitter = float(np.clip(rng.normal(0, SEVERITY_JITTER), -0.5, 0.5))
     return mucosa_image(int(check_mes(mes)) + jitter, rng, size)
 
+# %% ../nbs/01_demo.ipynb #b9636f9b
+@dataclass(frozen=True)
+class SiteShift:
+    "How another hospital's endoscopy system changes the demo images: light, colour, optics, frame and size."
+    name: str  # the site's name, part of the names of its datasets' cache folders
+    colour_cast: tuple = (1.0, 1.0, 1.0)  # gains of red, green and blue: the light source and white balance
+    gain: float = 1.0  # overall brightness (exposure)
+    vignette: float = 0.0  # extra darkening towards the image's corners: 0 none, 1 black corners
+    border: float = 0.0  # width of the black band on the left, which holds the text, as a fraction of the width
+    corner: float = 0.0  # the image's corners cut off (an octagon), as a fraction of its height
+    size: tuple = LIMUC_SIZE  # (height, width) of a frame, band included
+    text: bool = False  # burn the patient's id, the examination's date and time and the scope into the band
+    first_patient: int = 1001  # the site's patients are numbered from here: other people than site A's 1, 2, ...
+
+    def __post_init__(self):
+        if min(self.image_size) < 8 or not 0 <= self.border < 1:
+            raise UserError(f"SiteShift {self.name!r}: size={self.size} (height, width) with border={self.border} "
+                            f"leaves an image of {self.image_size}: need at least 8 px each")
+        if self.first_patient < 2: raise UserError(f"SiteShift {self.name!r}: first_patient must be above site A's 1")
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        "(height, width) of the endoscopic image, right of the band."
+        h, w = self.size
+        return h, w - round(self.border * w)
+
+    @property
+    def tag(self) -> str:
+        "The name and a digest of the settings: two sites of one name but other settings are not confused."
+        return f"{self.name}-{hashlib.sha256(repr(asdict(self)).encode()).hexdigest()[:8]}"
+
+# %% ../nbs/01_demo.ipynb #041558fd
+SCOPE_TEXT = ('CF-HQ190L', 'Eh:A5 Cv:2')  # burnt in beside every image: the scope model, the processor's settings
+
+def burnt_text(patient: int, number: int, seed: int = 0) -> list[str]:
+    "The lines a video processor writes beside image `number` of `patient`: id, examination date and time, scope."
+    rng = np.random.default_rng([seed, patient])
+    day = np.datetime64('2023-01-02') + int(rng.integers(0, 700))
+    t = int(rng.integers(8 * 3600, 16 * 3600)) + 20 * number  # an image every 20 s
+    return [f'ID:{patient:07d}', str(day), f'{t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d}', *SCOPE_TEXT]
+
+def site_frame(img: np.ndarray,  # (h, w, 3) uint8 mucosa image of `site.image_size`
+               site: SiteShift,  # the site
+               lines=(),  # text to burn into the band (`burnt_text`), one line each
+              ) -> np.ndarray:
+    "`img` as `site`'s system shows it: colour cast, gain, vignetting, cut corners, beside a black band with `lines`."
+    if img.shape[:2] != site.image_size:
+        raise ValueError(f"img is {img.shape[:2]}, site {site.name}'s image size is {site.image_size} (height, width)")
+    (h, w), (ih, iw) = site.size, site.image_size
+    yy, xx = np.ogrid[0:ih, 0:iw]
+    corner2 = ((xx - iw / 2) / (iw / 2)) ** 2 + ((yy - ih / 2) / (ih / 2)) ** 2  # 2 in the corners
+    light = site.gain * (1 - site.vignette * corner2 / 2)
+    shown = img * np.asarray(site.colour_cast, np.float32) * light[..., None]
+    near, far_x, far_y = site.corner * ih, iw - 1 - xx, ih - 1 - yy  # the octagon: distance to the corners
+    inside = np.minimum(np.minimum(xx + yy, far_x + yy), np.minimum(xx + far_y, far_x + far_y)) >= near
+    frame = np.zeros((h, w, 3), np.uint8)
+    frame[:, w - iw:] = np.clip(shown, 0, 255).astype(np.uint8) * inside[..., None]
+    band = Image.new('RGB', (w - iw, h))
+    for i, line in enumerate(lines): ImageDraw.Draw(band).text((4, 6 + 14 * i), line, fill=(235, 235, 235))
+    frame[:, :w - iw] = np.asarray(band)  # text clipped to the band
+    return frame
+
+def site_image(mes: int, rng: np.random.Generator, site: SiteShift, lines=()) -> np.ndarray:
+    "`demo_image` of Mayo score `mes` as seen at `site`: drawn at its image size, then framed by `site_frame`."
+    return site_frame(demo_image(mes, rng, site.image_size), site, lines)
+
+# %% ../nbs/01_demo.ipynb #4591b32b
+SITE_B = SiteShift('B', colour_cast=(1.0, 0.8, 0.9), gain=1.1, vignette=0.6, border=0.2, corner=0.12,
+                   size=(400, 480), text=True, first_patient=1001)
+DEMO_SITES = {'A': None, 'B': SITE_B}  # the demo data's sites by name (CLI: `demo-data --site`); A: unshifted
+
 # %% ../nbs/01_demo.ipynb #4998d062
 MES_PROPORTIONS = (0.54, 0.27, 0.11, 0.08)  # LIMUC: 6105 / 3052 / 1254 / 865 of 11,276 images
 
@@ -132,42 +206,60 @@ def mes_counts(n_images: int, proportions=MES_PROPORTIONS) -> np.ndarray:
     while (counts == 0).any(): counts[counts.argmax()] -= 1; counts[counts.argmin()] += 1
     return counts
 
-# %% ../nbs/01_demo.ipynb #96b907b4
+# %% ../nbs/01_demo.ipynb #4a4ffa45
 PATIENT_SPREAD = 0.25  # within-patient spread of disease activity (patient levels are uniform in [0, 1])
 
-def demo_layout(n_images: int = 400, n_patients: int = 40, seed: int = 0) -> pd.DataFrame:
-    "Patient (1..`n_patients`), image number within the patient (1..) and Mayo score of each demo image."
+def _seed_key(seed: int, first_patient: int) -> list[int]:
+    "The random seed of a dataset's patients: `seed`, and where they are numbered from unless it is 1 (site A)."
+    return [seed] if first_patient == 1 else [seed, first_patient]
+
+def demo_layout(n_images: int = 400,  # images, in LIMUC's class balance
+                n_patients: int = 40,  # patients
+                seed: int = 0,  # random seed
+                first_patient: int = 1,  # patients are numbered from here; another number draws other patients
+               ) -> pd.DataFrame:
+    "Patient (`first_patient`..), image number within the patient (1..) and Mayo score of each demo image."
     counts = mes_counts(n_images)
     if not 1 <= n_patients <= n_images:
         raise UserError(f"n_patients={n_patients}: need between 1 and n_images={n_images} (every patient has an image)")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_seed_key(seed, first_patient))
     sizes = 1 + rng.multinomial(n_images - n_patients, rng.dirichlet(np.full(n_patients, 2.0)))
-    patient = np.repeat(np.arange(1, n_patients + 1), sizes)
+    patient = np.repeat(np.arange(n_patients), sizes)
     number = np.concatenate([rng.permutation(k) + 1 for k in sizes])
-    activity = rng.uniform(0, 1, n_patients)[patient - 1] + rng.normal(0, PATIENT_SPREAD, n_images)
+    activity = rng.uniform(0, 1, n_patients)[patient] + rng.normal(0, PATIENT_SPREAD, n_images)
     mes = np.empty(n_images, np.int64)
     mes[np.argsort(activity, kind='stable')] = np.repeat(MES_CLASSES, counts)
-    layout = pd.DataFrame({'patient': patient, 'number': number, 'mes': mes})
+    layout = pd.DataFrame({'patient': patient + first_patient, 'number': number, 'mes': mes})
     return layout.sort_values(['patient', 'number'], ignore_index=True)
 
-# %% ../nbs/01_demo.ipynb #465a4768
-def make_demo_limuc(dest, n_images: int = 400, n_patients: int = 40, seed: int = 0, overwrite: bool = False,
-                    progress: bool = True) -> pd.DataFrame:
-    "Write a LIMUC-like dataset (patient-based layout, 352x288 BMP) to `dest`; one row (path, patient, mes) per image."
+# %% ../nbs/01_demo.ipynb #2a09aaf6
+def make_demo_limuc(dest,  # the folder to write into (LIMUC's root)
+                    n_images: int = 400,  # images, in LIMUC's class balance
+                    n_patients: int = 40,  # patients
+                    seed: int = 0,  # random seed: the same arguments write the same files
+                    overwrite: bool = False,  # replace the demo images of a non-empty `dest`
+                    progress: bool = True,  # show a progress bar
+                    site: SiteShift | None = None,  # None: site A (352x288, as LIMUC); else another site's images
+                   ) -> pd.DataFrame:
+    "Write a LIMUC-like dataset (patient-based layout, BMP) to `dest`; one row (path, patient, mes) per image."
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise UserNotADirectoryError(f"{dest} is a file: give a folder for the demo dataset")
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         raise UserFileExistsError(f"{dest} is not empty: pass overwrite=True (CLI: --overwrite) "
                                   "to replace its demo images, or choose another folder")
-    layout = demo_layout(n_images, n_patients, seed)  # checks the arguments before anything is deleted
+    first = 1 if site is None else site.first_patient
+    layout = demo_layout(n_images, n_patients, seed, first)  # checks the arguments before anything is deleted
     root = dest/'patient_based_classified_images'
     if root.exists(): shutil.rmtree(root)
-    rows = zip(layout.patient, layout.number, layout.mes)
+    rows = list(zip(layout.patient, layout.number, layout.mes))
     paths = [root/str(p)/f'Mayo {k}'/f'UC_patient_{p}_{n}.bmp' for p, n, k in rows]
     for i in progress_bar(range(n_images)) if progress else range(n_images):
+        (p, n, k), rng = rows[i], np.random.default_rng([*_seed_key(seed, first), i])
+        if site is None: img = demo_image(k, rng)
+        else: img = site_image(k, rng, site, burnt_text(p, n, seed) if site.text else ())
         paths[i].parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(demo_image(layout.mes[i], np.random.default_rng([seed, i]))).save(paths[i])
+        Image.fromarray(img).save(paths[i])
     files = [str(p.resolve()) for p in paths]
     return pd.DataFrame({'path': files, 'patient': layout.patient.astype(str), 'mes': layout.mes})
 
@@ -183,9 +275,11 @@ def demo_limuc(n_images: int = 400,  # images, in LIMUC's class balance
                seed: int = 0,  # the seed of `make_demo_limuc`
                cache=None,  # the cache folder (see `cache_root`)
                progress: bool = True,  # show a progress bar while the images are written
+               site: SiteShift | None = None,  # None: site A; else another site's images (`SITE_B`)
               ) -> Path:
     "The LIMUC root of `make_demo_limuc`'s dataset with these settings: written into the cache once, then reused."
     demo_layout(n_images, n_patients, seed)  # checks the arguments before anything is written
-    root = cache_root(cache)/f'demo_limuc_{n_images}img_{n_patients}pat_seed{seed}_v{DEMO_VERSION}'
-    def make(dest): make_demo_limuc(dest, n_images=n_images, n_patients=n_patients, seed=seed, progress=progress)
+    at = '' if site is None else f'_site{site.tag}'
+    root = cache_root(cache)/f'demo_limuc_{n_images}img_{n_patients}pat_seed{seed}{at}_v{DEMO_VERSION}'
+    def make(dest): make_demo_limuc(dest, n_images, n_patients, seed, progress=progress, site=site)
     return cached_folder(root, make)

@@ -67,6 +67,18 @@ def test_demo_data_checks(capsys, tmp_path):
     assert code == 2 and 'n_images=2 is too few' in err
     code, _, err = run_main(capsys, 'demo-data', tmp_path/'d', '--n-images', 10, '--patients', 20)
     assert code == 2 and 'n_patients=20' in err
+    code, _, err = run_main(capsys, 'demo-data', tmp_path/'d', '--site', 'C')
+    assert code == 2 and "argument --site: invalid choice: 'C'" in err
+
+
+def test_demo_data_site_b(capsys, tmp_path):
+    "`--site B`: the second site's patients (1001..) and frames (480x400)."
+    from PIL import Image
+    code, out, _ = run_main(capsys, 'demo-data', tmp_path/'b', '--n-images', 8, '--patients', 2, '--site', 'B')
+    assert code == 0 and 'Wrote 8 demo images of 2 patients' in out
+    root = tmp_path/'b'/'patient_based_classified_images'
+    assert sorted(d.name for d in root.iterdir()) == ['1001', '1002']
+    with Image.open(next(root.rglob('*.bmp'))) as im: assert im.size == (480, 400)
 
 
 def test_internal_errors_keep_their_traceback(monkeypatch, tmp_path):
