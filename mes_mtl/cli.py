@@ -19,7 +19,7 @@ from .splits import read_split, save_split, split_diff
 from .dataloaders import mtl_dataloaders
 from .config import (RunConfig, DEMO_PRESETS, PAPER_PRESETS, STUDY_MAY_CHANGE, SPLIT_SETTINGS, COUNT, INDEX, POSITIVE,
                             NON_NEGATIVE, read_config, check_folder, config_changes)
-from .results import finished_folds
+from .results import TESTS, finished_folds
 from .study import Interrupted, check_folds, run_cv
 from .train import prepare_data, run_train
 from .methods import write_method_comparison
@@ -31,6 +31,7 @@ from .video import VideoReader, VideoResult, score_video, save_video_result
 from .parallel import import_ray, JobsFailed
 from .distributed import init_distributed, rank_folder_first
 from .metrics import report_table, markdown_table
+from .intervals import summary_line, ci_note
 
 # %% auto #0
 __all__ = ['METHOD_SETTINGS', 'COMMANDS', 'add_config_options', 'config_from_args', 'prepare', 'print_summary', 'train', 'cv',
@@ -102,10 +103,9 @@ def prepare(args):
 
 # %% ../nbs/90_cli.ipynb #13ce469d
 def print_summary(report: dict, title: str):
-    "A short summary of a report: MES scores, remission vs active, and the per-class table of MES and the tasks."
-    m, ra = report['mes'], report['remission_vs_active']
-    print(f"\n{title}\nMES accuracy {m['accuracy']:.3f} | macro F1 {m['macro_f1']:.3f} | QWK {m['qwk']:.3f} | "
-          f"remission vs active F1 {ra['f1']:.3f}, kappa {ra['kappa']:.3f}\n")
+    "A short summary of a report: MES scores, remission vs active (with intervals), the per-class table of MES, tasks."
+    note = f" ({ci_note(report['ci'])})" if 'ci' in report else ''
+    print(f"\n{title}\n{summary_line(report)}{note}\n")
     print(markdown_table(report_table(report)))
 
 def train(args):
@@ -170,7 +170,7 @@ def check_comparable(studies: dict) -> dict:
     return differ
 
 def compare_studies(args):
-    "`mes_mtl compare`: methods side by side, one `mes_mtl cv` study each, Wilcoxon tests; table and figure in `--out`."
+    "`mes_mtl compare`: methods side by side, one `mes_mtl cv` study each, exact tests; tables and figure in `--out`."
     studies = {}
     for spec in args.studies:
         name, sep, folder = spec.partition('=')
@@ -279,14 +279,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--ray-address', help="run the folds on this Ray cluster ('auto': the one this machine joined by "
                                          "`ray start`; default: a local Ray instance for the run)")
     p = sub.add_parser('compare',
-                       help='compare methods (one `mes_mtl cv` study each) on one backbone, Wilcoxon tests over folds')
+                       help='compare methods (one `mes_mtl cv` study each) on one backbone: exact tests over folds, '
+                            'paired bootstrap on the test set')
     p.add_argument('studies', nargs='+',
                    help='NAME=FOLDER of each study (or FOLDER, named after it); the first is the reference')
     p.add_argument('--out', type=_path, required=True, help='output folder for methods.md/.csv/.png')
     p.add_argument('--arch', help='the backbone to compare (default: the one all studies share)')
     p.add_argument('--reference', help='the method the others are tested against (default: the first)')
-    p.add_argument('--test', choices=['ranksum', 'signed-rank'], default='ranksum',
-                   help='Wilcoxon rank-sum (default) or signed-rank (paired folds)')
+    p.add_argument('--test', choices=list(TESTS), default='independent',
+                   help='the exact permutation test over folds: independent (default) or paired folds; ranksum and '
+                        'signed-rank are their old names')
     bench_args(sub.add_parser('bench', help='training, data-loading and inference speed against plain PyTorch',
                               description='Training throughput of mtl_learner vs a plain PyTorch loop, data loading vs '
                                           'the training step, inference latency/throughput per backbone, peak memory, '
