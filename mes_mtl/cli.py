@@ -23,6 +23,7 @@ from .results import TESTS, finished_folds
 from .study import Interrupted, check_folds, run_cv
 from .train import prepare_data, run_train
 from .methods import write_method_comparison
+from .report import heldout_markdown
 from .bench import bench_args, run_bench
 from .extras import require
 from .inference import MESPredictor
@@ -139,9 +140,9 @@ def cv(args):
                     workers=args.workers, ray_address=args.ray_address)
     res = out/'results'
     print(f"\nTable 1: cross-validation accuracy (mean ± sd over folds)\n{(res/'table1_cv_accuracy.md').read_text()}")
-    ens = tables['test_results'].query("model == 'ensemble'").drop(columns='model')
-    print(f"Held-out test set, fold ensemble per backbone\n{markdown_table(ens)}\n\nAll tables and figures: {res} "
-          f"(summary.md)")
+    ens = heldout_markdown(tables['test_results'].query("model == 'ensemble'")).drop(columns='model')
+    print(f"Held-out test set, fold ensemble per backbone (95 % bootstrap intervals)\n{markdown_table(ens)}\n\n"
+          f"All tables and figures: {res} (summary.md)")
     return tables
 
 METHOD_SETTINGS = ('method', 'focal_gamma', 'cdw_power', 'decode_rule', 'archs', 'data')  # may differ between studies

@@ -51,7 +51,8 @@ def count_metrics(cm) -> dict:
 def cluster_counts(mes_true, mes_pred, groups=None) -> np.ndarray:
     "Flattened 4x4 MES confusion counts (16, n clusters) of each cluster: a group of `groups`, else each image."
     t, p = check_mes(mes_true).ravel(), check_mes(mes_pred).ravel()
-    if t.shape != p.shape: raise ValueError(f"`mes_true` and `mes_pred` need one entry per image; got {t.size}, {p.size}")
+    if t.shape != p.shape:
+        raise ValueError(f"`mes_true` and `mes_pred` need one entry per image; got {t.size}, {p.size}")
     clusters = np.arange(t.size) if groups is None else pd.factorize(np.asarray(groups))[0]
     if len(clusters) != t.size: raise ValueError(f"`groups` needs one entry per image; got {len(clusters)}, {t.size}")
     counts = np.zeros((16, clusters.max(initial=-1) + 1), np.int32)
@@ -63,8 +64,9 @@ def _matrices(counts: np.ndarray, axis: int = -1) -> np.ndarray:
     s = np.moveaxis(counts.sum(axis), 0, -1)
     return s.reshape(*s.shape[:-1], -1, 4, 4)
 
-def _bootstrap(counts: np.ndarray, statistic, n_resamples: int, level: float, seed: int):
+def _bootstrap(counts: np.ndarray, statistic, n_resamples: int, level: float, seed: int, resampled: str):
     "`scipy.stats.bootstrap` of a vector statistic of summed cluster counts (percentile intervals, batched)."
+    if counts.shape[1] < 2: raise ValueError(f"a bootstrap needs at least two {resampled}; got {counts.shape[1]}")
     batch = max(1, min(n_resamples, 4_000_000 // counts.size))  # ~4 M counts in memory at a time
     return stats.bootstrap((counts,), statistic, vectorized=True, n_resamples=n_resamples, confidence_level=level,
                            method='percentile', rng=seed, batch=batch, axis=-1)
@@ -92,14 +94,14 @@ def bootstrap_intervals(mes_true,  # true Mayo scores, one per image
                        ) -> dict:
     "Percentile bootstrap intervals of the `mes` and `remission_vs_active` figures, laid out like the report."
     counts = cluster_counts(mes_true, mes_pred, groups)
-    if counts.shape[1] < 2: raise ValueError(f"a bootstrap needs at least two {_resampled(groups)}; got {counts.shape[1]}")
     statistic = lambda c, axis=-1: np.stack(list(count_metrics(_matrices(c, axis)[..., 0, :, :]).values()))
-    res = _bootstrap(counts, statistic, n_resamples, level, seed)
+    res = _bootstrap(counts, statistic, n_resamples, level, seed, _resampled(groups))
     bounds = zip(METRIC_KEYS, res.confidence_interval.low, res.confidence_interval.high)
     intervals = {k: [float(lo), float(hi)] for k, lo, hi in bounds if k[-1] != 'support'}
-    support = [res.bootstrap_distribution[METRIC_KEYS.index(('mes', 'per_class', str(c), 'support'))] for c in MES_CLASSES]
+    support = {str(c): res.bootstrap_distribution[METRIC_KEYS.index(('mes', 'per_class', str(c), 'support'))]
+               for c in MES_CLASSES}
     return {'level': level, 'resampled': _resampled(groups), 'n': counts.shape[1], 'n_resamples': n_resamples,
-            'seed': seed, **_nest(intervals), 'missing_class': {str(c): int((s == 0).sum()) for c, s in zip(MES_CLASSES, support)}}
+            'seed': seed, **_nest(intervals), 'missing_class': {c: int((s == 0).sum()) for c, s in support.items()}}
 
 # %% ../nbs/12b_intervals.ipynb #c73cde65
 def ci_text(value: float, interval, digits: int = 3) -> str:
@@ -143,11 +145,10 @@ def paired_bootstrap(mes_true,  # true Mayo scores, one per image
     "The difference B - A of `metric` on the same images: point value, bootstrap interval, two-sided p, n."
     key = metric_key(metric)
     counts = np.concatenate([cluster_counts(mes_true, pred, groups) for pred in (pred_a, pred_b)])
-    if counts.shape[1] < 2: raise ValueError(f"a bootstrap needs at least two {_resampled(groups)}; got {counts.shape[1]}")
     def difference(c, axis=-1):
         m = count_metrics(_matrices(c, axis))[key]
         return m[..., 1] - m[..., 0]
-    res = _bootstrap(counts, difference, n_resamples, level, seed)
+    res = _bootstrap(counts, difference, n_resamples, level, seed, _resampled(groups))
     d = res.bootstrap_distribution
     p = min(1., 2 * min(np.mean(d <= 0), np.mean(d >= 0)))
     return {'metric': metric, 'difference': float(difference(counts)), 'interval': [float(res.confidence_interval.low),

@@ -19,7 +19,7 @@ from .metrics import markdown_table
 from .errors import UserError
 
 # %% auto #0
-__all__ = ['METHOD_COLUMNS', 'PATIENT_METHOD_COLUMNS', 'HELDOUT_METRICS', 'method_scores', 'compare_methods',
+__all__ = ['METHOD_COLUMNS', 'PATIENT_METHOD_COLUMNS', 'HELDOUT_METRICS', 'FEW_CLUSTERS', 'method_scores', 'compare_methods',
            'heldout_differences', 'differences_markdown', 'methods_markdown', 'plot_methods', 'write_method_comparison']
 
 # %% ../nbs/22_methods.ipynb #e9711ee9
@@ -86,6 +86,7 @@ def _patient_scores(studies: dict, arch: str) -> list[dict]:
 
 # %% ../nbs/22_methods.ipynb #c43c5672
 HELDOUT_METRICS = {'macro_f1': 'MES macro F1', 'qwk': 'QWK', 'remission_vs_active.f1': 'remission vs active F1'}
+FEW_CLUSTERS = 20  # fewer patients (or images) than this: `methods.md` warns that the bootstrap is rough
 
 def _test_ensemble(out, arch: str) -> pd.DataFrame:
     "The test-set predictions of the fold ensemble of `arch` in study `out`, decoded by the study's method, by path."
@@ -150,6 +151,8 @@ def _methods_text(comparison: pd.DataFrame, diffs: pd.DataFrame, arch: str, test
     reach = (f" With {comparison.n.min()} folds per method no p can fall below {floor:.3g}: the fold tests cannot "
              f"reach p < 0.05." if floor >= 0.05 else '')
     resampled = f"{diffs.n.iloc[0]} test {diffs.resampled.iloc[0]}" if len(diffs) else 'test images'
+    if len(diffs) and diffs.n.iloc[0] < FEW_CLUSTERS:
+        resampled += f"; with fewer than {FEW_CLUSTERS} the intervals are rough and too narrow, read them with care"
     return (f"Backbone {arch}; exact permutation test ({kind} folds) against {reference}, Holm-adjusted.{reach}\n\n"
             f"{methods_markdown(comparison)}\n\nHeld-out test set, fold ensembles: difference to {reference} "
             f"(95 % paired bootstrap interval, {resampled} resampled; marks from the Holm-adjusted bootstrap p):"

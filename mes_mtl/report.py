@@ -61,8 +61,7 @@ def plot_classwise(cw: pd.DataFrame,  # `classwise_table`
                      {a: [mark.get((a, c), '') for c in classes] for a in archs}, metric)
         ax.set_title(metric)
     axes[0].legend(fontsize=8, loc='lower left')
-    n = tests.n_a.max() if len(tests) else 0
-    fig.suptitle(f"{block}: class-wise validation metrics over {n} folds (mean ± sd); * vs {best}: exact permutation "
+    fig.suptitle(f"{block}: class-wise validation metrics over {cw.n.max()} folds (mean ± sd); * vs {best}: exact permutation "
                  f"test, Holm-adjusted p", fontsize=10)
     fig.tight_layout()
     return fig

@@ -58,7 +58,7 @@ def _at(long: pd.DataFrame, stage: int | None) -> pd.Series:
     "Rows of `stage`, or (None) of each fold's final model: stage 2 of the multi-task method, a baseline's only stage."
     return long.final if stage is None else long.stage == stage
 
-# %% ../nbs/20_results.ipynb #67819029
+# %% ../nbs/20_results.ipynb #2466cd38
 def mean_sd(mean, sd, digits: int = 3) -> list[str]:
     "'mean ± sd' texts of the sequences `mean` and `sd`."
     return [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean, sd)]
@@ -108,7 +108,7 @@ def holm(p) -> np.ndarray:
 def with_holm(t: pd.DataFrame, by=None) -> pd.DataFrame:
     "`t` with `p_holm` (its `p` Holm-adjusted within each family: rows of equal `by`; None: all) and `mark` from it."
     p_holm = holm(t.p) if by is None or t.empty else t.groupby(by, sort=False).p.transform(holm)
-    return t.assign(p_holm=p_holm, mark=[stars(p) for p in p_holm])
+    return t.assign(p_holm=p_holm, mark=pd.Series([stars(p) for p in p_holm], index=t.index, dtype=object))
 
 # %% ../nbs/20_results.ipynb #f3ebf19f
 def _summary(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -162,7 +162,7 @@ def compare_stages(long: pd.DataFrame,  # `study_metrics`
                    split: str = 'valid',  # the set: 'valid' (the validation folds) or 'test'
                    test: str = 'independent',  # the test of `p_value`: 'independent' or 'paired'
                   ) -> pd.DataFrame:
-    "Stage 1 vs 2 (before/after F1 optimisation) per backbone, block, class: means, sds, change, n, p, Holm's p per block."
+    "Stage 1 vs 2 (before/after F1 optimisation) per backbone, block, class: means, sds, change, n, p, Holm's p."
     v = long[(long.set == split) & (long.metric == metric) & (long['class'] != 'all')]
     rows = []
     for (arch, block, cls), g in v.groupby(['arch', 'block', 'class'], sort=False):
@@ -223,7 +223,7 @@ def _ci_columns(ci: dict, columns: dict = HELDOUT_COLUMNS) -> dict:
     return out
 
 def heldout_results(out, long: pd.DataFrame, decode_rule: str = 'prob') -> pd.DataFrame:
-    "Test results of each final fold model, their mean and sd, the fold ensemble (and stage 1's, with CIs), per backbone."
+    "Test results of each final fold model, their mean and sd, the fold ensembles (with 95 % intervals), per backbone."
     rows, cols, items = [], ['block', 'class', 'metric', 'value'], study_items(out)
     for arch in long.arch.unique():
         t = long[(long.arch == arch) & (long.set == 'test') & long.final]
