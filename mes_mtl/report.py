@@ -61,8 +61,8 @@ def plot_classwise(cw: pd.DataFrame,  # `classwise_table`
                      {a: [mark.get((a, c), '') for c in classes] for a in archs}, metric)
         ax.set_title(metric)
     axes[0].legend(fontsize=8, loc='lower left')
-    fig.suptitle(f"{block}: class-wise validation metrics over {cw.n.max()} folds (mean ± sd); * vs {best}: exact permutation "
-                 f"test, Holm-adjusted p", fontsize=10)
+    fig.suptitle(f"{block}: class-wise validation metrics over {cw.n.max()} folds (mean ± sd); * vs {best}: "
+                 f"exact permutation test, Holm-adjusted p", fontsize=10)
     fig.tight_layout()
     return fig
 
