@@ -11,10 +11,11 @@ from .errors import UserError
 from .files import atomic_write
 from .labels import MES_COLUMNS, check_mes
 from .metrics import report_from_predictions
+from .intervals import bootstrap_intervals, summary_line, ci_note
 
 # %% auto #0
 __all__ = ['RULES', 'STUDY_RULES', 'rule_label', 'attach_patients', 'patient_table', 'patient_report', 'cut_rates',
-           'rule_comparison', 'plot_rules', 'write_patient_results']
+           'rule_comparison', 'plot_rules', 'write_patient_results', 'image_intervals']
 
 # %% ../nbs/19_aggregate.ipynb #ac905d17
 RULES = ('max', 'quantile', 'expected_max')  # how a patient's Mayo score is read from the image scores
@@ -186,7 +187,17 @@ def write_patient_results(preds: pd.DataFrame,  # the test set's image predictio
     atomic_write(fn, lambda tmp: t.to_csv(tmp, index=False))
     report = patient_report(t)
     report['aggregation'] = {'rule': rule, **({'q': q} if rule == 'quantile' else {}), **report['aggregation']}
-    m, (sens, fa) = report['mes'], cut_rates(report)
-    log(f"Patient level ({len(t)} patients, rule {rule_label(rule, q)}): MES accuracy {m['accuracy']:.3f} | macro F1 "
-        f"{m['macro_f1']:.3f} | QWK {m['qwk']:.3f} | active (MES 2-3) sensitivity {sens:.3f}, false alarms {fa:.3f}")
+    report['ci'] = bootstrap_intervals(t.mes_true, t.mes_pred, t.patient)
+    sens, fa = cut_rates(report)
+    log(f"Patient level ({len(t)} patients, rule {rule_label(rule, q)}): {summary_line(report)} | active (MES 2-3) "
+        f"sensitivity {sens:.3f}, false alarms {fa:.3f} ({ci_note(report['ci'])})")
     return report
+
+def image_intervals(preds: pd.DataFrame,  # image predictions (`predictions_table`)
+                    items: pd.DataFrame | None = None,  # the split of the predictions (patient ids); None: no ids
+                    **kwargs,  # `bootstrap_intervals`' n_resamples, level, seed
+                   ) -> dict:
+    "`bootstrap_intervals` of image predictions: patients resampled where every image has an id in `items`."
+    ids = _patient_ids(preds, items) if items is not None and 'patient' in items else None
+    groups = None if ids is None or pd.isna(ids).any() else ids.astype(str)
+    return bootstrap_intervals(preds.mes_true.to_numpy(), preds.mes_pred.to_numpy(), groups, **kwargs)

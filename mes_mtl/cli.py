@@ -20,10 +20,11 @@ from .dataloaders import mtl_dataloaders
 from .config import (RunConfig, DEMO_PRESETS, PAPER_PRESETS, STUDY_MAY_CHANGE, SPLIT_SETTINGS, PATH_SETTINGS,
                             COUNT, INDEX, POSITIVE,
                             NON_NEGATIVE, read_config, check_folder, config_changes)
-from .results import finished_folds
+from .results import TESTS, finished_folds
 from .study import Interrupted, check_folds, run_cv
 from .train import prepare_data, run_train
 from .methods import write_method_comparison
+from .report import heldout_markdown
 from .bench import bench_args, run_bench
 from .extras import require
 from .inference import MESPredictor, init_settings
@@ -32,6 +33,7 @@ from .video import VideoReader, VideoResult, score_video, save_video_result
 from .parallel import import_ray, JobsFailed
 from .distributed import init_distributed, rank_folder_first
 from .metrics import report_table, markdown_table
+from .intervals import summary_line, ci_note
 
 # %% auto #0
 __all__ = ['METHOD_SETTINGS', 'COMMANDS', 'add_config_options', 'config_from_args', 'prepare', 'print_summary', 'train', 'cv',
@@ -103,10 +105,9 @@ def prepare(args):
 
 # %% ../nbs/90_cli.ipynb #13ce469d
 def print_summary(report: dict, title: str):
-    "A short summary of a report: MES scores, remission vs active, and the per-class table of MES and the tasks."
-    m, ra = report['mes'], report['remission_vs_active']
-    print(f"\n{title}\nMES accuracy {m['accuracy']:.3f} | macro F1 {m['macro_f1']:.3f} | QWK {m['qwk']:.3f} | "
-          f"remission vs active F1 {ra['f1']:.3f}, kappa {ra['kappa']:.3f}\n")
+    "A short summary of a report: MES scores, remission vs active (with intervals), the per-class table of MES, tasks."
+    note = f" ({ci_note(report['ci'])})" if 'ci' in report else ''
+    print(f"\n{title}\n{summary_line(report)}{note}\n")
     print(markdown_table(report_table(report)))
 
 def train(args):
@@ -140,9 +141,9 @@ def cv(args):
                     workers=args.workers, ray_address=args.ray_address)
     res = out/'results'
     print(f"\nTable 1: cross-validation accuracy (mean ± sd over folds)\n{(res/'table1_cv_accuracy.md').read_text()}")
-    ens = tables['test_results'].query("model == 'ensemble'").drop(columns='model')
-    print(f"Held-out test set, fold ensemble per backbone\n{markdown_table(ens)}\n\nAll tables and figures: {res} "
-          f"(summary.md)")
+    ens = heldout_markdown(tables['test_results'].query("model == 'ensemble'")).drop(columns='model')
+    print(f"Held-out test set, fold ensemble per backbone (95 % bootstrap intervals)\n{markdown_table(ens)}\n\n"
+          f"All tables and figures: {res} (summary.md)")
     return tables
 
 METHOD_SETTINGS = ('method', 'focal_gamma', 'cdw_power', 'decode_rule', 'archs', 'data')  # may differ between studies
@@ -171,7 +172,7 @@ def check_comparable(studies: dict) -> dict:
     return differ
 
 def compare_studies(args):
-    "`mes_mtl compare`: methods side by side, one `mes_mtl cv` study each, Wilcoxon tests; table and figure in `--out`."
+    "`mes_mtl compare`: methods side by side, one `mes_mtl cv` study each, exact tests; tables and figure in `--out`."
     studies = {}
     for spec in args.studies:
         name, sep, folder = spec.partition('=')
@@ -282,14 +283,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--ray-address', help="run the folds on this Ray cluster ('auto': the one this machine joined by "
                                          "`ray start`; default: a local Ray instance for the run)")
     p = sub.add_parser('compare',
-                       help='compare methods (one `mes_mtl cv` study each) on one backbone, Wilcoxon tests over folds')
+                       help='compare methods (one `mes_mtl cv` study each) on one backbone: exact tests over folds, '
+                            'paired bootstrap on the test set')
     p.add_argument('studies', nargs='+',
                    help='NAME=FOLDER of each study (or FOLDER, named after it); the first is the reference')
     p.add_argument('--out', type=_path, required=True, help='output folder for methods.md/.csv/.png')
     p.add_argument('--arch', help='the backbone to compare (default: the one all studies share)')
     p.add_argument('--reference', help='the method the others are tested against (default: the first)')
-    p.add_argument('--test', choices=['ranksum', 'signed-rank'], default='ranksum',
-                   help='Wilcoxon rank-sum (default) or signed-rank (paired folds)')
+    p.add_argument('--test', choices=list(TESTS), default='independent',
+                   help='the exact permutation test over folds: independent (default) or paired folds; ranksum and '
+                        'signed-rank are their old names')
     bench_args(sub.add_parser('bench', help='training, data-loading and inference speed against plain PyTorch',
                               description='Training throughput of mtl_learner vs a plain PyTorch loop, data loading vs '
                                           'the training step, inference latency/throughput per backbone, peak memory, '

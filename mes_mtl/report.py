@@ -9,16 +9,17 @@ import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from .labels import TASKS
 from .metrics import markdown_table, plot_confusion_matrices
+from .intervals import ci_text
 from .files import save_figure
 from .config import RunConfig
-from .results import (CLASS_METRICS, PATIENT_COLUMNS, study_metrics, study_items, mean_sd, best_arch,
+from .results import (CLASS_METRICS, PATIENT_COLUMNS, TESTS, study_metrics, study_items, mean_sd, best_arch,
                              cv_accuracy_table, classwise_table, compare_backbones, compare_stages, peer_table,
                              fold_ensemble, heldout_predictions, heldout_results, ensemble_table, compute_table,
                              f1_weight_table, patient_metrics, patient_cv_table, patient_test_results)
 
 # %% auto #0
 __all__ = ['grouped_bars', 'plot_classwise', 'plot_before_after', 'plot_ensemble', 'plot_f1_weights', 'mean_sd_table',
-           'patient_test_markdown', 'collect_results']
+           'heldout_markdown', 'patient_test_markdown', 'collect_results']
 
 # %% ../nbs/20b_report.ipynb #47b7c632
 def grouped_bars(ax,  # the matplotlib axes to draw on
@@ -60,7 +61,8 @@ def plot_classwise(cw: pd.DataFrame,  # `classwise_table`
                      {a: [mark.get((a, c), '') for c in classes] for a in archs}, metric)
         ax.set_title(metric)
     axes[0].legend(fontsize=8, loc='lower left')
-    fig.suptitle(f"{block}: class-wise validation metrics over folds (mean ± sd); * vs {best}, Wilcoxon rank-sum")
+    fig.suptitle(f"{block}: class-wise validation metrics over {cw.n.max()} folds (mean ± sd); * vs {best}: "
+                 f"exact permutation test, Holm-adjusted p", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -71,13 +73,17 @@ def plot_before_after(ba: pd.DataFrame, block: str = 'mes') -> plt.Figure:
     fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.8), sharey=True, squeeze=False)
     for ax, arch in zip(axes[0], archs):
         t = ba[ba.arch == arch]
-        grouped_bars(ax, list(t['class']),
-                     {'before': t.before.tolist(), 'after': t.after.tolist()},
-                     {'before': t.before_sd.tolist(), 'after': t.after_sd.tolist()},
-                     {'after': t.mark.tolist()}, 'F1')
+        series = {'before': (t.before, t.before_sd, []), 'after': (t.after, t.after_sd, t.mark)}
+        if t.control.notna().all(): series['control'] = (t.control, t.control_sd, t.control_mark)  # `cv --control`
+        grouped_bars(ax, list(t['class']), {k: v.tolist() for k, (v, _, _) in series.items()},
+                     {k: sd.tolist() for k, (_, sd, _) in series.items()},
+                     {k: list(m) for k, (_, _, m) in series.items()}, 'F1')
         ax.set_title(arch)
     axes[0, 0].legend(fontsize=8, loc='lower left')
-    fig.suptitle(f"{block}: validation F1 before and after F1-based joint-loss optimisation (mean ± sd over folds)")
+    control = "; above 'control': after vs control" if ba.control.notna().any() else ' (control not run)'
+    fig.suptitle(f"{block}: validation F1 before and after F1-based joint-loss optimisation (mean ± sd over "
+                 f"{ba.n.max()} folds)\n* exact permutation test, Holm-adjusted p; above 'after': vs before{control}",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -134,6 +140,15 @@ def _save(name: str, df: pd.DataFrame, res: Path, md: pd.DataFrame | None = None
     (res/f'{name}.md').write_text(text + '\n')
     return f"## {name}\n\n{text}\n"
 
+def heldout_markdown(t: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    "`heldout_results` for a manuscript: figures as texts, 'value (low–high)' where a row has its 95 % interval."
+    figures = [c for c in t.columns if f'{c} CI low' in t.columns]
+    out = t.drop(columns=[c for c in t.columns if ' CI ' in c or c.startswith('CI ')])
+    for c in figures:
+        out[c] = [f'{v:.{digits}f}' if pd.isna(lo) else ci_text(v, (lo, hi), digits)
+                  for v, lo, hi in zip(t[c], t[f'{c} CI low'], t[f'{c} CI high'])]
+    return out
+
 def patient_test_markdown(t: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     "`patient_test_results` for a manuscript: per backbone and rule, the fold models' mean ± sd and the fold ensemble."
     cols, rows = [c for c in PATIENT_COLUMNS.values() if c != 'patients'], []
@@ -170,9 +185,10 @@ def _marked_classwise(cw: pd.DataFrame, tests: pd.DataFrame, best: str) -> pd.Da
     return mean_sd_table(marked, ['block', 'class', 'metric'], 'arch', 'mark')
 
 def _before_after_text(ba: pd.DataFrame) -> pd.DataFrame:
-    "The before/after table with 'mean ± sd' texts."
-    texts = dict(before=mean_sd(ba.before, ba.before_sd), after=mean_sd(ba.after, ba.after_sd))
-    return ba.assign(**texts).drop(columns=['before_sd', 'after_sd']).round(3)
+    "The before/after table with 'mean ± sd' texts; the control's 'not run' where the study has none."
+    control = [t if np.isfinite(m) else 'not run' for t, m in zip(mean_sd(ba.control, ba.control_sd), ba.control)]
+    texts = dict(before=mean_sd(ba.before, ba.before_sd), after=mean_sd(ba.after, ba.after_sd), control=control)
+    return ba.assign(**texts).drop(columns=['before_sd', 'after_sd', 'control_sd']).round(3)
 
 def _save_figures(out: Path, tables: dict, long: pd.DataFrame, decode_rule: str, best: str):
     "The figures of `collect_results`, as PNG files in `out/results`."
@@ -186,9 +202,27 @@ def _save_figures(out: Path, tables: dict, long: pd.DataFrame, decode_rule: str,
         report, _ = fold_ensemble(heldout_predictions(out, arch), decode_rule)
         save_figure(plot_confusion_matrices(report), res/f'test_ensemble_confusion_{arch}.png')
 
+def _tests_note(tests: pd.DataFrame, ba: pd.DataFrame, test: str, best: str) -> str:
+    "The summary's lines on the marks: the test, Holm's adjustment, and whether the folds can reach p < 0.05 at all."
+    kind = 'paired' if TESTS[test] == 'samples' else 'independent'
+    note = (f"Marks: exact permutation test ({kind} folds) of the difference of mean fold scores, p Holm-adjusted "
+            f"within each block (`p_holm`); * p_holm<0.05, ** <0.01, *** <0.001; class-wise marks compare each "
+            f"backbone with {best}.")
+    for name, t, n in (('backbones', tests, 'n_a'), ('stages', ba, 'n')):
+        if len(t) and t.min_p.min() >= 0.05:
+            note += (f" With {t[n].max()} folds per group the smallest p the test of the {name} can reach is "
+                     f"{t.min_p.min():.3g}: none of these comparisons can reach p < 0.05, so no mark can appear.")
+    return note + '\n'
+
+def _ci_note(t: pd.DataFrame) -> str:
+    "The summary's line on the test table's intervals."
+    ens = t.dropna(subset=['CI n'])
+    return (f"Held-out test set: the fold ensembles' figures with 95 % bootstrap intervals, resampling the "
+            f"{int(ens['CI n'].iloc[0])} test {ens['CI resampled'].iloc[0]} (`mes_mtl.intervals`).\n")
+
 def collect_results(out,  # the study folder
                     peer=None,  # published figures for Table 2: a CSV file or table (method, class, f1)
-                    test: str = 'ranksum',  # the test of the marks: 'ranksum' or 'signed-rank'
+                    test: str = 'independent',  # the test of the marks: 'independent' or 'paired' folds
                    ) -> dict:
     "Write every table (CSV, Markdown) and figure (PNG) of study `out` to `out/results/`; returns the tables."
     out = Path(out)
@@ -201,18 +235,18 @@ def collect_results(out,  # the study folder
     best = best_arch(long)
     t1, cw = cv_accuracy_table(long), classwise_table(long)
     tests, ba = compare_backbones(long, test=test), compare_stages(long, test=test)
+    heldout = heldout_results(out, long, decode_rule)
     tables = {'table1_cv_accuracy': t1, 'classwise': cw, 'backbone_tests': tests, 'before_after': ba,
-              'table2_peer': peer_table(long, out, peer), 'test_results': heldout_results(out, long, decode_rule),
-              **ptables}
+              'table2_peer': peer_table(long, out, peer), 'test_results': heldout, **ptables}
     if long.arch.nunique() > 1: tables['backbone_ensemble'] = ensemble_table(out, long, decode_rule)
     tables.update(compute=compute_table(out), f1_weights=f1_weight_table(out))
     mds = {'table1_cv_accuracy': mean_sd_table(t1, 'arch', 'column'), 'classwise': _marked_classwise(cw, tests, best),
-           'backbone_tests': tests.round(4), 'before_after': _before_after_text(ba), **pmds}
+           'backbone_tests': tests.round(4), 'before_after': _before_after_text(ba),
+           'test_results': heldout_markdown(heldout), **pmds}
     method, n_archs, n_folds = cfg.method, long.arch.nunique(), long.fold.nunique()
     summary = [f"# Study {out.name}: method {method}, {n_archs} backbone(s), {n_folds} fold(s)\n",
-               f"Best backbone by CV MES macro F1: **{best}**. Marks: Wilcoxon {test.replace('ranksum', 'rank-sum')} "
-               f"test, * p<0.05, ** p<0.01, *** p<0.001; class-wise marks compare each backbone with {best}.\n",
-               pline]
+               f"Best backbone by CV MES macro F1: **{best}**. " + _tests_note(tests, ba, test, best),
+               _ci_note(heldout), pline]
     summary += [_save(name, t, res, mds.get(name, t.round(3))) for name, t in tables.items()]
     (res/'summary.md').write_text('\n'.join(summary))
     long.to_csv(res/'all_metrics.csv', index=False)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json
 from itertools import combinations
+from math import comb
 from pathlib import Path
 import numpy as np, pandas as pd
 from scipy import stats
@@ -14,15 +15,15 @@ from .splits import read_split
 from .config import CONTROL_STAGE
 from .metrics import CLASS_NAMES, mtl_report
 from .learner import predictions_table
-from .aggregate import STUDY_RULES, rule_label, attach_patients, patient_table, patient_report
+from .aggregate import STUDY_RULES, rule_label, attach_patients, patient_table, patient_report, image_intervals
 
 # %% auto #0
-__all__ = ['LONG_COLS', 'TABLE1_COLUMNS', 'CLASS_METRICS', 'HELDOUT_COLUMNS', 'PATIENT_LONG_COLS', 'PATIENT_COLUMNS',
-           'PATIENT_CV_COLUMNS', 'finished_folds', 'study_metrics', 'mean_sd', 'stars', 'p_value', 'cv_accuracy_table',
-           'classwise_table', 'compare_backbones', 'compare_stages', 'fold_predictions', 'heldout_predictions',
-           'fold_ensemble', 'heldout_results', 'backbone_ensemble', 'ensemble_table', 'best_arch', 'peer_table',
-           'compute_table', 'f1_weight_table', 'study_items', 'patient_metrics', 'patient_cv_table',
-           'patient_test_results']
+__all__ = ['LONG_COLS', 'TESTS', 'TABLE1_COLUMNS', 'CLASS_METRICS', 'HELDOUT_COLUMNS', 'PATIENT_LONG_COLS', 'PATIENT_COLUMNS',
+           'PATIENT_CV_COLUMNS', 'finished_folds', 'study_metrics', 'mean_sd', 'stars', 'p_value', 'min_p', 'holm',
+           'with_holm', 'cv_accuracy_table', 'classwise_table', 'compare_backbones', 'compare_stages',
+           'fold_predictions', 'heldout_predictions', 'fold_ensemble', 'heldout_results', 'backbone_ensemble',
+           'ensemble_table', 'best_arch', 'peer_table', 'compute_table', 'f1_weight_table', 'study_items',
+           'patient_metrics', 'patient_cv_table', 'patient_test_results']
 
 # %% ../nbs/20_results.ipynb #ab0ad2ec
 def _report_rows(report: dict) -> list[tuple]:
@@ -60,7 +61,7 @@ def _at(long: pd.DataFrame, stage: int | None) -> pd.Series:
     "Rows of `stage`, or (None) of each fold's final model: stage 2 of the multi-task method, a baseline's only stage."
     return long.final if stage is None else long.stage == stage
 
-# %% ../nbs/20_results.ipynb #b037ce08
+# %% ../nbs/20_results.ipynb #2466cd38
 def mean_sd(mean, sd, digits: int = 3) -> list[str]:
     "'mean ± sd' texts of the sequences `mean` and `sd`."
     return [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean, sd)]
@@ -69,13 +70,48 @@ def stars(p: float) -> str:
     "Significance mark of a p-value."
     return '' if not np.isfinite(p) else '***' if p < 0.001 else '**' if p < 0.01 else '*' if p < 0.05 else 'ns'
 
-def p_value(a, b, test: str = 'ranksum') -> float:
-    "Two-sided p-value of Wilcoxon's rank-sum (`'ranksum'`) or paired signed-rank (`'signed-rank'`) test, `a` vs `b`."
+TESTS = {'independent': 'independent', 'paired': 'samples',
+         'ranksum': 'independent', 'signed-rank': 'samples'}  # test name -> scipy's permutation_type (with aliases)
+
+def _permutation_type(test: str) -> str:
+    if test not in TESTS:
+        raise ValueError(f"test must be 'independent' or 'paired' (aliases: 'ranksum', 'signed-rank'); got {test!r}")
+    return TESTS[test]
+
+def _mean_difference(a, b, axis=-1): return np.mean(b, axis=axis) - np.mean(a, axis=axis)
+
+def p_value(a,  # the first group's fold scores
+            b,  # the second group's (paired: in the same fold order)
+            test: str = 'independent',  # 'independent' (unpaired folds) or 'paired' (the same folds)
+            n_resamples: int = 9999,  # relabellings drawn where there are more (else all: the exact test)
+            seed: int = 0,  # the draw's seed (unused by the exact test)
+           ) -> float:
+    "Two-sided p of the permutation test of the difference of means `b` - `a` (exact with few folds)."
+    kind = _permutation_type(test)
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if test == 'ranksum': return float(stats.ranksums(a, b).pvalue)
-    if test != 'signed-rank': raise ValueError(f"test must be 'ranksum' or 'signed-rank'; got {test!r}")
-    if len(a) != len(b): raise ValueError(f"the signed-rank test pairs folds: got {len(a)} and {len(b)} values")
-    return 1.0 if np.allclose(a, b) else float(stats.wilcoxon(a, b).pvalue)
+    if kind == 'samples' and len(a) != len(b):
+        raise ValueError(f"the paired test pairs folds: got {len(a)} and {len(b)} values")
+    return float(stats.permutation_test((a, b), _mean_difference, permutation_type=kind, vectorized=True,
+                                        n_resamples=n_resamples, alternative='two-sided', rng=seed).pvalue)
+
+def min_p(n_a: int, n_b: int, test: str = 'independent', n_resamples: int = 9999) -> float:
+    "The smallest two-sided p `p_value` can give with `n_a` and `n_b` folds (paired: `n_a` pairs)."
+    count = comb(n_a + n_b, n_a) if _permutation_type(test) == 'independent' else 2 ** n_a
+    return min(1., 2 / min(count, n_resamples + 1))
+
+def holm(p) -> np.ndarray:
+    "Holm's step-down adjustment of the p-values `p` (NaN stays NaN, outside the family)."
+    p = np.asarray(p, dtype=float)
+    out, finite = np.full(p.shape, np.nan), np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite])]
+    m = len(order)
+    out[order] = np.minimum(1., np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
+
+def with_holm(t: pd.DataFrame, by=None) -> pd.DataFrame:
+    "`t` with `p_holm` (its `p` Holm-adjusted within each family: rows of equal `by`; None: all) and `mark` from it."
+    p_holm = holm(t.p) if by is None or t.empty else t.groupby(by, sort=False).p.transform(holm)
+    return t.assign(p_holm=p_holm, mark=pd.Series([stars(p) for p in p_holm], index=t.index, dtype=object))
 
 # %% ../nbs/20_results.ipynb #f3ebf19f
 def _summary(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -109,34 +145,40 @@ def classwise_table(long: pd.DataFrame, stage: int | None = None, split: str = '
 def compare_backbones(long: pd.DataFrame,  # `study_metrics`
                       stage: int | None = None,  # the stage compared; None: the final models
                       split: str = 'valid',  # the set: 'valid' (the validation folds) or 'test'
-                      test: str = 'ranksum',  # the test of `p_value`: 'ranksum' or 'signed-rank'
+                      test: str = 'independent',  # the test of `p_value`: 'independent' or 'paired'
                      ) -> pd.DataFrame:
-    "Every pair of backbones per block, class and metric: means and the test's p-value."
+    "Every pair of backbones per block, class and metric: means, folds, exact p, its floor, Holm's p per block, mark."
     rows = []
     for (block, cls, metric), g in _class_rows(long, stage, split).groupby(['block', 'class', 'metric'], sort=False):
         by = {a: gg.sort_values('fold').value.to_numpy() for a, gg in g.groupby('arch', sort=False)}
         for a, b in combinations(by, 2):
-            p = p_value(by[a], by[b], test)
-            rows.append((block, cls, metric, a, b, by[a].mean(), by[b].mean(), p, stars(p)))
-    return pd.DataFrame(rows, columns=['block', 'class', 'metric', 'arch_a', 'arch_b', 'mean_a', 'mean_b', 'p', 'mark'])
+            n_a, n_b = len(by[a]), len(by[b])
+            rows.append((block, cls, metric, a, b, by[a].mean(), by[b].mean(), n_a, n_b, p_value(by[a], by[b], test),
+                         min_p(n_a, n_b, test)))
+    columns = ['block', 'class', 'metric', 'arch_a', 'arch_b', 'mean_a', 'mean_b', 'n_a', 'n_b', 'p', 'min_p']
+    return with_holm(pd.DataFrame(rows, columns=columns), 'block')
 
 def _sd(x: np.ndarray) -> float: return x.std(ddof=1) if len(x) > 1 else 0.
 
 def compare_stages(long: pd.DataFrame,  # `study_metrics`
                    metric: str = 'f1',  # the metric compared
                    split: str = 'valid',  # the set: 'valid' (the validation folds) or 'test'
-                   test: str = 'ranksum',  # the test of `p_value`: 'ranksum' or 'signed-rank'
+                   test: str = 'independent',  # the test of `p_value`: 'independent' or 'paired'
                   ) -> pd.DataFrame:
-    "Stage 1 vs 2 (before/after F1 optimisation) per backbone, block, class: means, sds, change, p (empty: baseline)."
+    "Stage 1 vs 2 (before/after F1 optimisation), and 2 vs its control, per backbone, block, class: means, sds, p."
     v = long[(long.set == split) & (long.metric == metric) & (long['class'] != 'all')]
     rows = []
     for (arch, block, cls), g in v.groupby(['arch', 'block', 'class'], sort=False):
-        b, a = (g[g.stage == s].sort_values('fold').value.to_numpy() for s in (1, 2))
+        b, a, c = (g[g.stage == s].sort_values('fold').value.to_numpy() for s in (1, 2, CONTROL_STAGE))
         if not len(a): continue
-        p = p_value(b, a, test)
-        rows.append((arch, block, cls, b.mean(), _sd(b), a.mean(), _sd(a), a.mean() - b.mean(), p, stars(p)))
-    columns = ['arch', 'block', 'class', 'before', 'before_sd', 'after', 'after_sd', 'change', 'p', 'mark']
-    return pd.DataFrame(rows, columns=columns)
+        control = (c.mean(), _sd(c), p_value(c, a, test)) if len(c) else (np.nan,) * 3  # NaN: the control not run
+        rows.append((arch, block, cls, b.mean(), _sd(b), a.mean(), _sd(a), a.mean() - b.mean(), len(a),
+                     p_value(b, a, test), min_p(len(b), len(a), test), *control))
+    columns = ['arch', 'block', 'class', 'before', 'before_sd', 'after', 'after_sd', 'change', 'n', 'p', 'min_p',
+               'control', 'control_sd', 'p_control']
+    t = with_holm(pd.DataFrame(rows, columns=columns), 'block')
+    vs_control = with_holm(t[['block']].assign(p=t.p_control), 'block')  # a family of its own: after vs control
+    return t.assign(p_control_holm=vs_control.p_holm, control_mark=vs_control.mark)
 
 # %% ../nbs/20_results.ipynb #caf98f7d
 def fold_predictions(out, arch: str, stage: int | None = None) -> pd.DataFrame:
@@ -174,9 +216,23 @@ def _heldout_row(rows, columns: dict = HELDOUT_COLUMNS) -> dict:
     d = {(b, c, m): v for b, c, m, v in rows}
     return {name: d[key] for key, name in columns.items()}
 
+def _report_path(block: str, cls: str, metric: str) -> tuple:
+    "The keys in a report (and its `ci` block) of a (block, class, metric) of `_report_rows`."
+    if cls == 'macro': return block, f'macro_{metric}'
+    return (block, metric) if cls == 'all' else (block, 'per_class', cls.split()[-1], metric)
+
+def _ci_columns(ci: dict, columns: dict = HELDOUT_COLUMNS) -> dict:
+    "'<column> CI low' and '<column> CI high' of `columns` from a `bootstrap_intervals` block, its n and clusters."
+    out = {'CI n': ci['n'], 'CI resampled': ci['resampled']}
+    for key, name in columns.items():
+        interval = ci
+        for k in _report_path(*key): interval = interval[k]
+        out.update({f'{name} CI low': interval[0], f'{name} CI high': interval[1]})
+    return out
+
 def heldout_results(out, long: pd.DataFrame, decode_rule: str = 'prob') -> pd.DataFrame:
-    "Test results of each final fold model, their mean and sd, the fold ensemble (and stage 1's), per backbone."
-    rows, cols = [], ['block', 'class', 'metric', 'value']
+    "Test results of each final fold model, their mean and sd, the fold ensembles (with 95 % intervals), per backbone."
+    rows, cols, items = [], ['block', 'class', 'metric', 'value'], study_items(out)
     for arch in long.arch.unique():
         t = long[(long.arch == arch) & (long.set == 'test') & long.final]
         folds = [dict(arch=arch, model=f'fold {k}', **_heldout_row(g[cols].itertuples(index=False)))
@@ -185,9 +241,10 @@ def heldout_results(out, long: pd.DataFrame, decode_rule: str = 'prob') -> pd.Da
         per = pd.DataFrame(folds)[list(HELDOUT_COLUMNS.values())]
         rows += [dict(arch=arch, model='mean', **per.mean()), dict(arch=arch, model='sd', **per.std(ddof=1).fillna(0))]
         for stage in (None, 1) if (long[long.arch == arch].stage == 2).any() else (None,):
-            report, _ = fold_ensemble(heldout_predictions(out, arch, stage), decode_rule)
+            report, preds = fold_ensemble(heldout_predictions(out, arch, stage), decode_rule)
             model = 'ensemble' if stage is None else 'ensemble (stage 1)'
-            rows.append(dict(arch=arch, model=model, **_heldout_row(_report_rows(report))))
+            rows.append(dict(arch=arch, model=model, **_heldout_row(_report_rows(report)),
+                             **_ci_columns(image_intervals(preds, items))))
     return pd.DataFrame(rows)
 
 # %% ../nbs/20_results.ipynb #a30a47ff

@@ -19,7 +19,7 @@ from .metrics import plot_confusion_matrices
 from .config import RunConfig, check_folder
 from .learner import config_learner, evaluate_learner
 from .inference import save_mtl_model, read_model_config, check_init, init_weights
-from .aggregate import write_patient_results
+from .aggregate import write_patient_results, image_intervals
 from .distributed import init_distributed, rank_folder_first, data_parallel
 from .study import Interrupted, check_folds
 
@@ -120,6 +120,7 @@ def run_train(config: RunConfig,  # the run's settings: data (None: the demo dat
             log(f"\nTraining {config.arch} (method {config.method!r}) for up to {config.epochs} epochs")
             with data_parallel(learn): learn.fit_mtl(config.epochs, log=st.tmp/'history.csv')
             report, preds = evaluate_learner(learn, mtl_test_dl(dls, split))
+            report['ci'] = image_intervals(preds, split)  # 95 % bootstrap intervals, patients resampled where known
             preds.to_csv(st.tmp/'predictions.csv', index=False)
             patient = write_patient_results(preds, split, st.tmp, log=log)  # None without patient ids
             save_figure(plot_confusion_matrices(report), st.tmp/'confusion_matrices.png')

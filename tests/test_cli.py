@@ -1,5 +1,5 @@
 "The `mes_mtl` command: subcommands as a user runs them (a real subprocess, or `main` in this process), exit code 2 on bad input."
-import json, subprocess
+import json, re, subprocess
 import pytest
 from mes_mtl.cli import main
 
@@ -72,11 +72,17 @@ def trained(tmp_path_factory, demo_root, mes_mtl):
 def test_train_writes_results(trained):
     out, r = trained
     assert 'MES accuracy' in r.stdout and '| mes | MES 3 |' in r.stdout
+    assert re.search(r'MES accuracy \d\.\d{3} \(\d\.\d{3}–\d\.\d{3}\) \| macro F1', r.stdout)    # value (95 % interval)
+    assert re.search(r'95% intervals: 1000 bootstrap resamples of the \d+ patients', r.stdout)
     for f in ('metrics.json', 'predictions.csv', 'confusion_matrices.png', 'history.csv', 'split.csv', 'config.json',
               'model/model.safetensors', 'model/config.json'):
         assert (out/f).is_file(), f
     m = json.loads((out/'metrics.json').read_text())
-    assert set(m) == {'mes', 'remission_vs_active', 'primary', 'remission', 'active', 'patient'}
+    assert set(m) == {'mes', 'remission_vs_active', 'primary', 'remission', 'active', 'ci', 'patient'}
+    for ci, point in ((m['ci'], m), (m['patient']['ci'], m['patient'])):           # intervals around the figures
+        assert ci['resampled'] == 'patients' and ci['n_resamples'] == 1000
+        for key in ('accuracy', 'macro_f1', 'qwk'): assert ci['mes'][key][0] <= point['mes'][key] <= ci['mes'][key][1]
+    assert m['patient']['ci']['n'] == m['patient']['aggregation']['patients']
     assert {'accuracy', 'macro_f1', 'qwk', 'per_class'} <= set(m['mes']) and set(m['mes']['per_class']) == {'0', '1', '2', '3'}
     assert set(m['mes']['per_class']['2']) >= {'precision', 'recall', 'f1', 'specificity', 'support'}
     assert 'qwk' not in m['primary'] and set(m['remission_vs_active']) == {'f1', 'kappa'}

@@ -58,6 +58,14 @@ def test_cv_outputs(study):
     assert (t1.n == 3).all() and t1['mean'].between(0, 1).all()
     test = pd.read_csv(res/'test_results.csv')
     assert test.model.tolist() == ['fold 0', 'fold 1', 'fold 2', 'mean', 'sd', 'ensemble', 'ensemble (stage 1)']
+    ens = test.set_index('model').loc[['ensemble', 'ensemble (stage 1)']]                   # 95 % intervals, patients
+    assert (ens['MES macro F1 CI low'] <= ens['MES macro F1']).all() and (ens['MES macro F1'] <= ens['MES macro F1 CI high']).all()
+    assert (ens['CI resampled'] == 'patients').all() and test['QWK CI low'].notna().sum() == 2
+    assert '(' in (res/'test_results.md').read_text() and '–' in (res/'test_results.md').read_text()
+    ba = pd.read_csv(res/'before_after.csv')                     # exact tests: 3 folds cannot reach p < 0.05
+    assert {'n', 'p', 'min_p', 'p_holm', 'mark'} <= set(ba.columns) and (ba.min_p == 0.1).all()
+    assert (ba.p >= ba.min_p - 1e-12).all() and (ba.p_holm >= ba.p).all() and not ba.mark.isin(['*', '**', '***']).any()
+    assert 'none of these comparisons can reach p < 0.05' in (res/'summary.md').read_text()
     compute = pd.read_csv(res/'compute.csv')
     assert len(compute) == 6 and (compute.seconds > 0).all() and (compute.images_per_s > 0).all()
 
@@ -155,5 +163,15 @@ def test_compare_methods(study, baseline, tmp_path, mes_mtl):
     assert {'patient MES macro F1', 'patient QWK'} <= set(t.column)
     assert 'patient QWK' in r.stdout.splitlines()[2]   # a column of the printed table
     assert (tmp_path/'m'/'methods.png').stat().st_size > 10_000
+    assert {'min_p', 'p_holm'} <= set(t.columns) and (t[t.method == 'cdw'].min_p == 0.1).all()   # 3 vs 3 folds, exact
+    assert 'cannot reach p < 0.05' in r.stdout and 'Held-out test set, fold ensembles' in r.stdout
+    d = pd.read_csv(tmp_path/'m'/'methods_test.csv')                  # paired bootstrap on the same test images
+    assert set(d.column) == {'MES macro F1', 'QWK', 'remission vs active F1'} and (d.method == 'cdw').all()
+    assert (d.ci_low <= d.difference).all() and (d.difference <= d.ci_high).all() and d.p.between(0, 1).all()
+    assert (d.resampled == 'patients').all() and (d.p_holm >= d.p).all()
+    old = mes_mtl('compare', f'mtl={study[0]}', f'cdw={baseline[0]}', '--test', 'signed-rank', '--out', tmp_path/'m3')
+    assert old.returncode == 0, old.stderr[-2000:]                      # the old name: the exact paired test
+    paired = pd.read_csv(tmp_path/'m3'/'methods.csv')
+    assert (paired[paired.method == 'cdw'].min_p == 0.25).all() and 'paired folds' in old.stdout
     bad = mes_mtl('compare', f'mtl={study[0]}', f'x={tmp_path}', '--out', tmp_path/'m2')
     assert bad.returncode == 2 and 'not a study folder' in bad.stderr
