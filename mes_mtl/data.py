@@ -13,9 +13,9 @@ from .errors import UserError, UserFileNotFoundError
 # %% auto #0
 __all__ = ['LIMUC_FOLDERS', 'IMAGE_EXTS', 'BETWEEN_GRADES', 'ITEM_COLUMNS', 'TABLE_SEPARATORS', 'TABLE_COLUMNS',
            'RESERVED_COLUMNS', 'folder_grades', 'check_between_grades', 'mes_of_folder', 'limuc_items',
-           'drop_unreadable', 'limuc_summary', 'parse_mes', 'read_table', 'table_items', 'read_items']
+           'drop_unreadable', 'limuc_summary', 'parse_mes', 'read_table', 'table_paths', 'table_items', 'read_items']
 
-# %% ../nbs/02_data.ipynb #496a0f48
+# %% ../nbs/02_data.ipynb #c095f80d
 LIMUC_FOLDERS = ('patient_based_classified_images', 'train_and_validation_sets', 'test_set')
 IMAGE_EXTS = ('.bmp', '.png', '.jpg', '.jpeg', '.tif', '.tiff')
 BETWEEN_GRADES = (None, 'lower', 'upper', 'skip')  # how an in-between grade ('grade-1-2') is read; None: refused
@@ -64,7 +64,7 @@ def _source_folders(path: Path) -> list[Path]:
     hits = [present[n] for n in LIMUC_FOLDERS if n in present]
     return hits or [path]
 
-# %% ../nbs/02_data.ipynb #5a79d726
+# %% ../nbs/02_data.ipynb #3dfd8f63
 def _class_images(class_dir: Path) -> list[Path]:
     return sorted(o for o in class_dir.iterdir() if o.is_file() and o.suffix.lower() in IMAGE_EXTS)
 
@@ -130,7 +130,7 @@ def limuc_items(path,  # the LIMUC root, one of its folders, or any folder of cl
     if check: items = drop_unreadable(items, skip_bad)
     return items.reset_index(drop=True)
 
-# %% ../nbs/02_data.ipynb #1387e130
+# %% ../nbs/02_data.ipynb #48ff6ef1
 def drop_unreadable(items: pd.DataFrame,  # images (`path`)
                     skip_bad: bool = False,  # leave them out with a warning (else: refuse)
                     names: pd.Series | None = None,  # how the message names each image (default: its path)
@@ -158,7 +158,7 @@ def limuc_summary(items: pd.DataFrame) -> pd.DataFrame:
                      for i in t.index]
     return t
 
-# %% ../nbs/02_data.ipynb #e9618d20
+# %% ../nbs/02_data.ipynb #2257f634
 TABLE_SEPARATORS = {'.csv': ',', '.tsv': '\t', '.txt': '\t'}  # a table's separator, by its file's suffix
 TABLE_COLUMNS = ('path', 'mes', 'patient', 'exam')  # the columns a table of labels may have (others are kept)
 RESERVED_COLUMNS = ('key', 'source', 'is_test', 'fold')  # made by the reader and the split: not in a table
@@ -174,7 +174,7 @@ def _listed(things, n: int = 10) -> str:
     things = list(map(str, things))
     return ', '.join(things[:n]) + (f', ... ({len(things)} in all)' if len(things) > n else '')
 
-# %% ../nbs/02_data.ipynb #19c37b46
+# %% ../nbs/02_data.ipynb #1d17272b
 def _column_advice(missing: list[str], found: list[str]) -> str:
     "Which found column each missing one may be misspelt as (`difflib`'s closest name)."
     hints = [f"'{c}' for '{m}'" for m in missing for c in difflib.get_close_matches(m, found, n=1, cutoff=0.5)]
@@ -206,7 +206,7 @@ def read_table(fname,  # a CSV (.csv) or tab-separated (.tsv, .txt) file with a 
     if not len(t): raise UserError(empty)
     return t
 
-# %% ../nbs/02_data.ipynb #b75ce8cf
+# %% ../nbs/02_data.ipynb #b8b519e0
 def _problems(t: pd.DataFrame, paths: pd.Series, mes: pd.Series) -> list[tuple[str, pd.Series, str]]:
     "What is wrong with rows of table `t`: (column, rows' values, what is wrong), the rows indexed by line."
     given, exists = t.path.str.strip() != '', paths.map(Path.is_file)
@@ -216,6 +216,11 @@ def _problems(t: pd.DataFrame, paths: pd.Series, mes: pd.Series) -> list[tuple[s
             ('path', t.path[given & ~exists], 'no such file'),
             ('mes', t.mes[mes.isna()], "not a Mayo score 0-3 ('2', 'Mayo 2', 'MES 2')"),
             ('path', t.path[labels.index[labels > 1]], 'the same image with different scores')]
+
+def table_paths(t: pd.DataFrame, fname) -> pd.Series:
+    "The images of table `t`, read from `fname`: its `path`s (relative to the table's folder, or absolute), resolved."
+    folder = Path(fname).expanduser().absolute().parent.resolve()
+    return t.path.str.strip().map(lambda p: (folder/Path(p).expanduser()).resolve())
 
 def _rows(values: pd.Series) -> str: return _listed(f"{i} ({v!r})" for i, v in values.items())
 
@@ -228,7 +233,7 @@ def table_items(fname,  # a CSV/TSV table: path, mes, optional patient, exam, ot
     t, folder = read_table(fname), fname.parent.resolve()
     if reserved := [c for c in t.columns if c in RESERVED_COLUMNS]:
         raise UserError(f"{fname}: the columns {reserved} are made by mes_mtl; rename them in the table.")
-    paths = t.path.str.strip().map(lambda p: (folder/Path(p).expanduser()).resolve())
+    paths = table_paths(t, fname)
     mes = t.mes.map(parse_mes)
     problems = [p for p in _problems(t, paths, mes) if len(p[1])]
     if problems:
@@ -252,7 +257,7 @@ def table_items(fname,  # a CSV/TSV table: path, mes, optional patient, exam, ot
     if check: items = drop_unreadable(items, skip_bad, names='row ' + items.index.to_series().astype(str) + ': ' + items.path)
     return items.reset_index(drop=True)
 
-# %% ../nbs/02_data.ipynb #fff7b6fb
+# %% ../nbs/02_data.ipynb #a8982002
 def read_items(data,  # a folder (LIMUC-shaped, `limuc_items`) or a table file (CSV/TSV, `table_items`)
                check: bool = True,  # open every image (`drop_unreadable`)
                skip_bad: bool = False,  # leave bad rows and unreadable images out with a warning (else: refuse)
