@@ -256,7 +256,7 @@ def check_folder(out,  # the run's folder
     if 'archs' in may_change: config['archs'] = list(dict.fromkeys([*old['archs'], *config['archs']]))
     return config
 
-STUDY_MAY_CHANGE = (*DATA_SETTINGS, 'archs', 'folds')  # what a resumed study may change: the data's place, backbones, folds
+STUDY_MAY_CHANGE = (*DATA_SETTINGS, 'archs', 'folds')  # what a resumed study may change: the data, backbones, folds
 
 def claim_folder(out,  # the study folder
                  config: dict,  # the study's settings (`RunConfig.to_dict()` and the command)

@@ -254,7 +254,8 @@ def table_items(fname,  # a CSV/TSV table: path, mes, optional patient, exam, ot
     items = pd.DataFrame(dict(path=paths.map(str), key=key, patient=patient, mes=mes.astype(int), source=fname.name))
     items = items.join(t[extra])
     _warn_no_patient(items, f"of {fname}", "no patient column or an empty cell")
-    if check: items = drop_unreadable(items, skip_bad, names='row ' + items.index.to_series().astype(str) + ': ' + items.path)
+    rows = 'row ' + items.index.to_series().astype(str) + ': ' + items.path  # how the messages name the images
+    if check: items = drop_unreadable(items, skip_bad, names=rows)
     return items.reset_index(drop=True)
 
 # %% ../nbs/02_data.ipynb #a8982002

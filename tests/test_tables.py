@@ -8,7 +8,7 @@ TINY = ('--arch', 'test_resnet', '--size', 32, '--epochs', 1, '--folds', 3, '--b
 
 @pytest.fixture(scope='module')
 def table(tmp_path_factory, demo_root):
-    "The demo images listed in a CSV next to a copy of them: relative paths, ids '00<id>' (same order), an extra column."
+    "The demo images in a CSV next to a copy of them: relative paths, ids 00<id> (same order), extra columns."
     d = tmp_path_factory.mktemp('table')
     items = limuc_items(demo_root)
     shutil.copytree(demo_root/'patient_based_classified_images', d/'images')
