@@ -12,7 +12,7 @@ import mes_mtl
 from .errors import UserError, UserFileNotFoundError, UserNotADirectoryError
 from .files import atomic_write, write_json, save_figure, writable_dir, writable_file, Staging
 from .labels import TASKS
-from .data import IMAGE_EXTS
+from .data import IMAGE_EXTS, TABLE_SEPARATORS, read_table, table_paths
 from .demo import make_demo_limuc, DEMO_SITES
 from .download import DownloadError
 from .splits import read_split, save_split, split_diff
@@ -64,6 +64,7 @@ def add_config_options(p: argparse.ArgumentParser, command: str):
         if command not in meta['commands']: continue
         flag, help = meta['flag'] or '--' + f.name.replace('_', '-'), meta['help'] + _default_text(f.name, command)
         choices = meta['choices']() if callable(meta['choices']) else meta['choices']
+        choices = [c for c in choices if c is not None] if choices else None  # None: the option not given
         kw = dict(dest=f.name, default=None, help=help)
         if f.type in ('bool', bool): p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif f.name == 'archs' and command == 'cv': p.add_argument(flag, action='append', metavar='NAME', **kw)
@@ -216,13 +217,21 @@ def _score(pred, files: list[Path], bs: int, progress: bool = False) -> tuple[pd
         if imgs: parts.append(pred.predict(imgs, bs=bs).assign(image=good))
     return (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()), bad
 
+def _input_table(inputs) -> pd.DataFrame | None:
+    "The images of one table given to `predict` (CSV/TSV with `path`; `mes` becomes `mes_true`), or None."
+    if len(inputs) != 1 or Path(inputs[0]).suffix.lower() not in TABLE_SEPARATORS: return None
+    t = read_table(inputs[0], required=('path',))
+    return t.assign(path=table_paths(t, inputs[0]).map(str)).rename(columns={'mes': 'mes_true'})
+
 def predict(args):
     "`mes_mtl predict`: Mayo scores and probabilities for images, as CSV or JSON (see above for unreadable images)."
     from mes_mtl.inference import MESPredictor
     output = writable_file(args.output) if args.output else None
-    files = _image_files(args.images)
+    table = _input_table(args.images)  # its other columns go with the scores
+    files = _image_files(args.images) if table is None else list(table.path)
     predictor = MESPredictor.from_folder(args.model, runtime=args.runtime)
     df, bad = _score(predictor, files, args.bs, progress=output is not None)
+    if table is not None and len(df): df = df.merge(table.rename(columns={'path': 'image'}), on='image', how='left')
     listing = '\n  '.join(bad)
     if bad and (args.strict or not len(df)):
         todo = "Replace or remove them, or leave out --strict to score the others." if len(df) else "Nothing to score."
@@ -241,7 +250,8 @@ def _add_run_options(p, command: str):
     "The output folder, the run's settings (`add_config_options`) and the data's handling (`prepare`, `train`, `cv`)."
     p.add_argument('--out', type=_path, required=True, help='output folder')
     add_config_options(p, command)
-    p.add_argument('--skip-bad', action='store_true', help='leave unreadable images out with a warning')
+    p.add_argument('--skip-bad', action='store_true',
+                   help="leave unreadable images and a table's bad rows out with a warning")
     p.add_argument('--overwrite', action='store_true',
                    help='replace a run with other settings (or on changed data) in --out')
 
@@ -300,7 +310,8 @@ def parser() -> argparse.ArgumentParser:
     video_args(sub.add_parser('video', help='Mayo score of colonoscopy videos, segment by segment, with a saved model'))
     p = sub.add_parser('predict', help='Mayo scores for images with a saved model')
     p.add_argument('--model', type=_path, required=True, help='model folder (OUT/model of `mes_mtl train`)')
-    p.add_argument('images', nargs='+', help='image files or folders')
+    p.add_argument('images', nargs='+', help='image files or folders, or one table (CSV/TSV with a path column; '
+                                         'its other columns are kept in the output)')
     p.add_argument('--json', action='store_true', help='JSON instead of CSV')
     p.add_argument('--output', type=_path, help='write to this file instead of standard output')
     p.add_argument('--bs', type=COUNT, default=32, help='batch size')

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 import pandas as pd
 from .errors import UserError, UserFileExistsError
+from .data import BETWEEN_GRADES
 from .files import read_json, write_json
 import shutil
 from .labels import LIMUC_SIZE
@@ -18,9 +19,10 @@ from .dataloaders import AUGMENTATIONS, check_augment
 from .method import METHODS, MESMethod, get_method, make_method, method_names
 
 # %% auto #0
-__all__ = ['COUNT', 'INDEX', 'FOLDS', 'PIXELS', 'POSITIVE', 'NON_NEGATIVE', 'UNIT', 'SHARE', 'SPLIT', 'LOADER', 'SPLIT_SETTINGS',
-           'CONTROL_STAGE', 'PATH_SETTINGS', 'DEMO_PRESETS', 'PAPER_PRESETS', 'STUDY_MAY_CHANGE', 'Rule', 'image_size',
-           'setting', 'RunConfig', 'read_config', 'config_changes', 'check_folder', 'claim_folder']
+__all__ = ['COUNT', 'INDEX', 'FOLDS', 'PIXELS', 'POSITIVE', 'NON_NEGATIVE', 'UNIT', 'SHARE', 'SPLIT', 'LOADER', 'DATA_SETTINGS',
+           'SPLIT_SETTINGS', 'CONTROL_STAGE', 'PATH_SETTINGS', 'DEMO_PRESETS', 'PAPER_PRESETS', 'STUDY_MAY_CHANGE',
+           'Rule', 'image_size', 'setting', 'RunConfig', 'read_config', 'config_changes', 'check_folder',
+           'claim_folder']
 
 # %% ../nbs/13b_config.ipynb #35c23335
 class Rule:
@@ -71,7 +73,8 @@ def setting(default, help: str, commands=('train', 'cv'), rule: Rule | None = No
     return field(**kind, metadata=meta)
 
 SPLIT, LOADER = ('prepare', 'train', 'cv'), ('prepare', 'train', 'cv')  # the commands of the data and loader options
-SPLIT_SETTINGS = ('data', 'n_folds', 'group', 'seed')  # what shapes a split (what a `prepare` folder records)
+DATA_SETTINGS = ('data', 'between_grades')  # where the images are and how their labels are read
+SPLIT_SETTINGS = (*DATA_SETTINGS, 'n_folds', 'group', 'seed')  # what shapes a split (what a `prepare` folder records)
 CONTROL_STAGE = 3  # a study's stage number of the control: stage 2 with the uniform loss (`control`)
 PATH_SETTINGS = ('data', 'init')  # settings that name a file or folder (kept as absolute paths)
 
@@ -79,8 +82,11 @@ PATH_SETTINGS = ('data', 'init')  # settings that name a file or folder (kept as
 class RunConfig:
     "The settings of a training run or a cross-validation study: the paper's protocol by default."
     # the data and their split
-    data: str | None = setting(None, "LIMUC folder (root or one of its three folders); default: the demo dataset",
-                               SPLIT)
+    data: str | None = setting(None, "LIMUC(-shaped) folder, or a table (CSV/TSV: path, mes, optional patient, exam, "
+                                     "other columns); default: the demo dataset", SPLIT)
+    between_grades: str | None = setting(None, "in-between grades of a folder ('grade-1-2'): 'lower' (as 1), 'upper' "
+                                               "(as 2) or 'skip' (left out); default: refused", SPLIT,
+                                         choices=BETWEEN_GRADES)
     n_folds: int = setting(10, "cross-validation folds", SPLIT, FOLDS, flag='--folds')
     group: bool = setting(True, "split by patient (--no-group: by image, as the paper)", SPLIT)
     seed: int = setting(0, "seed of the split and of training", SPLIT, INDEX)
@@ -245,7 +251,7 @@ def check_folder(out,  # the run's folder
                  config: dict,  # the new run's settings (`RunConfig.to_dict()` and the command)
                  resume: bool = True,  # a folder holding a run of the same settings may be reused
                  overwrite: bool = False,  # the new run replaces the old one: no check
-                 may_change=('data',),  # settings that may differ (a study: also the backbones and folds run)
+                 may_change=DATA_SETTINGS,  # settings that may differ (a study: also the backbones and folds run)
                  log=print,  # where a note on moved data goes
                 ) -> dict:
     "The config.json to write for `config` in `out`: a `UserError` where `out` holds another run."
@@ -265,7 +271,7 @@ def check_folder(out,  # the run's folder
     if 'archs' in may_change: config['archs'] = list(dict.fromkeys([*old['archs'], *config['archs']]))
     return config
 
-STUDY_MAY_CHANGE = ('data', 'archs', 'folds')  # what a resumed study may change: the data's place, backbones, folds
+STUDY_MAY_CHANGE = (*DATA_SETTINGS, 'archs', 'folds')  # what a resumed study may change: the data, backbones, folds
 
 def claim_folder(out,  # the study folder
                  config: dict,  # the study's settings (`RunConfig.to_dict()` and the command)

@@ -4,30 +4,56 @@
 
 # %% ../nbs/02_data.ipynb #a54fc557
 from __future__ import annotations
-import re, warnings
+import difflib, re, warnings
 from pathlib import Path
 import pandas as pd
 from fastai.vision.utils import verify_images
 from .errors import UserError, UserFileNotFoundError
 
 # %% auto #0
-__all__ = ['LIMUC_FOLDERS', 'IMAGE_EXTS', 'mes_of_folder', 'limuc_items', 'drop_unreadable', 'limuc_summary']
+__all__ = ['LIMUC_FOLDERS', 'IMAGE_EXTS', 'BETWEEN_GRADES', 'ITEM_COLUMNS', 'TABLE_SEPARATORS', 'TABLE_COLUMNS',
+           'RESERVED_COLUMNS', 'folder_grades', 'check_between_grades', 'mes_of_folder', 'limuc_items',
+           'drop_unreadable', 'limuc_summary', 'parse_mes', 'read_table', 'table_paths', 'table_items', 'read_items']
 
-# %% ../nbs/02_data.ipynb #d1f44f95
+# %% ../nbs/02_data.ipynb #c095f80d
 LIMUC_FOLDERS = ('patient_based_classified_images', 'train_and_validation_sets', 'test_set')
 IMAGE_EXTS = ('.bmp', '.png', '.jpg', '.jpeg', '.tif', '.tiff')
-_CLASS_RE = re.compile(r'^mayo[\s_-]*([0-3])$', re.I)
+BETWEEN_GRADES = (None, 'lower', 'upper', 'skip')  # how an in-between grade ('grade-1-2') is read; None: refused
+_SCORE_WORD = r'(?:ulcerative[\s_-]*colitis[\s_-]*|uc[\s_-]*)?(?:mayo|mes|grade)'  # words that name a Mayo score
+_CLASS_RE = re.compile(rf'^{_SCORE_WORD}[\s_-]*([0-3])(?:[\s_-]+([0-3]))?$', re.I)
 _PATIENT_RE = re.compile(r'UC_patient_(\d+)_', re.I)
 
-def mes_of_folder(name: str) -> int | None:
-    "The Mayo score named by a class folder (`'Mayo 2'`, `'mayo2'`, ...), or `None`."
+def folder_grades(name: str) -> tuple[int, int] | None:
+    "The grades (lowest, highest) a class folder `name` names ('Mayo 2': (2, 2), 'grade-1-2': (1, 2)), or `None`."
     m = _CLASS_RE.match(name.strip())
-    return int(m.group(1)) if m else None
+    if not m: return None
+    lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+    return (lo, hi) if hi - lo in (0, 1) else None
+
+def check_between_grades(between_grades: str | None) -> str | None:
+    "`between_grades`, or a `UserError` naming the choices."
+    if between_grades not in BETWEEN_GRADES:
+        raise UserError(f"between_grades (--between-grades) must be one of {BETWEEN_GRADES}; got {between_grades!r}")
+    return between_grades
+
+def mes_of_folder(folder,  # a class folder's name or path ('Mayo 2', 'data/ulcerative-colitis-grade-2', ...)
+                  between_grades: str | None = None,  # an in-between grade: 'lower', 'upper', 'skip' (None: refuse)
+                 ) -> int | None:
+    "The Mayo score named by a class folder, or `None` (not a class folder, or an in-between grade to skip)."
+    grades = folder_grades(Path(folder).name)
+    if grades is None: return None
+    lo, hi = grades
+    if lo == hi: return lo
+    if check_between_grades(between_grades) is None:
+        raise UserError(f"{folder}: an in-between grade ({lo}-{hi}). Choose how to read it: between_grades='lower' "
+                        f"(Mayo {lo}), 'upper' (Mayo {hi}) or 'skip' (leave its images out); CLI: --between-grades "
+                        f"lower|upper|skip.")
+    return {'lower': lo, 'upper': hi, 'skip': None}[between_grades]
 
 # %% ../nbs/02_data.ipynb #a53968f9
 def _subdirs(p: Path) -> list[Path]: return sorted(o for o in p.iterdir() if o.is_dir() and not o.name.startswith('.'))
 
-def _is_class_level(p: Path) -> bool: return any(mes_of_folder(o.name) is not None for o in _subdirs(p))
+def _is_class_level(p: Path) -> bool: return any(folder_grades(o.name) is not None for o in _subdirs(p))
 
 def _source_folders(path: Path) -> list[Path]:
     "The folders under `path` to read: the official split, else the patient-based folder, else `path` itself."
@@ -38,17 +64,20 @@ def _source_folders(path: Path) -> list[Path]:
     hits = [present[n] for n in LIMUC_FOLDERS if n in present]
     return hits or [path]
 
-# %% ../nbs/02_data.ipynb #6ca6ea3e
+# %% ../nbs/02_data.ipynb #3dfd8f63
 def _class_images(class_dir: Path) -> list[Path]:
     return sorted(o for o in class_dir.iterdir() if o.is_file() and o.suffix.lower() in IMAGE_EXTS)
 
-def _read_class_level(folder: Path, patient: str | None) -> list[dict]:
+def _read_class_level(folder: Path, patient: str | None, between_grades: str | None) -> list[dict]:
     rows = []
     for d in _subdirs(folder):
-        mes = mes_of_folder(d.name)
-        if mes is None:
-            raise UserError(f"{d}: class folders must be named 'Mayo 0' .. 'Mayo 3' (LIMUC layout); "
-                             f"found '{d.name}'. Move or rename it.")
+        if folder_grades(d.name) is None:
+            raise UserError(f"{d}: class folders must be named 'Mayo 0' .. 'Mayo 3' (LIMUC layout; also 'MES 2', "
+                            f"'grade-2', 'ulcerative-colitis-grade-2'); found '{d.name}'. Move or rename it.")
+        if (mes := mes_of_folder(d, between_grades)) is None:
+            warnings.warn(f"{d}: an in-between grade, its {len(_class_images(d))} images are left out "
+                          f"(between_grades='skip')")
+            continue
         for f in _class_images(d):
             pid = patient
             if pid is None:
@@ -57,28 +86,38 @@ def _read_class_level(folder: Path, patient: str | None) -> list[dict]:
             rows.append(dict(path=str(f.resolve()), patient=pid, mes=mes))
     return rows
 
-def _read_source(src: Path) -> list[dict]:
+def _read_source(src: Path, between_grades: str | None) -> list[dict]:
     "Images under one source folder, either `Mayo k/*` or `<patient>/Mayo k/*`."
-    if _is_class_level(src): return _read_class_level(src, None)
+    if _is_class_level(src): return _read_class_level(src, None, between_grades)
     rows = []
     for p in _subdirs(src):
         if not _is_class_level(p):
             raise UserError(f"{p}: expected class folders 'Mayo 0' .. 'Mayo 3' inside each patient folder of {src}, "
                              f"found {[o.name for o in _subdirs(p)][:5] or 'none'}. Is this a LIMUC folder?")
-        rows += _read_class_level(p, p.name)
+        rows += _read_class_level(p, p.name, between_grades)
     return rows
 
 # %% ../nbs/02_data.ipynb #d0e05d33
-def limuc_items(path, check: bool = True, skip_bad: bool = False) -> pd.DataFrame:
+ITEM_COLUMNS = ['path', 'key', 'patient', 'mes', 'source']  # what a reader of labelled images returns
+
+def _warn_no_patient(items: pd.DataFrame, where: str, why: str):
+    if n := items.patient.isna().sum():
+        warnings.warn(f"{n} images {where} have no patient id ({why}): patient-grouped splits will refuse them.")
+
+def limuc_items(path,  # the LIMUC root, one of its folders, or any folder of class folders
+                check: bool = True,  # open every image (`drop_unreadable`)
+                skip_bad: bool = False,  # leave unreadable images out with a warning (else: refuse)
+                between_grades: str | None = None,  # in-between grades ('grade-1-2'): 'lower', 'upper', 'skip'
+               ) -> pd.DataFrame:
     "One row per image under a LIMUC(-shaped) folder: `path`, `key`, `patient`, `mes`, `source`."
-    path = Path(path).expanduser()
+    path, between_grades = Path(path).expanduser(), check_between_grades(between_grades)
     if not path.is_dir():
         raise UserFileNotFoundError(f"{path}: no such folder. Pass the LIMUC root (holding {', '.join(LIMUC_FOLDERS)}) "
                                 f"or one of those folders; `download_limuc` or `make_demo_limuc` can create one.")
     rows = []
     for src in _source_folders(path):
         root = src.parent
-        for r in _read_source(src):
+        for r in _read_source(src, between_grades):
             r['key'] = Path(r['path']).relative_to(root.resolve()).as_posix()
             r['source'] = src.name
             rows.append(r)
@@ -86,23 +125,25 @@ def limuc_items(path, check: bool = True, skip_bad: bool = False) -> pd.DataFram
         raise UserFileNotFoundError(f"{path}: no images ({', '.join(IMAGE_EXTS)}) in 'Mayo 0' .. 'Mayo 3' folders. "
                                 f"Expected the LIMUC layout, e.g. "
                                 f"{path}/patient_based_classified_images/<patient>/Mayo 0/*.bmp")
-    items = pd.DataFrame(rows, columns=['path', 'key', 'patient', 'mes', 'source'])
-    if items.patient.isna().any():
-        warnings.warn(f"{items.patient.isna().sum()} images under {path} have no patient id (neither a patient folder "
-                      f"nor a 'UC_patient_<id>_<n>' file name): patient-grouped splits will refuse them.")
+    items = pd.DataFrame(rows, columns=ITEM_COLUMNS)
+    _warn_no_patient(items, f"under {path}", "neither a patient folder nor a 'UC_patient_<id>_<n>' file name")
     if check: items = drop_unreadable(items, skip_bad)
     return items.reset_index(drop=True)
 
-# %% ../nbs/02_data.ipynb #a311442e
-def drop_unreadable(items: pd.DataFrame, skip_bad: bool = False) -> pd.DataFrame:
+# %% ../nbs/02_data.ipynb #48ff6ef1
+def drop_unreadable(items: pd.DataFrame,  # images (`path`)
+                    skip_bad: bool = False,  # leave them out with a warning (else: refuse)
+                    names: pd.Series | None = None,  # how the message names each image (default: its path)
+                   ) -> pd.DataFrame:
     "`items` without images that cannot be decoded: an error listing them, or a warning with `skip_bad=True`."
-    bad = set(map(str, verify_images(list(items.path))))
-    if not bad: return items
-    names = '\n  '.join(sorted(bad)[:20]) + ('\n  ...' if len(bad) > 20 else '')
-    msg = f"{len(bad)} of {len(items)} images cannot be read (corrupt, truncated or not an image):\n  {names}\n"
+    bad = items.path.isin(set(map(str, verify_images(list(items.path)))))
+    if not bad.any(): return items
+    shown = list((items.path if names is None else names)[bad])
+    listing = '\n  '.join(shown[:20]) + ('\n  ...' if len(shown) > 20 else '')
+    msg = f"{bad.sum()} of {len(items)} images cannot be read (corrupt, truncated or not an image):\n  {listing}\n"
     if not skip_bad: raise UserError(msg + "Replace them, or pass skip_bad=True (CLI: --skip-bad) to leave them out.")
     warnings.warn(msg + "They are left out.")
-    return items[~items.path.isin(bad)]
+    return items[~bad]
 
 # %% ../nbs/02_data.ipynb #aa98d8e3
 def limuc_summary(items: pd.DataFrame) -> pd.DataFrame:
@@ -116,3 +157,118 @@ def limuc_summary(items: pd.DataFrame) -> pd.DataFrame:
     t['patients'] = [patients(i)
                      for i in t.index]
     return t
+
+# %% ../nbs/02_data.ipynb #2257f634
+TABLE_SEPARATORS = {'.csv': ',', '.tsv': '\t', '.txt': '\t'}  # a table's separator, by its file's suffix
+TABLE_COLUMNS = ('path', 'mes', 'patient', 'exam')  # the columns a table of labels may have (others are kept)
+RESERVED_COLUMNS = ('key', 'source', 'is_test', 'fold')  # made by the reader and the split: not in a table
+_MES_RE = re.compile(rf'^(?:{_SCORE_WORD}[\s_-]*)?([0-3])(?:\.0*)?$', re.I)
+
+def parse_mes(text: str) -> int | None:
+    "The Mayo score of a table's cell: `'2'`, `'2.0'`, `'Mayo 2'`, `'MES 2'`, `'mayo2'`; `None` for anything else."
+    m = _MES_RE.match(str(text).strip())
+    return int(m.group(1)) if m else None
+
+def _listed(things, n: int = 10) -> str:
+    "The first `n` of `things`, then '...' and how many there are."
+    things = list(map(str, things))
+    return ', '.join(things[:n]) + (f', ... ({len(things)} in all)' if len(things) > n else '')
+
+# %% ../nbs/02_data.ipynb #1d17272b
+def _column_advice(missing: list[str], found: list[str]) -> str:
+    "Which found column each missing one may be misspelt as (`difflib`'s closest name)."
+    hints = [f"'{c}' for '{m}'" for m in missing for c in difflib.get_close_matches(m, found, n=1, cutoff=0.5)]
+    return f" Did you mean {', '.join(hints)}?" if hints else ''
+
+def read_table(fname,  # a CSV (.csv) or tab-separated (.tsv, .txt) file with a header line
+               required=('path', 'mes'),  # the columns it must have
+              ) -> pd.DataFrame:
+    "The rows of a table as text (`'007'` stays), indexed by their line in the file; `TABLE_COLUMNS` in lower case."
+    fname = Path(fname).expanduser()
+    if (sep := TABLE_SEPARATORS.get(fname.suffix.lower())) is None:
+        raise UserError(f"{fname}: a table must be CSV (.csv) or tab-separated (.tsv, .txt); got '{fname.suffix}'. "
+                        f"Save it as CSV.")
+    if not fname.is_file(): raise UserFileNotFoundError(f"{fname}: no such table")
+    expected = f"expected {', '.join(required)} (optional: {', '.join(c for c in TABLE_COLUMNS if c not in required)})"
+    empty = f"{fname}: the table is empty: give a header line and one row per image ({expected})."
+    try: t = pd.read_csv(fname, sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except pd.errors.EmptyDataError: raise UserError(empty) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UserError(f"{fname}: not a readable {'CSV' if sep == ',' else 'tab-separated'} table ({e})") from None
+    names = [c.strip().lower() if c.strip().lower() in TABLE_COLUMNS else c.strip() for c in t.columns]
+    if twice := sorted({c for c in names if names.count(c) > 1}):
+        raise UserError(f"{fname}: the columns {twice} occur twice (names are matched ignoring case). Keep one each.")
+    if missing := [c for c in required if c not in names]:
+        raise UserError(f"{fname}: no column {', '.join(missing)}; found {names or 'none'}, {expected}."
+                        + _column_advice(missing, [n.lower() for n in names]))
+    t.columns, t.index = names, t.index + 2  # line 1 is the header
+    t = t[(t != '').any(axis=1)]  # blank lines
+    if not len(t): raise UserError(empty)
+    return t
+
+# %% ../nbs/02_data.ipynb #b8b519e0
+def _problems(t: pd.DataFrame, paths: pd.Series, mes: pd.Series) -> list[tuple[str, pd.Series, str]]:
+    "What is wrong with rows of table `t`: (column, rows' values, what is wrong), the rows indexed by line."
+    given, exists = t.path.str.strip() != '', paths.map(Path.is_file)
+    ok = exists & mes.notna()
+    labels = mes[ok].groupby(paths[ok]).transform('nunique')
+    return [('path', t.path[~given], 'empty'),
+            ('path', t.path[given & ~exists], 'no such file'),
+            ('mes', t.mes[mes.isna()], "not a Mayo score 0-3 ('2', 'Mayo 2', 'MES 2')"),
+            ('path', t.path[labels.index[labels > 1]], 'the same image with different scores')]
+
+def table_paths(t: pd.DataFrame, fname) -> pd.Series:
+    "The images of table `t`, read from `fname`: its `path`s (relative to the table's folder, or absolute), resolved."
+    folder = Path(fname).expanduser().absolute().parent.resolve()
+    return t.path.str.strip().map(lambda p: (folder/Path(p).expanduser()).resolve())
+
+def _rows(values: pd.Series) -> str: return _listed(f"{i} ({v!r})" for i, v in values.items())
+
+def table_items(fname,  # a CSV/TSV table: path, mes, optional patient, exam, other columns
+                check: bool = True,  # open every image (`drop_unreadable`)
+                skip_bad: bool = False,  # leave bad rows and unreadable images out with a warning (else: refuse)
+               ) -> pd.DataFrame:
+    "One row per image of a table: `path`, `key`, `patient`, `mes`, `source`, then `exam` and the other columns."
+    fname = Path(fname).expanduser().absolute()
+    t, folder = read_table(fname), fname.parent.resolve()
+    if reserved := [c for c in t.columns if c in RESERVED_COLUMNS]:
+        raise UserError(f"{fname}: the columns {reserved} are made by mes_mtl; rename them in the table.")
+    paths = table_paths(t, fname)
+    mes = t.mes.map(parse_mes)
+    problems = [p for p in _problems(t, paths, mes) if len(p[1])]
+    if problems:
+        bad = pd.Index(sorted({i for _, rows, _ in problems for i in rows.index}))
+        msg = (f"{fname}: {len(bad)} of {len(t)} rows cannot be used (rows are lines of the file, the header is 1):"
+               + ''.join(f"\n  column {c}, {what}: rows {_rows(rows)}" for c, rows, what in problems) + '\n')
+        if not skip_bad or len(bad) == len(t):
+            raise UserError(msg + "Fix them, or pass skip_bad=True (CLI: --skip-bad) to leave those rows out.")
+        warnings.warn(msg + "They are left out.")
+        t, paths, mes = t.drop(bad), paths.drop(bad), mes.drop(bad)
+    if (repeat := paths.duplicated()).any():
+        warnings.warn(f"{fname}: rows {_rows(t.path[repeat])} repeat an image of an earlier row with the same score: "
+                      f"the repeats are left out.")
+        t, paths, mes = t[~repeat], paths[~repeat], mes[~repeat]
+    key = paths.map(lambda p: p.relative_to(folder).as_posix() if p.is_relative_to(folder) else p.as_posix())
+    patient = t.patient.str.strip().where(lambda s: s != '') if 'patient' in t else pd.Series(None, t.index, object)
+    extra = list(dict.fromkeys(c for c in ('exam', *t.columns) if c in t and c not in ('path', 'mes', 'patient')))
+    items = pd.DataFrame(dict(path=paths.map(str), key=key, patient=patient, mes=mes.astype(int), source=fname.name))
+    items = items.join(t[extra])
+    _warn_no_patient(items, f"of {fname}", "no patient column or an empty cell")
+    rows = 'row ' + items.index.to_series().astype(str) + ': ' + items.path  # how the messages name the images
+    if check: items = drop_unreadable(items, skip_bad, names=rows)
+    return items.reset_index(drop=True)
+
+# %% ../nbs/02_data.ipynb #a8982002
+def read_items(data,  # a folder (LIMUC-shaped, `limuc_items`) or a table file (CSV/TSV, `table_items`)
+               check: bool = True,  # open every image (`drop_unreadable`)
+               skip_bad: bool = False,  # leave bad rows and unreadable images out with a warning (else: refuse)
+               between_grades: str | None = None,  # a folder's in-between grades: 'lower', 'upper', 'skip'
+              ) -> pd.DataFrame:
+    "The labelled images of `data`, a folder or a table: `path`, `key`, `patient`, `mes`, `source` (and a table's)."
+    path = Path(data).expanduser()
+    if path.is_dir(): return limuc_items(path, check, skip_bad, between_grades)
+    if path.suffix.lower() in TABLE_SEPARATORS: return table_items(path, check, skip_bad)
+    if path.is_file():
+        raise UserError(f"{path}: give a folder of images or a table (CSV .csv, tab-separated .tsv/.txt); "
+                        f"'{path.suffix}' is neither. Save the table as CSV.")
+    return limuc_items(path, check, skip_bad, between_grades)  # no such folder: its message

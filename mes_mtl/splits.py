@@ -12,6 +12,7 @@ from fastprogress.fastprogress import progress_bar
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 from .errors import UserError, UserFileNotFoundError
 from .files import atomic_write
+from .data import folder_grades
 
 # %% auto #0
 __all__ = ['MANIFEST_COLS', 'SUM_COLS', 'stratified_group_kfold', 'split_items', 'save_split', 'read_split', 'load_split',
@@ -113,7 +114,9 @@ def _examples(keys, n: int = 3) -> str:
     keys = sorted(keys)
     return ', '.join(keys[:n]) + (', ...' if len(keys) > n else '')
 
-def _unlabelled(key: str) -> str: return re.sub(r'(^|/)mayo[\s_-]*[0-3](/|$)', r'\1\2', key, flags=re.I)
+def _unlabelled(key: str) -> str:
+    "`key` without its class folder ('Mayo 2', 'grade-2', ...): the same image wherever it is filed."
+    return '/'.join('' if folder_grades(part) else part for part in key.split('/'))
 
 def split_diff(saved: pd.DataFrame, new: pd.DataFrame) -> str:
     "What differs between split manifest `saved` and `new` (a split, or images without folds), by image `key`; or ''."
@@ -125,10 +128,12 @@ def split_diff(saved: pd.DataFrame, new: pd.DataFrame) -> str:
     removed = [k for k in removed if _unlabelled(k) not in moved]
     parts += [f"{len(added)} image(s) added ({_examples(added)})"] if added else []
     parts += [f"{len(removed)} image(s) removed or unreadable ({_examples(removed)})"] if removed else []
+    common = a.index.intersection(b.index)
+    if len(relabelled := common[a.loc[common, 'mes'].to_numpy() != b.loc[common, 'mes'].to_numpy()]):
+        parts.append(f"{len(relabelled)} image(s) relabelled ({_examples(relabelled)})")
     if {'is_test', 'fold'} <= set(b.columns):
         na, nb = (int(d.fold.max()) + 1 for d in (a, b))
         if na != nb: parts.append(f"{na} folds -> {nb}")
-        common = a.index.intersection(b.index)
         if n := int((a.loc[common, ['is_test', 'fold']] != b.loc[common, ['is_test', 'fold']]).any(axis=1).sum()):
             parts.append(f"{n} image(s) in another fold or set")
     return '; '.join(parts)

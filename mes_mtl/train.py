@@ -11,7 +11,7 @@ import pandas as pd
 from fastai.torch_core import set_seed
 from .errors import UserError
 from .files import write_json, save_figure, writable_dir, Staging, make_folder
-from .data import limuc_items, limuc_summary
+from .data import ITEM_COLUMNS, read_items, limuc_summary
 from .demo import demo_limuc
 from .splits import split_items, save_split, read_split, load_split, split_diff
 from .dataloaders import mtl_dataloaders, mtl_test_dl
@@ -24,15 +24,26 @@ from .distributed import init_distributed, rank_folder_first, data_parallel
 from .study import Interrupted, check_folds
 
 # %% auto #0
-__all__ = ['DEMO_IMAGES', 'data_root', 'prepare_data', 'run_dataloaders', 'TrainResult', 'run_train']
+__all__ = ['DEMO_IMAGES', 'data_root', 'table_columns', 'with_item_columns', 'prepare_data', 'run_dataloaders', 'TrainResult',
+           'run_train']
 
 # %% ../nbs/20d_train.ipynb #2d87d551
 DEMO_IMAGES = 400  # images of the demo dataset of a run without data
 
 def data_root(items: pd.DataFrame) -> Path:
-    "The dataset root: the folder that `key`s are relative to."
-    p, k = Path(items.path[0]), Path(items.key[0])
+    "The dataset root: the folder that relative `key`s are relative to (a table's images elsewhere: absolute keys)."
+    relative = items[~items.key.map(lambda k: Path(k).is_absolute())]
+    if not len(relative): return Path(Path(items.path.iloc[0]).anchor)  # only absolute keys: root/key is key
+    p, k = Path(relative.path.iloc[0]), Path(relative.key.iloc[0])
     return p.parents[len(k.parts) - 1]
+
+def table_columns(items: pd.DataFrame) -> list[str]:
+    "The columns of a table of labels beyond `ITEM_COLUMNS` (`exam`, the user's own), in the table's order."
+    return [c for c in items.columns if c not in ITEM_COLUMNS + ['is_test', 'fold']]
+
+def with_item_columns(preds: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
+    "`preds` with each image's `patient` and the table's own columns (`table_columns`), by `path`, after its own."
+    return preds.merge(split[['path', 'patient', *table_columns(split)]], on='path', how='left')
 
 def _demo(out: Path, seed: int, log=print) -> Path:
     "The demo dataset in `out/demo_data`: a copy of the cached one (`demo_limuc`), so that the run holds its data."
@@ -51,7 +62,7 @@ def prepare_data(out,  # the run's folder: its split.csv is reused while the ima
     "Read (or make) the dataset of `config`; split it, or reuse `out/split.csv` while the images match it."
     out = Path(out)
     data = _demo(out, config.seed, log) if config.data is None else Path(config.data)
-    items = limuc_items(data, skip_bad=skip_bad)
+    items = read_items(data, skip_bad=skip_bad, between_grades=config.between_grades)
     log(f"\nDataset {data}: {len(items)} images, {items.patient.nunique()} patients\n"
         f"{limuc_summary(items).to_string()}")
     manifest = out/'split.csv'
@@ -60,7 +71,7 @@ def prepare_data(out,  # the run's folder: its split.csv is reused while the ima
         if diff := split_diff(read_split(manifest), items):
             raise UserError(f"the data in {data} have changed since the split {manifest} was made: {diff}. Restore "
                             f"them, or pass --overwrite to split the data afresh (a new run, replacing {out}'s).")
-        split = load_split(manifest, data_root(items))
+        split = load_split(manifest, data_root(items)).join(items.set_index('key')[table_columns(items)], on='key')
     else: split = split_items(items, n_folds=config.n_folds, group_by_patient=config.group, seed=config.seed)
     log(f"\nSplit ({manifest if reuse else 'new'}): {split.is_test.sum()} test images; folds of "
         f"{split[~split.is_test].groupby('fold').size().tolist()} validation images")
@@ -120,6 +131,7 @@ def run_train(config: RunConfig,  # the run's settings: data (None: the demo dat
             log(f"\nTraining {config.arch} (method {config.method!r}) for up to {config.epochs} epochs")
             with data_parallel(learn): learn.fit_mtl(config.epochs, log=st.tmp/'history.csv')
             report, preds = evaluate_learner(learn, mtl_test_dl(dls, split))
+            preds = with_item_columns(preds, split)  # a table's patient, exam and own columns, for the user
             report['ci'] = image_intervals(preds, split)  # 95 % bootstrap intervals, patients resampled where known
             preds.to_csv(st.tmp/'predictions.csv', index=False)
             patient = write_patient_results(preds, split, st.tmp, log=log)  # None without patient ids
