@@ -175,6 +175,7 @@ def write_patient_results(preds: pd.DataFrame,  # the test set's image predictio
                           rule: str = 'max',  # one of `RULES`
                           q: float | None = 0.9,  # the share of rule 'quantile'
                           log=print,  # where the one-line summary (or the note on missing ids) goes
+                          **kwargs,  # `bootstrap_intervals`' n_resamples, level, seed
                          ) -> dict | None:
     "Write `out/patients.csv`, return the patient-level report (None when an image has no patient id)."
     _check_rule(rule, q)
@@ -187,17 +188,22 @@ def write_patient_results(preds: pd.DataFrame,  # the test set's image predictio
     atomic_write(fn, lambda tmp: t.to_csv(tmp, index=False))
     report = patient_report(t)
     report['aggregation'] = {'rule': rule, **({'q': q} if rule == 'quantile' else {}), **report['aggregation']}
-    report['ci'] = bootstrap_intervals(t.mes_true, t.mes_pred, t.patient)
+    report['ci'] = _intervals(t.mes_true, t.mes_pred, t.patient, **kwargs)
     sens, fa = cut_rates(report)
     log(f"Patient level ({len(t)} patients, rule {rule_label(rule, q)}): {summary_line(report)} | active (MES 2-3) "
         f"sensitivity {sens:.3f}, false alarms {fa:.3f} ({ci_note(report['ci'])})")
     return report
 
+def _intervals(mes_true, mes_pred, groups=None, **kwargs) -> dict | None:
+    "`bootstrap_intervals`, or None where one patient (or image) leaves nothing to resample."
+    n = len(set(groups)) if groups is not None else len(mes_true)
+    return bootstrap_intervals(mes_true, mes_pred, groups, **kwargs) if n >= 2 else None
+
 def image_intervals(preds: pd.DataFrame,  # image predictions (`predictions_table`)
                     items: pd.DataFrame | None = None,  # the split of the predictions (patient ids); None: no ids
                     **kwargs,  # `bootstrap_intervals`' n_resamples, level, seed
-                   ) -> dict:
+                   ) -> dict | None:
     "`bootstrap_intervals` of image predictions: patients resampled where every image has an id in `items`."
     ids = _patient_ids(preds, items) if items is not None and 'patient' in items else None
     groups = None if ids is None or pd.isna(ids).any() else ids.astype(str)
-    return bootstrap_intervals(preds.mes_true.to_numpy(), preds.mes_pred.to_numpy(), groups, **kwargs)
+    return _intervals(preds.mes_true.to_numpy(), preds.mes_pred.to_numpy(), groups, **kwargs)

@@ -27,7 +27,8 @@ from .methods import write_method_comparison
 from .report import heldout_markdown
 from .bench import bench_args, run_bench
 from .extras import require
-from .inference import MESPredictor, init_settings
+from .inference import MESPredictor, RUNTIMES, init_settings
+from .evaluate import evaluate
 from .quality import QualityThresholds
 from .video import VideoReader, VideoResult, score_video, save_video_result
 from .parallel import import_ray, JobsFailed
@@ -37,8 +38,8 @@ from .intervals import summary_line, ci_note
 
 # %% auto #0
 __all__ = ['METHOD_SETTINGS', 'COMMANDS', 'add_config_options', 'config_from_args', 'prepare', 'print_summary', 'train', 'cv',
-           'check_comparable', 'compare_studies', 'predict', 'parser', 'video_args', 'load_predictor', 'run_video',
-           'main']
+           'check_comparable', 'compare_studies', 'predict', 'evaluate_command', 'parser', 'video_args',
+           'load_predictor', 'run_video', 'main']
 
 # %% ../nbs/90_cli.ipynb #27800a9e
 def _path(text: str) -> Path:
@@ -245,6 +246,15 @@ def predict(args):
         print(f"Wrote {len(df)} predictions to {output}")
     return df
 
+# %% ../nbs/90_cli.ipynb #f9deb72d
+def evaluate_command(args):
+    "`mes_mtl evaluate`: a model (or a study's fold ensemble) on labelled data; metrics with 95 % intervals, report."
+    r = evaluate(args.data, args.out, args.model, args.study, args.arch, args.runtime, args.bs, args.skip_bad,
+                 args.between_grades, args.resamples, args.seed, args.overwrite, log=lambda s: print(s, flush=True))
+    print(f"\n{(r.out/'report.md').read_text()}\nResults in {r.out}: report.md, metrics.json, predictions.csv, "
+          f"{'patients.csv, ' * ('patient' in r.metrics)}calibration.csv, confusion_matrices.png, reliability.png")
+    return r.metrics
+
 # %% ../nbs/90_cli.ipynb #dddff1a0
 def _add_run_options(p, command: str):
     "The output folder, the run's settings (`add_config_options`) and the data's handling (`prepare`, `train`, `cv`)."
@@ -308,6 +318,26 @@ def parser() -> argparse.ArgumentParser:
                                           'the training step, inference latency/throughput per backbone, peak memory, '
                                           'study wall time.'))
     video_args(sub.add_parser('video', help='Mayo score of colonoscopy videos, segment by segment, with a saved model'))
+    p = sub.add_parser('evaluate', help='judge a saved model (or a study\'s fold ensemble) on labelled data: metrics '
+                                        'with 95 % intervals, calibration, report.md',
+                       description='External validation: a model folder (--model) or the fold ensemble of a study '
+                                   '(--study) on labelled images (a folder or a table), without training.')
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument('--model', type=_path, help='model folder (OUT/model of `mes_mtl train`)')
+    which.add_argument('--study', type=_path, help='study folder (`mes_mtl cv`): the fold ensemble of --arch')
+    p.add_argument('--arch', help="the study's backbone (default: its best by cross-validation MES macro F1)")
+    p.add_argument('--data', type=_path, required=True,
+                   help='labelled images: a folder (LIMUC layout) or a CSV/TSV table with path, mes (patient, exam, '
+                        'other columns)')
+    p.add_argument('--out', type=_path, required=True, help='output folder')
+    p.add_argument('--runtime', choices=RUNTIMES, default='torch', help="'onnx': ONNX Runtime (mes_mtl[onnx])")
+    p.add_argument('--bs', type=COUNT, default=32, help='batch size')
+    p.add_argument('--skip-bad', action='store_true', help='leave unreadable images and bad table rows out, warned')
+    p.add_argument('--between-grades', choices=('lower', 'upper', 'skip'),
+                   help="folders of in-between grades ('grade-1-2'): the lower or upper grade, or skip them")
+    p.add_argument('--resamples', type=COUNT, default=1000, help='bootstrap resamples of the 95 %% intervals')
+    p.add_argument('--seed', type=INDEX, default=0, help="the bootstrap's seed")
+    p.add_argument('--overwrite', action='store_true', help='replace an evaluation of another model or data in --out')
     p = sub.add_parser('predict', help='Mayo scores for images with a saved model')
     p.add_argument('--model', type=_path, required=True, help='model folder (OUT/model of `mes_mtl train`)')
     p.add_argument('images', nargs='+', help='image files or folders, or one table (CSV/TSV with a path column; '
@@ -427,7 +457,7 @@ def _download(args):
     print(f"LIMUC is in {download_limuc(writable_dir(args.dest, 'DEST'), keep_zips=args.keep_zips)}")
 
 COMMANDS = {'demo-data': _demo_data, 'download': _download, 'prepare': prepare, 'train': train, 'cv': cv,
-            'compare': compare_studies, 'predict': predict, 'bench': run_bench,
+            'compare': compare_studies, 'evaluate': evaluate_command, 'predict': predict, 'bench': run_bench,
             'video': run_video}
 
 def _again(command: str, argv: list[str]) -> str:

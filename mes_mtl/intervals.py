@@ -119,8 +119,9 @@ def summary_line(report: dict, digits: int = 3) -> str:
     text = lambda b, k: ci_text(report[b][k], ci[b][k], digits) if ci else f"{report[b][k]:.{digits}f}"
     return ' | '.join(f"{name} {text(*path)}" for path, name in SUMMARY_FIGURES.items())
 
-def ci_note(ci: dict) -> str:
+def ci_note(ci: dict | None) -> str:
     "What the intervals of a `ci` block are: '95 % intervals: 1000 bootstrap resamples of the 40 patients'."
+    if not ci: return "no intervals: one patient (or image) leaves nothing to resample"
     return f"{ci['level']:.0%} intervals: {ci['n_resamples']} bootstrap resamples of the {ci['n']} {ci['resampled']}"
 
 # %% ../nbs/12b_intervals.ipynb #47ba311a

@@ -216,6 +216,7 @@ def _tests_note(tests: pd.DataFrame, ba: pd.DataFrame, test: str, best: str) -> 
 
 def _ci_note(t: pd.DataFrame) -> str:
     "The summary's line on the test table's intervals."
+    if 'CI n' not in t: return "Held-out test set: one test patient, no intervals.\n"
     ens = t.dropna(subset=['CI n'])
     return (f"Held-out test set: the fold ensembles' figures with 95 % bootstrap intervals, resampling the "
             f"{int(ens['CI n'].iloc[0])} test {ens['CI resampled'].iloc[0]} (`mes_mtl.intervals`).\n")

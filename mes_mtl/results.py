@@ -91,6 +91,7 @@ def p_value(a,  # the first group's fold scores
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if kind == 'samples' and len(a) != len(b):
         raise ValueError(f"the paired test pairs folds: got {len(a)} and {len(b)} values")
+    if min(len(a), len(b)) < 2: return np.nan  # a group of one fold: no test (scipy takes none; nor could it show much)
     return float(stats.permutation_test((a, b), _mean_difference, permutation_type=kind, vectorized=True,
                                         n_resamples=n_resamples, alternative='two-sided', rng=seed).pvalue)
 
@@ -221,8 +222,9 @@ def _report_path(block: str, cls: str, metric: str) -> tuple:
     if cls == 'macro': return block, f'macro_{metric}'
     return (block, metric) if cls == 'all' else (block, 'per_class', cls.split()[-1], metric)
 
-def _ci_columns(ci: dict, columns: dict = HELDOUT_COLUMNS) -> dict:
+def _ci_columns(ci: dict | None, columns: dict = HELDOUT_COLUMNS) -> dict:
     "'<column> CI low' and '<column> CI high' of `columns` from a `bootstrap_intervals` block, its n and clusters."
+    if ci is None: return {}  # one test patient: nothing to resample
     out = {'CI n': ci['n'], 'CI resampled': ci['resampled']}
     for key, name in columns.items():
         interval = ci

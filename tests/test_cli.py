@@ -213,3 +213,47 @@ def test_predict_bad_options(trained, tmp_path, demo_root, capsys, args, msg):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert msg in err and 'Traceback' not in err and 'No such file' not in err
+
+
+def _test_table(run, data_root, fname):
+    "A table of labels (path, mes, patient) of the held-out test images of run or study `run`."
+    import pandas as pd
+    from mes_mtl.splits import read_split
+    test = read_split(run/'split.csv').query('is_test')
+    pd.DataFrame({'path': [str(data_root/k) for k in test.key], 'mes': test.mes, 'patient': test.patient}).to_csv(
+        fname, index=False)
+    return fname
+
+
+def test_evaluate_model_is_train_on_its_test_set(trained, tmp_path, demo_root, mes_mtl):
+    "`evaluate` of a run's model on a table of the run's test images: the run's own figures, intervals included."
+    import numpy as np, pandas as pd
+    out, _ = trained
+    table = _test_table(out, demo_root, tmp_path/'test.csv')
+    r = mes_mtl('evaluate', '--model', out/'model', '--data', table, '--out', tmp_path/'ev')
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert '| MES macro F1 |' in r.stdout and 'report.md' in r.stdout
+    run, ev = (json.loads((d/'metrics.json').read_text()) for d in (out, tmp_path/'ev'))
+    for key in ('mes', 'remission_vs_active', 'primary', 'remission', 'active', 'ci'): assert ev[key] == run[key], key
+    assert ev['patient']['mes'] == run['patient']['mes'] and ev['patient']['ci'] == run['patient']['ci']
+    r = mes_mtl('evaluate', '--model', out/'model', '--data', table, '--out', tmp_path/'onnx', '--runtime', 'onnx')
+    assert r.returncode == 0, r.stderr[-2000:]
+    p, q = (pd.read_csv(d/'predictions.csv') for d in (tmp_path/'ev', tmp_path/'onnx'))
+    assert np.allclose(p.filter(like='p_mes'), q.filter(like='p_mes'), atol=2e-3)
+
+
+def test_evaluate_bad_input(trained, tmp_path, demo_root, mes_mtl):
+    out, _ = trained
+    table = _test_table(out, demo_root, tmp_path/'test.csv')
+    import pandas as pd
+    pd.read_csv(table).drop(columns='mes').to_csv(tmp_path/'unlabelled.csv', index=False)
+    r = mes_mtl('evaluate', '--model', out/'model', '--data', tmp_path/'unlabelled.csv', '--out', tmp_path/'a')
+    assert r.returncode == 2 and 'has no `mes` column' in r.stderr and 'mes_mtl predict' in r.stderr
+    r = mes_mtl('evaluate', '--model', out/'model', '--data', table, '--out', out)        # a training run's folder
+    assert r.returncode == 2 and 'holds a `train` run' in r.stderr
+    r = mes_mtl('evaluate', '--model', out/'model', '--study', out, '--data', table, '--out', tmp_path/'b')
+    assert r.returncode == 2 and 'not allowed with argument' in r.stderr
+    r = mes_mtl('evaluate', '--study', out, '--data', table, '--out', tmp_path/'c')
+    assert r.returncode == 2 and 'not a study folder' in r.stderr
+    r = mes_mtl('evaluate', '--model', out/'model', '--data', tmp_path/'nothing.csv', '--out', tmp_path/'d')
+    assert r.returncode == 2 and 'nothing.csv' in r.stderr and 'Traceback' not in r.stderr

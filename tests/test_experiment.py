@@ -175,3 +175,22 @@ def test_compare_methods(study, baseline, tmp_path, mes_mtl):
     assert (paired[paired.method == 'cdw'].min_p == 0.25).all() and 'paired folds' in old.stdout
     bad = mes_mtl('compare', f'mtl={study[0]}', f'x={tmp_path}', '--out', tmp_path/'m2')
     assert bad.returncode == 2 and 'not a study folder' in bad.stderr
+
+
+def test_evaluate_study_is_its_heldout_ensemble(study, demo_root, tmp_path, mes_mtl):
+    "`evaluate --study` on the study's own test images: exactly the study's held-out fold-ensemble row."
+    from mes_mtl.splits import read_split
+    out, _ = study
+    test = read_split(out/'split.csv').query('is_test')
+    pd.DataFrame({'path': [str(demo_root/k) for k in test.key], 'mes': test.mes, 'patient': test.patient}).to_csv(
+        tmp_path/'test.csv', index=False)
+    r = mes_mtl('evaluate', '--study', out, '--data', tmp_path/'test.csv', '--out', tmp_path/'ev')
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    m = json.loads((tmp_path/'ev'/'metrics.json').read_text())
+    ens = pd.read_csv(out/'results'/'test_results.csv').query("model == 'ensemble'").iloc[0]
+    assert (m['mes']['accuracy'], m['mes']['macro_f1'], m['mes']['qwk']) == pytest.approx(
+        (ens['MES accuracy'], ens['MES macro F1'], ens['QWK']))
+    assert m['ci']['mes']['macro_f1'] == pytest.approx([ens['MES macro F1 CI low'], ens['MES macro F1 CI high']])
+    assert 'fold ensemble of test_resnet' in (tmp_path/'ev'/'report.md').read_text()
+    r = mes_mtl('evaluate', '--study', out, '--arch', 'resnet18', '--data', tmp_path/'test.csv', '--out', tmp_path/'x')
+    assert r.returncode == 2 and 'has finished folds of' in r.stderr
