@@ -14,7 +14,7 @@ from .metrics import report_from_predictions
 from .intervals import bootstrap_intervals, summary_line, ci_note
 
 # %% auto #0
-__all__ = ['RULES', 'STUDY_RULES', 'rule_label', 'attach_patients', 'patient_table', 'patient_report', 'cut_rates',
+__all__ = ['RULES', 'STUDY_RULES', 'rule_label', 'item_keys', 'attach_patients', 'patient_table', 'patient_report', 'cut_rates',
            'rule_comparison', 'plot_rules', 'write_patient_results', 'image_intervals']
 
 # %% ../nbs/19_aggregate.ipynb #ac905d17
@@ -46,6 +46,11 @@ def _item_rows(preds: pd.DataFrame, items: pd.DataFrame) -> pd.Series:
             todo = rows.isna()
             rows[todo] = pd.Series(_tails(preds.path[todo], depth), index=preds.index[todo]).map(by_key)
     return rows
+
+def item_keys(preds: pd.DataFrame, items: pd.DataFrame) -> np.ndarray:
+    "The `key` in `items` of each predicted image (matched on `path`, then on `key` against the path's tail), or None."
+    rows = _item_rows(preds, items)
+    return np.array([items.key.iloc[int(r)] if pd.notna(r) else None for r in rows], dtype=object)
 
 def _patient_ids(preds: pd.DataFrame, items: pd.DataFrame) -> np.ndarray:
     "The patient id in `items` of each predicted image (NaN/None: none); `UserError` for an image not in `items`."

@@ -148,7 +148,7 @@ def cv(args):
           f"All tables and figures: {res} (summary.md)")
     return tables
 
-METHOD_SETTINGS = ('method', 'focal_gamma', 'cdw_power', 'decode_rule', 'archs', 'data')  # may differ between studies
+METHOD_SETTINGS = ('method', 'focal_gamma', 'cdw_power', 'decode_rule', 'control', 'archs', 'data')  # may differ between studies
 
 def check_comparable(studies: dict) -> dict:
     "A `UserError` unless the studies (name -> folder) share one split; the other settings that differ (warned)."
@@ -319,7 +319,7 @@ def parser() -> argparse.ArgumentParser:
                                           'study wall time.'))
     video_args(sub.add_parser('video', help='Mayo score of colonoscopy videos, segment by segment, with a saved model'))
     p = sub.add_parser('evaluate', help='judge a saved model (or a study\'s fold ensemble) on labelled data: metrics '
-                                        'with 95 % intervals, calibration, report.md',
+                                        'with 95 %% intervals, calibration, report.md',
                        description='External validation: a model folder (--model) or the fold ensemble of a study '
                                    '(--study) on labelled images (a folder or a table), without training.')
     which = p.add_mutually_exclusive_group(required=True)

@@ -151,6 +151,8 @@ class RunConfig:
         if self.init is None and self.init_stats != 'model':
             raise UserError(f"init_stats={self.init_stats!r} applies to a run that starts from a model (init, --init)")
         get_method(self.method)  # an unknown method: the registered ones, and where the others come from
+        if self.control and get_method(self.method).stages < 2:
+            raise UserError(f"control (--control) is the control of stage 2, which method {self.method!r} lacks")
         for f in fields(self):
             meta, value = f.metadata, getattr(self, f.name)
             values = value if isinstance(value, (tuple, list)) else [value]

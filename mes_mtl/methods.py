@@ -10,7 +10,8 @@ import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from .results import (TESTS, study_metrics, patient_metrics, p_value, min_p, with_holm, fold_ensemble,
                              heldout_predictions, study_items)
-from .aggregate import attach_patients
+from .splits import read_split
+from .aggregate import attach_patients, item_keys
 from .intervals import paired_bootstrap, ci_text
 from .config import RunConfig
 from .report import mean_sd_table, grouped_bars
@@ -89,9 +90,10 @@ HELDOUT_METRICS = {'macro_f1': 'MES macro F1', 'qwk': 'QWK', 'remission_vs_activ
 FEW_CLUSTERS = 20  # fewer patients (or images) than this: `methods.md` warns that the bootstrap is rough
 
 def _test_ensemble(out, arch: str) -> pd.DataFrame:
-    "The test-set predictions of the fold ensemble of `arch` in study `out`, decoded by the study's method, by path."
+    "The test-set predictions of the fold ensemble of `arch` in study `out`, by image key (the data may have moved)."
     decode_rule = RunConfig.from_folder(out).new_method().decode_rule
-    return fold_ensemble(heldout_predictions(out, arch), decode_rule)[1].set_index('path')
+    ens = fold_ensemble(heldout_predictions(out, arch), decode_rule)[1]
+    return ens.set_index(pd.Index(item_keys(ens, read_split(Path(out)/'split.csv')), name='key'))
 
 def heldout_differences(studies: dict,  # method name -> its study folder
                         arch: str,  # the backbone compared
@@ -103,7 +105,7 @@ def heldout_differences(studies: dict,  # method name -> its study folder
     reference = reference or next(iter(studies))
     ensembles = {name: _test_ensemble(out, arch) for name, out in studies.items()}
     ref, items = ensembles[reference], study_items(studies[reference])
-    groups = None if items is None else attach_patients(ref.reset_index(), items).patient.to_numpy()
+    groups = None if items is None else attach_patients(ref, items).patient.to_numpy()
     rows = []
     for name, ens in ensembles.items():
         if name == reference: continue

@@ -15,7 +15,8 @@ from .splits import read_split
 from .config import CONTROL_STAGE
 from .metrics import CLASS_NAMES, mtl_report
 from .learner import predictions_table
-from .aggregate import STUDY_RULES, rule_label, attach_patients, patient_table, patient_report, image_intervals
+from .aggregate import (STUDY_RULES, rule_label, attach_patients, patient_table, patient_report,
+                               image_intervals, item_keys)
 
 # %% auto #0
 __all__ = ['LONG_COLS', 'TESTS', 'TABLE1_COLUMNS', 'CLASS_METRICS', 'HELDOUT_COLUMNS', 'PATIENT_LONG_COLS', 'PATIENT_COLUMNS',
@@ -184,14 +185,23 @@ def compare_stages(long: pd.DataFrame,  # `study_metrics`
 # %% ../nbs/20_results.ipynb #caf98f7d
 def fold_predictions(out, arch: str, stage: int | None = None) -> pd.DataFrame:
     "Predictions (validation fold, test set) of every finished fold model of `arch`, with `fold`; `stage` None: final."
-    frames = [pd.read_csv(fn.parent/'predictions.csv').assign(fold=json.loads(fn.read_text())['fold'])
+    frames = [pd.read_csv(fn.parent/'predictions.csv').assign(fold=json.loads(fn.read_text())['fold'],
+                                                              finished=fn.stat().st_mtime_ns)
               for fn in finished_folds(out) if fn.parts[-3] == arch]
     if not frames:
         raise FileNotFoundError(f"{Path(out)/'folds'/arch} holds no finished fold "
                                 f"(fold<k>/metrics.json and predictions.csv)")
-    p = pd.concat(frames, ignore_index=True)
+    p = _current_paths(pd.concat(frames, ignore_index=True), out).drop(columns='finished')
     final = p[p.stage != CONTROL_STAGE].groupby('fold').stage.max()  # stage 2 of the multi-task method, else 1
     return p[p.stage == (p.fold.map(final) if stage is None else stage)]
+
+def _current_paths(p: pd.DataFrame, out) -> pd.DataFrame:
+    "`p` with each image at the path its newest fold saw: a study resumed after its data moved names an image once."
+    fn = Path(out)/'split.csv'
+    if not fn.is_file(): return p
+    keys = item_keys(p, read_split(fn))
+    newest = p.assign(key=keys).sort_values('finished', kind='stable').groupby('key').path.last()
+    return p.assign(path=[newest.get(k, path) for k, path in zip(keys, p.path)])
 
 def heldout_predictions(out, arch: str, stage: int | None = None) -> pd.DataFrame:
     "The held-out test set's predictions of every finished fold model of `arch` (a row per image and fold)."

@@ -140,6 +140,10 @@ def test_resume_after_the_data_moved(study, demo_root, capsys, tmp_path):
     assert (out/'folds'/'test_resnet'/'fold0'/'metrics.json').stat().st_mtime_ns == fold0
     assert json.loads((out/'config.json').read_text())['data'] == str(moved)
     assert (out/'results'/'summary.md').is_file()
+    from mes_mtl.results import heldout_predictions, fold_ensemble
+    p = heldout_predictions(out, 'test_resnet')                 # fold 0 saw the old place, fold 1 the new one
+    assert p.path.str.startswith(str(moved)).all()              # each test image once, where the data are now
+    assert len(fold_ensemble(p)[1]) == pd.read_csv(out/'split.csv').is_test.sum()
 
 
 def test_compare_refuses_other_splits_and_warns_about_other_settings(study, demo_root, capsys, tmp_path):

@@ -1,11 +1,12 @@
 "`mes_mtl cv`: the cross-validation study run as a user runs it, interrupted and resumed, and its bad input."
 import json, signal, subprocess, time
-import pandas as pd
+import numpy as np, pandas as pd
 import pytest
 
 # test_resnet: a real timm ResNet (0.4 M parameters) that timm ships for tests: a training step ~8x faster than ResNet-18's
 TINY = ('--arch', 'test_resnet', '--folds', 3, '--epochs', 1, '--f1-epochs', 1, '--size', 32, '--bs', 16,
         '--no-pretrained', '--lr', 1e-3, '--quiet')
+STUDY = (*TINY, '--control')  # the multi-task study, with the control of stage 2
 
 
 @pytest.fixture(scope='session')
@@ -31,7 +32,7 @@ def same(a, b) -> bool:
 def study(demo_root, tmp_path_factory, cv):
     "A tiny study that ran straight through."
     out = tmp_path_factory.mktemp('cv')/'study'
-    r = cv('--data', demo_root, '--out', out, *TINY)
+    r = cv('--data', demo_root, '--out', out, *STUDY)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return out, r
 
@@ -42,10 +43,10 @@ def test_cv_outputs(study):
     assert r.stdout.count('test_resnet fold') == 3
     for k in range(3):
         d = out/'folds'/'test_resnet'/f'fold{k}'
-        assert sorted(p.name for p in d.iterdir()) == ['compute.json', 'history_stage1.csv', 'history_stage2.csv',
-                                                       'metrics.json', 'model', 'predictions.csv']
+        assert sorted(p.name for p in d.iterdir()) == ['compute.json', 'history_control.csv', 'history_stage1.csv',
+                                                       'history_stage2.csv', 'metrics.json', 'model', 'predictions.csv']
         m = json.loads((d/'metrics.json').read_text())
-        assert set(m['stage1']) == set(m['stage2']) == {'valid', 'test'}
+        assert set(m['stage1']) == set(m['stage2']) == set(m['control']) == {'valid', 'test'}
         w = m['f1_weights']['class_weights']
         assert all(abs(sum(row) / 2 - 1) < 1e-5 for row in w)   # normalised within each task
     res = out/'results'
@@ -65,9 +66,11 @@ def test_cv_outputs(study):
     ba = pd.read_csv(res/'before_after.csv')                     # exact tests: 3 folds cannot reach p < 0.05
     assert {'n', 'p', 'min_p', 'p_holm', 'mark'} <= set(ba.columns) and (ba.min_p == 0.1).all()
     assert (ba.p >= ba.min_p - 1e-12).all() and (ba.p_holm >= ba.p).all() and not ba.mark.isin(['*', '**', '***']).any()
+    assert ba.control.notna().all() and ba.p_control.notna().all()          # --control: stage 2 with the uniform loss
+    assert '| not run |' not in (res/'before_after.md').read_text()
     assert 'none of these comparisons can reach p < 0.05' in (res/'summary.md').read_text()
     compute = pd.read_csv(res/'compute.csv')
-    assert len(compute) == 6 and (compute.seconds > 0).all() and (compute.images_per_s > 0).all()
+    assert len(compute) == 9 and (compute.seconds > 0).all() and (compute.images_per_s > 0).all()
 
 
 def test_cv_patient_tables(study):
@@ -93,7 +96,7 @@ def test_cv_interrupted_and_resumed_equals_uninterrupted(study, demo_root, tmp_p
     "A study killed in the middle (like a Colab disconnect) and resumed ends with the same result files."
     ref, _ = study
     out = tmp_path/'study'
-    p = subprocess.Popen(['mes_mtl', 'cv', '--data', str(demo_root), '--out', str(out), *map(str, TINY)],
+    p = subprocess.Popen(['mes_mtl', 'cv', '--data', str(demo_root), '--out', str(out), *map(str, STUDY)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     between_stages = out/'folds'/'test_resnet'/'fold1'/'stage1.json'
     t0 = time.time()
@@ -101,9 +104,9 @@ def test_cv_interrupted_and_resumed_equals_uninterrupted(study, demo_root, tmp_p
     p.send_signal(signal.SIGKILL); p.wait()
     assert between_stages.is_file(), 'the study never reached stage 2 of fold 1'
     assert not (out/'folds'/'test_resnet'/'fold2'/'metrics.json').exists(), 'killed too late to test resuming'
-    r = cv('--data', demo_root, '--out', out, *TINY)                 # no --resume: refused, nothing touched
+    r = cv('--data', demo_root, '--out', out, *STUDY)                # no --resume: refused, nothing touched
     assert r.returncode == 2 and '--resume' in r.stderr
-    r = cv('--data', demo_root, '--out', out, *TINY, '--resume')
+    r = cv('--data', demo_root, '--out', out, *STUDY, '--resume')
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert '1 done, 2 to run' in r.stdout
     mine, theirs = fold_files(out), fold_files(ref)
@@ -126,7 +129,7 @@ def test_cv_bad_input(demo_root, tmp_path, args, msg, cv):
 
 def test_cv_resume_with_other_settings(study, demo_root, cv):
     out, _ = study
-    r = cv('--data', demo_root, '--out', out, *TINY[:-3], '--lr', 0.01, '--quiet', '--resume')
+    r = cv('--data', demo_root, '--out', out, *STUDY[:-4], '--lr', 0.01, '--quiet', '--control', '--resume')
     assert r.returncode == 2 and 'lr: 0.001 -> 0.01' in r.stderr
 
 
@@ -192,5 +195,9 @@ def test_evaluate_study_is_its_heldout_ensemble(study, demo_root, tmp_path, mes_
         (ens['MES accuracy'], ens['MES macro F1'], ens['QWK']))
     assert m['ci']['mes']['macro_f1'] == pytest.approx([ens['MES macro F1 CI low'], ens['MES macro F1 CI high']])
     assert 'fold ensemble of test_resnet' in (tmp_path/'ev'/'report.md').read_text()
+    r = mes_mtl('evaluate', '--study', out, '--data', tmp_path/'test.csv', '--out', tmp_path/'onnx', '--runtime', 'onnx')
+    assert r.returncode == 0, r.stderr[-2000:]
+    p, q = (pd.read_csv(tmp_path/d/'predictions.csv') for d in ('ev', 'onnx'))
+    assert np.allclose(p.filter(like='p_mes'), q.filter(like='p_mes'), atol=2e-3)
     r = mes_mtl('evaluate', '--study', out, '--arch', 'resnet18', '--data', tmp_path/'test.csv', '--out', tmp_path/'x')
     assert r.returncode == 2 and 'has finished folds of' in r.stderr
