@@ -148,7 +148,7 @@ def cv(args):
           f"All tables and figures: {res} (summary.md)")
     return tables
 
-METHOD_SETTINGS = ('method', 'focal_gamma', 'cdw_power', 'decode_rule', 'control', 'archs', 'data')  # may differ between studies
+METHOD_SETTINGS = ('method', 'focal_gamma', 'cdw_power', 'decode_rule', 'control', 'archs', 'data')  # may differ
 
 def check_comparable(studies: dict) -> dict:
     "A `UserError` unless the studies (name -> folder) share one split; the other settings that differ (warned)."

@@ -4,7 +4,6 @@
 
 # %% ../nbs/03_splits.ipynb #5ad7ee03
 from __future__ import annotations
-import re
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
