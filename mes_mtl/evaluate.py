@@ -138,9 +138,10 @@ class Evaluation(NamedTuple):
 
 def _labelled(data: Path):
     "A `UserError` for a table without Mayo scores: such images are scored by `predict`, not evaluated."
-    if data.is_file() and 'mes' not in read_table(data, required=('path',)).columns:
-        raise UserError(f"{data} has no `mes` column: these images are not labelled, so they cannot be evaluated. "
-                        f"Score them with `mes_mtl predict --model MODEL {data}`, or add their Mayo scores.")
+    if not data.is_file() or 'mes' in (columns := list(read_table(data, required=('path',)).columns)): return
+    raise UserError(f"{data} has no `mes` column (its columns: {', '.join(columns)}): if one of them holds the Mayo "
+                    f"scores, name it `mes`; images without labels cannot be evaluated: score them with "
+                    f"`mes_mtl predict --model MODEL {data}`.")
 
 def _record(model, study, arch, data, runtime: str, n_resamples: int, seed: int) -> dict:
     "The evaluation's config.json: what was evaluated, on what, how."
@@ -170,13 +171,13 @@ def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV
     if arch is not None and study is None: raise UserError("--arch chooses the backbone of a study: give --study")
     folders, arch = ([Path(model)], None) if model is not None else study_models(study, arch)
     for f in folders: read_model_config(f)  # every model folder checked before any work
-    record = _record(model, study, arch, data, runtime, n_resamples, seed)
-    out = writable_dir(out)
+    record, out = _record(model, study, arch, data, runtime, n_resamples, seed), Path(out).expanduser().absolute()
     if (old := read_config(out).get('command')) not in (None, 'evaluate'):
         raise UserError(f"--out {out} holds a `{old}` run: write the evaluation into another folder")
     check_folder(out, record, overwrite=overwrite, may_change=(), log=log)
     _labelled(Path(data))
     items = read_items(data, skip_bad=skip_bad, between_grades=between_grades)
+    out = writable_dir(out)  # made only now: bad input leaves no empty folder behind
     patients = items.patient.nunique() if 'patient' in items else 0
     log(f"Data {data}: {len(items)} images, {patients} patients; {len(folders)} model(s), runtime {runtime}")
     predictors = [MESPredictor.from_folder(f, runtime=runtime) for f in folders]

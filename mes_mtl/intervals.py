@@ -10,8 +10,8 @@ from scipy import stats
 from .labels import MES_CLASSES, check_mes
 
 # %% auto #0
-__all__ = ['CLASS_KEYS', 'METRIC_KEYS', 'SUMMARY_FIGURES', 'count_metrics', 'cluster_counts', 'bootstrap_intervals', 'ci_text',
-           'summary_line', 'ci_note', 'metric_key', 'paired_bootstrap']
+__all__ = ['CLASS_KEYS', 'METRIC_KEYS', 'SUMMARY_FIGURES', 'FEW_CLUSTERS', 'count_metrics', 'cluster_counts',
+           'bootstrap_intervals', 'ci_text', 'summary_line', 'ci_note', 'metric_key', 'paired_bootstrap']
 
 # %% ../nbs/12b_intervals.ipynb #cadcc5be
 _QUADRATIC = np.subtract.outer(np.arange(4.), np.arange(4.)) ** 2  # disagreement weights of the QWK
@@ -119,10 +119,14 @@ def summary_line(report: dict, digits: int = 3) -> str:
     text = lambda b, k: ci_text(report[b][k], ci[b][k], digits) if ci else f"{report[b][k]:.{digits}f}"
     return ' | '.join(f"{name} {text(*path)}" for path, name in SUMMARY_FIGURES.items())
 
+FEW_CLUSTERS = 20  # fewer patients (or images) than this: the bootstrap's intervals are rough, and tend to be narrow
+
 def ci_note(ci: dict | None) -> str:
     "What the intervals of a `ci` block are: '95 % intervals: 1000 bootstrap resamples of the 40 patients'."
     if not ci: return "no intervals: one patient (or image) leaves nothing to resample"
-    return f"{ci['level']:.0%} intervals: {ci['n_resamples']} bootstrap resamples of the {ci['n']} {ci['resampled']}"
+    rough = f"; with fewer than {FEW_CLUSTERS} they are rough and tend to be too narrow" if ci['n'] < FEW_CLUSTERS else ''
+    return (f"{ci['level']:.0%} intervals: {ci['n_resamples']} bootstrap resamples of the {ci['n']} {ci['resampled']}"
+            + rough)
 
 # %% ../nbs/12b_intervals.ipynb #47ba311a
 def metric_key(metric: str) -> tuple:

@@ -12,7 +12,7 @@ from .results import (TESTS, study_metrics, patient_metrics, p_value, min_p, wit
                              heldout_predictions, study_items)
 from .splits import read_split
 from .aggregate import attach_patients, item_keys
-from .intervals import paired_bootstrap, ci_text
+from .intervals import FEW_CLUSTERS, paired_bootstrap, ci_text
 from .config import RunConfig
 from .report import mean_sd_table, grouped_bars
 from .files import save_figure
@@ -20,7 +20,7 @@ from .metrics import markdown_table
 from .errors import UserError
 
 # %% auto #0
-__all__ = ['METHOD_COLUMNS', 'PATIENT_METHOD_COLUMNS', 'HELDOUT_METRICS', 'FEW_CLUSTERS', 'method_scores', 'compare_methods',
+__all__ = ['METHOD_COLUMNS', 'PATIENT_METHOD_COLUMNS', 'HELDOUT_METRICS', 'method_scores', 'compare_methods',
            'heldout_differences', 'differences_markdown', 'methods_markdown', 'plot_methods', 'write_method_comparison']
 
 # %% ../nbs/22_methods.ipynb #e9711ee9
@@ -87,7 +87,6 @@ def _patient_scores(studies: dict, arch: str) -> list[dict]:
 
 # %% ../nbs/22_methods.ipynb #c43c5672
 HELDOUT_METRICS = {'macro_f1': 'MES macro F1', 'qwk': 'QWK', 'remission_vs_active.f1': 'remission vs active F1'}
-FEW_CLUSTERS = 20  # fewer patients (or images) than this: `methods.md` warns that the bootstrap is rough
 
 def _test_ensemble(out, arch: str) -> pd.DataFrame:
     "The test-set predictions of the fold ensemble of `arch` in study `out`, by image key (the data may have moved)."
