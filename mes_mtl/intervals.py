@@ -124,7 +124,8 @@ FEW_CLUSTERS = 20  # fewer patients (or images) than this: the bootstrap's inter
 def ci_note(ci: dict | None) -> str:
     "What the intervals of a `ci` block are: '95 % intervals: 1000 bootstrap resamples of the 40 patients'."
     if not ci: return "no intervals: one patient (or image) leaves nothing to resample"
-    rough = f"; with fewer than {FEW_CLUSTERS} they are rough and tend to be too narrow" if ci['n'] < FEW_CLUSTERS else ''
+    few = ci['n'] < FEW_CLUSTERS
+    rough = f"; with fewer than {FEW_CLUSTERS} they are rough and tend to be too narrow" if few else ''
     return (f"{ci['level']:.0%} intervals: {ci['n_resamples']} bootstrap resamples of the {ci['n']} {ci['resampled']}"
             + rough)
 
