@@ -58,8 +58,8 @@ class F1WeightedLoss(Callback):
     def before_fit(self):
         self.run = not hasattr(self.learn, 'lr_finder')
         if not self.run: return
-        if not isinstance(self.learn.loss_func, JointLoss):
-            loss = type(self.learn.loss_func).__name__
+        if not isinstance(self.learn.loss_func.mes_method, JointLoss):  # with auxiliary heads: the Mayo score's loss
+            loss = type(self.learn.loss_func.mes_method).__name__
             raise TypeError(f"F1WeightedLoss re-weights a JointLoss; this Learner's loss is {loss}")
         if 'loss' in getattr(getattr(self.learn, 'config', None), 'monitor', ''):
             warnings.warn("F1WeightedLoss changes the loss during training, so the validation loss is not comparable "
@@ -69,7 +69,7 @@ class F1WeightedLoss(Callback):
         if not self.every_epoch: self.update(*self._predict(self.dl or self.dls.valid), smoothing=0.)
 
     def _weight_metrics(self) -> list[ValueMetric]:
-        loss, cols = self.learn.loss_func, []
+        loss, cols = self.learn.loss_func.mes_method, []
         for j, task in enumerate(TASKS):
             cols += [ValueMetric(lambda j=j, c=c: loss.class_weights[j, c].item(), f'w_{task}{c}') for c in (0, 1)]
         if self.task_weights:
@@ -81,8 +81,8 @@ class F1WeightedLoss(Callback):
         model, probs, targs = self.learn.model, [], []
         with torch.no_grad(), eval_mode(model):
             for xb, *yb in dl:
-                probs.append([F.softmax(p.float(), -1).cpu() for p in model(xb.as_subclass(torch.Tensor))])
-                targs.append(torch.stack([y.as_subclass(torch.Tensor) for y in yb], -1).cpu())
+                probs.append([F.softmax(p.float(), -1).cpu() for p in self._mayo(model(xb.as_subclass(torch.Tensor)))])
+                targs.append(torch.stack([y.as_subclass(torch.Tensor) for y in yb[:len(TASKS)]], -1).cpu())
         return [torch.cat(h).numpy() for h in zip(*probs)], torch.cat(targs).numpy()
 
     def before_validate(self): self.probs, self.targs = [], []
@@ -90,8 +90,11 @@ class F1WeightedLoss(Callback):
     def after_batch(self):
         if self.training or not self.every_epoch or not self._listening: return
         # `learn.to_detach` gathers the batch of every process in data-parallel training, without the padding
-        self.probs.append(self.learn.to_detach([F.softmax(p.float(), -1) for p in self.pred]))
-        self.targs.append(self.learn.to_detach(torch.stack([y.as_subclass(torch.Tensor) for y in self.yb], -1)))
+        self.probs.append(self.learn.to_detach([F.softmax(p.float(), -1) for p in self._mayo(self.pred)]))
+        self.targs.append(self.learn.to_detach(torch.stack([y.as_subclass(torch.Tensor) for y in self.yb[:len(TASKS)]],
+                                                           -1)))
+
+    def _mayo(self, out): return self.learn.loss_func.split(out)[0]  # the three Mayo heads (auxiliary ones follow)
 
     def after_epoch(self):
         if self.every_epoch and self._listening and self.targs:
@@ -106,7 +109,7 @@ class F1WeightedLoss(Callback):
 
     def update(self, probs, targs, smoothing: float = 0.) -> np.ndarray:
         "Set the loss's weights from the F1 of `probs` for `targs`, keeping `smoothing` of the old; the F1 (3, 2)."
-        loss, f1 = self.learn.loss_func, task_f1(probs, targs)
+        loss, f1 = self.learn.loss_func.mes_method, task_f1(probs, targs)
         blend = lambda old, new: smoothing * old.cpu().numpy() + (1 - smoothing) * new
         for j, task in enumerate(TASKS):
             if np.isnan(f1[j]).any():

@@ -47,7 +47,9 @@ def _path(text: str) -> Path:
     return Path(text).expanduser().absolute()
 
 def _shown(value) -> str:
-    return ' '.join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    "A default as `--help` shows it: lists spaced ('none' if empty), numbers to four significant digits."
+    if isinstance(value, (list, tuple)): return ' '.join(map(_shown, value)) or 'none'
+    return f'{value:.4g}' if isinstance(value, float) else str(value)
 
 def _default_text(name: str, command: str) -> str:
     "The defaults of setting `name` for `command`, as `--help` shows them: the paper's, and the demo data's."
@@ -71,6 +73,7 @@ def add_config_options(p: argparse.ArgumentParser, command: str):
         elif f.name == 'archs' and command == 'cv': p.add_argument(flag, action='append', metavar='NAME', **kw)
         elif f.name == 'archs': p.add_argument(flag, metavar='NAME', **kw)
         elif f.name in PATH_SETTINGS: p.add_argument(flag, type=_path, metavar='PATH', **kw)
+        elif meta['several'] == 'repeat': p.add_argument(flag, action='append', metavar='SPEC', **kw)
         elif meta['several']: p.add_argument(flag, type=meta['rule'], nargs='+', **kw)
         else: p.add_argument(flag, type=meta['rule'] or str, choices=choices, **kw)
 
@@ -93,10 +96,10 @@ def prepare(args):
     check_folds(split, [cfg.fold], cfg.bs)
     with Staging(out) as st:
         dls = mtl_dataloaders(split, fold=cfg.fold, size=cfg.size, bs=cfg.bs, augment=cfg.augment,
-                              stats_cache=st.tmp/'image_sums.csv')
+                              stats_cache=st.tmp/'image_sums.csv', aux=cfg.aux)
         x, *ys = dls.one_batch()
         print(f"A training batch: x {tuple(x.shape)} {x.dtype}; targets " +
-              ', '.join(f"{k} {y.tolist()}" for k, y in zip(TASKS, ys)) + "  (-1 = task does not apply)")
+              ', '.join(f"{k} {y.tolist()}" for k, y in zip([*TASKS, *cfg.aux], ys)) + "  (-1 = task does not apply)")
         import matplotlib.pyplot as plt
         dls.show_batch(max_n=8, nrows=2, figsize=(12, 7))
         save_figure(plt.gcf(), st.tmp/'batch.png')

@@ -17,6 +17,8 @@ from .labels import LIMUC_SIZE
 from .model import PAPER_ARCHS, check_arch, default_size
 from .dataloaders import AUGMENTATIONS, check_augment
 from .method import METHODS, MESMethod, get_method, make_method, method_names
+from .aux_tasks import AuxTask
+from .aux_heads import AUX_WEIGHT, AuxHeads, aux_weights
 
 # %% auto #0
 __all__ = ['COUNT', 'INDEX', 'FOLDS', 'PIXELS', 'POSITIVE', 'NON_NEGATIVE', 'UNIT', 'SHARE', 'SPLIT', 'LOADER', 'DATA_SETTINGS',
@@ -66,7 +68,7 @@ def image_size(size, name: str = 'size') -> tuple[int, int] | None:
 
 # %% ../nbs/13b_config.ipynb #5234802c
 def setting(default, help: str, commands=('train', 'cv'), rule: Rule | None = None, choices=None, flag=None,
-            several: bool = False):
+            several: bool | str = False):  # True: several values after the option; 'repeat': the option repeated
     "A `RunConfig` field: its `default`, `help`, the `commands` that offer it, its `rule` or `choices`, its `flag`."
     kind = dict(default_factory=default) if callable(default) else dict(default=default)
     meta = dict(help=help, commands=commands, rule=rule, choices=choices, flag=flag, several=several)
@@ -113,6 +115,11 @@ class RunConfig:
     decode_rule: str = setting('prob', "Mayo score from the three heads: 'prob' (product rule) or 'hier' (branch "
                                        "first)", choices=('prob', 'hier'))
     dropout: float = setting(0., "dropout before the heads", (), SHARE)
+    aux: tuple = setting((), "an auxiliary task from a column of the table (--data): NAME:KIND, KIND 'categorical', "
+                             "'ordinal' or 'binary', optionally :CLASSES ('a,b,c', or '0-3' for grades); repeat the "
+                             "option for several tasks", LOADER, several='repeat')
+    aux_weight: tuple = setting((AUX_WEIGHT,), "the weight of each auxiliary task in the joint loss: one for all, or "
+                                               "one per --aux", rule=NON_NEGATIVE, several=True)
     # the training protocol (stage 1)
     epochs: int = setting(200, "at most this many epochs (early stopping may end sooner)", rule=COUNT)
     lr: float = setting(2e-4, "learning rate (Adam)", rule=POSITIVE)
@@ -151,6 +158,14 @@ class RunConfig:
         if self.init is None and self.init_stats != 'model':
             raise UserError(f"init_stats={self.init_stats!r} applies to a run that starts from a model (init, --init)")
         get_method(self.method)  # an unknown method: the registered ones, and where the others come from
+        self.aux = tuple(AuxTask.parse(t).spec for t in ([self.aux] if isinstance(self.aux, str) else self.aux))
+        weight = self.aux_weight
+        self.aux_weight = (weight,) if isinstance(weight, numbers.Real) else tuple(weight)
+        if self.aux:
+            try: aux_weights(self.aux_weight, len(self.aux))
+            except ValueError as e: raise UserError(f"aux_weight (--aux-weight): {e}") from None
+        elif self.aux_weight != (AUX_WEIGHT,):
+            raise UserError("aux_weight (--aux-weight) weighs auxiliary tasks: give them with aux (--aux NAME:KIND)")
         if self.control and get_method(self.method).stages < 2:
             raise UserError(f"control (--control) is the control of stage 2, which method {self.method!r} lacks")
         for f in fields(self):
@@ -180,9 +195,14 @@ class RunConfig:
         "The image size for `arch`: `size`, else None (the native size) or a fixed-size backbone's own (h, w)."
         return self.size if self.size is not None or default_size(arch) == LIMUC_SIZE else default_size(arch)
 
-    def new_method(self) -> MESMethod:
-        "A new object of `method` (the loss) with its settings from these (e.g. `focal_gamma`)."
-        return make_method(self.method, **{k: getattr(self, k) for k in get_method(self.method).setting_names})
+    def new_method(self, aux_tasks=None) -> MESMethod:
+        "A new `method` (the loss) with its settings (e.g. `focal_gamma`); with `aux_tasks` (resolved), `AuxHeads`."
+        method = make_method(self.method, **{k: getattr(self, k) for k in get_method(self.method).setting_names})
+        if aux_tasks is None: return method  # the method of the Mayo score alone
+        if (names := [t.name for t in aux_tasks]) != [AuxTask.parse(t).name for t in self.aux]:
+            raise ValueError(f"the run's auxiliary tasks are {list(self.aux)}, the data's {names}: build the "
+                             f"DataLoaders with aux=config.aux")
+        return AuxHeads(method, aux_tasks, self.aux_weight) if aux_tasks else method
 
     @classmethod
     def from_folder(cls, folder, **changes) -> RunConfig:

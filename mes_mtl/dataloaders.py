@@ -18,11 +18,12 @@ from fastai.vision.data import ImageBlock
 from fastai.vision.augment import Flip, Rotate, Resize, ResizeMethod, aug_transforms
 from .labels import TASKS, TASK_CLASSES, LABEL_TABLE, check_mes
 from .splits import channel_stats
+from .aux_tasks import AuxTask, resolve_aux
 from .errors import UserError
 
 # %% auto #0
-__all__ = ['AUGMENTATIONS', 'TaskTarget', 'TaskBlock', 'check_augment', 'augment_tfms', 'Preprocessing', 'mtl_datablock',
-           'default_workers', 'mtl_dataloaders', 'mtl_test_dl']
+__all__ = ['AUGMENTATIONS', 'TaskTarget', 'TaskBlock', 'AuxTarget', 'AuxBlock', 'check_augment', 'augment_tfms', 'Preprocessing',
+           'mtl_datablock', 'default_workers', 'mtl_dataloaders', 'mtl_test_dl']
 
 # %% ../nbs/04_dataloaders.ipynb #25677598
 class TaskTarget(DisplayedTransform):
@@ -38,6 +39,19 @@ class TaskTarget(DisplayedTransform):
 def TaskBlock(task: str) -> TransformBlock:
     "A `TransformBlock` for one task's target, read from a Mayo score."
     return TransformBlock(type_tfms=TaskTarget(task))
+
+# %% ../nbs/04_dataloaders.ipynb #84336f2d
+class AuxTarget(DisplayedTransform):
+    "A cell of an auxiliary task's column -> its class index (-1 where missing); decodes to a readable label."
+    def __init__(self, task: AuxTask): self.task = task
+    def encodes(self, value): return torch.tensor(self.task.codes([value])[0])
+    def decodes(self, t):
+        v = int(t)
+        return TitledStr(f"{self.task.name}: {self.task.classes[v] if v >= 0 else 'n/a'}")
+
+def AuxBlock(task: AuxTask) -> TransformBlock:
+    "A `TransformBlock` for an auxiliary task's target, read from its column."
+    return TransformBlock(type_tfms=AuxTarget(task))
 
 # %% ../nbs/04_dataloaders.ipynb #1e4181d4
 AUGMENTATIONS = ('paper', 'fastai', 'none')
@@ -75,11 +89,11 @@ class Preprocessing:
         "JSON-ready, as a model folder's config.json holds it."
         return dict(size=list(self.size), mean=self.mean, std=self.std, augment=self.augment)
 
-def mtl_datablock(mean, std, size=None, augment='paper', splitter=None) -> DataBlock:
-    "DataBlock of image -> (primary, remission, active) targets over a DataFrame with `path` and `mes` columns."
+def mtl_datablock(mean, std, size=None, augment='paper', splitter=None, aux=()) -> DataBlock:
+    "DataBlock of image -> (primary, remission, active, *aux) targets over a DataFrame: `path`, `mes`, aux columns."
     item_tfms = [Resize(size, method=ResizeMethod.Squish)] if size else []
-    return DataBlock(blocks=(ImageBlock, *map(TaskBlock, TASKS)), n_inp=1,
-                     getters=[ColReader('path'), *[ColReader('mes')] * 3],
+    return DataBlock(blocks=(ImageBlock, *map(TaskBlock, TASKS), *map(AuxBlock, aux)), n_inp=1,
+                     getters=[ColReader('path'), *[ColReader('mes')] * 3, *[ColReader(t.name) for t in aux]],
                      splitter=splitter, item_tfms=item_tfms,
                      batch_tfms=[*augment_tfms(augment), Normalize.from_stats(mean, std)])
 
@@ -103,20 +117,22 @@ def _check_split(items: pd.DataFrame, fold: int):
 
 # %% ../nbs/04_dataloaders.ipynb #f17dd89e
 def mtl_dataloaders(items: pd.DataFrame, fold: int = 0, size=None, bs: int = 32, stats=None, stats_cache=None,
-                    augment='paper', balanced: bool = False, num_workers: int | None = None,
+                    augment='paper', balanced: bool = False, num_workers: int | None = None, aux=(),
                     **kwargs) -> DataLoaders:
     "fastai DataLoaders for fold `fold` of split `items`: train on the other folds, validate on it; test rows unused."
     _check_split(items, fold)
+    tasks = resolve_aux(items, aux)  # the classes of the whole table (test rows included): every fold's the same
     df = items[~items.is_test].reset_index(drop=True)
     is_val = (df.fold == fold).to_numpy()
     mean, std = stats or channel_stats(df[~is_val], cache=stats_cache, progress=False)
-    dblock = mtl_datablock(mean, std, size=size, augment=augment, splitter=IndexSplitter(np.flatnonzero(is_val)))
+    dblock = mtl_datablock(mean, std, size, augment, IndexSplitter(np.flatnonzero(is_val)), tasks)
     kwargs = dict(bs=bs, num_workers=default_workers() if num_workers is None else num_workers, **kwargs)
     if balanced:
         freq = df.mes.map(1 / df[~is_val].mes.value_counts()).to_numpy()
         dls = dblock.weighted_dataloaders(df, wgts=freq, **kwargs)
     else: dls = dblock.dataloaders(df, **kwargs)
     dls.preprocessing = Preprocessing(size or _image_size(df.path.iloc[0]), mean, std, augment)
+    dls.aux_tasks = tasks  # the auxiliary tasks with their classes, for the Learner's heads
     return dls
 
 def mtl_test_dl(dls: DataLoaders, items: pd.DataFrame, **kwargs):

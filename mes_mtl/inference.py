@@ -15,6 +15,8 @@ import mes_mtl
 from .labels import TASKS, LABEL_TABLE
 from .model import create_mtl_model, MTLModel
 from .method import get_method, make_method
+from .aux_tasks import AuxTask
+from .aux_heads import AuxHeads, aux_columns
 from .dataloaders import Preprocessing
 from .config import config_changes
 import mes_mtl.baselines  # registers the single-task methods, so that every saved model loads
@@ -39,10 +41,11 @@ def model_config(model: MTLModel,  # the model
                  preprocessing: Preprocessing,  # how its input images are made (`dls.preprocessing`)
                 ) -> dict:
     "The model folder's config: format, backbone, method and its settings, heads, preprocessing, labels (JSON-ready)."
+    aux = {'aux': [t.to_dict() for t in method.aux_tasks]} if method.aux_tasks else {}  # the auxiliary tasks, if any
     return json.loads(json.dumps(dict(
         format=MODEL_FORMAT, mes_mtl_version=mes_mtl.__version__, arch=arch,
         method=dict(name=method.name, **method.settings()), n_out=model.n_out, n_features=model.n_features,
-        preprocessing=preprocessing.to_dict(), tasks=list(TASKS), label_table=LABEL_TABLE.tolist())))
+        preprocessing=preprocessing.to_dict(), tasks=list(TASKS), label_table=LABEL_TABLE.tolist(), **aux)))
 
 def learner_config(learn) -> dict:
     "The model folder's config of a Learner of `mtl_learner`: its model, backbone, method and preprocessing."
@@ -104,16 +107,19 @@ def read_model_config(path) -> dict:
     return config
 
 def model_method(config: dict):
-    "The method (an `MESMethod`) of a model config, with its saved settings."
+    "The method (an `MESMethod`) of a model config, with its saved settings (and auxiliary heads: `AuxHeads`)."
     settings = dict(config['method'])
-    return make_method(settings.pop('name'), **settings)
+    method = make_method(settings.pop('name'), **settings)
+    return AuxHeads(method, config['aux']) if config.get('aux') else method
 
 def load_mtl_model(path) -> tuple[MTLModel, dict]:
     "The `MTLModel` (the heads of its method) and config saved by `save_mtl_model` in `path`; clear errors."
     path = Path(path)
     config = read_model_config(path)
     n_out = config['n_out'] if isinstance(config['n_out'], int) else tuple(config['n_out'])
-    model = create_mtl_model(config['arch'], pretrained=False, n_out=n_out, head=model_method(config).make_head)
+    method = model_method(config)
+    model = create_mtl_model(config['arch'], pretrained=False, n_out=n_out, head=method.make_head,
+                             aux_out=method.aux_out)
     try: load_model(model, str(path/'model.safetensors'))
     except Exception as e:
         raise UserError(f"{path/'model.safetensors'} does not match architecture {config['arch']!r} of config.json "
@@ -125,7 +131,8 @@ def init_settings(path) -> dict:
     "The `RunConfig` settings of a run that starts from model folder `path`: its backbone, method, size, augmentation."
     config = read_model_config(path)
     method, pre = dict(config['method']), config['preprocessing']
-    return dict(archs=(config['arch'],), method=method.pop('name'), **method, size=tuple(pre['size']),
+    aux = {'aux': tuple(AuxTask.parse(t).spec for t in config['aux'])} if 'aux' in config else {}  # its tasks, classes
+    return dict(archs=(config['arch'],), method=method.pop('name'), **method, size=tuple(pre['size']), **aux,
                 **({'augment': pre['augment']} if pre.get('augment') else {}), pretrained=False)
 
 def check_init(path,  # the starting model's folder
@@ -142,8 +149,14 @@ def check_init(path,  # the starting model's folder
     return config
 
 def init_weights(learn, path) -> dict:
-    "Copy the weights of model folder `path` into `learn.model` (a Learner of the same backbone and method)."
-    config = check_init(path, learn.config.arch, learn.loss_func)
+    "Copy the weights of model folder `path` into `learn.model` (a Learner of the same backbone, method, tasks)."
+    config = check_init(path, learn.config.arch, learn.loss_func.mes_method)
+    have, want = config.get('aux', []), [t.to_dict() for t in learn.loss_func.aux_tasks]
+    if have != want:
+        specs = lambda tasks: [AuxTask.parse(t).spec for t in tasks] or 'none'
+        raise UserError(f"{path} has the auxiliary tasks {specs(have)}, this run {specs(want)}: a run that starts from "
+                        f"a model (--init) learns its tasks. Leave out --aux (it defaults to the model's), or train "
+                        f"from scratch.")
     model, _ = load_mtl_model(path)
     learn.model.load_state_dict(model.state_dict())
     return config
@@ -226,36 +239,41 @@ class MESPredictor:
         return torch.from_numpy(x)
 
     @torch.inference_mode()
-    def outputs(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        "MES probabilities (n, 4), Mayo scores (n,) and heads' probabilities (3 x (n, 2)) of a preprocessed batch `x`."
+    def outputs(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        "MES probabilities (n, 4), Mayo scores (n,), heads' (3 x (n, 2)) and auxiliary tasks' probabilities of `x`."
         out = self.forward(x)
         out = out.cpu() if isinstance(out, torch.Tensor) else tuple(o.cpu() for o in out)
-        return self.method.predictions(self.method.activation(out))
+        act = self.method.activation(out)
+        return (*self.method.predictions(act), self.method.aux_probs(act))
 
     def heads(self, x: torch.Tensor) -> list[np.ndarray]:
         "Each head's class probabilities (n, 2) for a preprocessed batch (a baseline's: from its MES probabilities)."
         return self.outputs(x)[2]
 
-    def _batches(self, imgs, bs: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    def _batches(self, imgs, bs: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
         imgs = _as_images(imgs)
         if bs < 1: raise UserError(f"the batch size must be at least 1; got {bs}")
         parts = [self.outputs(self.preprocess(imgs[i:i + bs])) for i in range(0, len(imgs), bs)]
-        if not parts: return np.zeros((0, 4)), np.zeros(0, np.int64), [np.zeros((0, 2)) for _ in TASKS]
+        if not parts:
+            return (np.zeros((0, 4)), np.zeros(0, np.int64), [np.zeros((0, 2)) for _ in TASKS],
+                    [np.zeros((0, k)) for k in self.method.aux_out])
         if len(parts) == 1: return parts[0]
-        p, mes, heads = zip(*parts)
-        return np.concatenate(p), np.concatenate(mes), [np.concatenate(h) for h in zip(*heads)]
+        p, mes, heads, aux = zip(*parts)
+        return (np.concatenate(p), np.concatenate(mes), [np.concatenate(h) for h in zip(*heads)],
+                [np.concatenate(a) for a in zip(*aux)])
 
     def mes_probs(self, imgs, bs: int = 32) -> np.ndarray:
         "MES probabilities (n, 4) of images (as for `pixels`): the fastest way to score decoded video frames."
         return self._batches(imgs, bs)[0]
 
     def predict(self, imgs, bs: int = 32) -> pd.DataFrame:
-        "One row per image: `mes`, the four MES probabilities and each head's probability of its class 1."
+        "One row per image: `mes`, the four MES probabilities, each head's p(class 1); each auxiliary task's answer."
         imgs = _as_images(imgs)
-        p, mes, heads = self._batches(imgs, bs)  # `mes`: the method's own decoding
+        p, mes, heads, aux = self._batches(imgs, bs)  # `mes`: the method's own decoding
         names = [str(o) if isinstance(o, (str, Path)) else f'<image {i}>' for i, o in enumerate(imgs)]
         return pd.DataFrame({'image': names, 'mes': mes, **{f'p_mes{k}': p[:, k] for k in range(4)},
-                             **{f'p_{t}': h[:, 1] for t, h in zip(TASKS, heads)}})
+                             **{f'p_{t}': h[:, 1] for t, h in zip(TASKS, heads)},
+                             **aux_columns(self.method.aux_tasks, aux)})
 
 # %% ../nbs/16_inference.ipynb #d9b23142
 ONNX_FILE, ONNX_RECORD = 'model.onnx', 'model.onnx.json'  # the cached export and what it was made from
@@ -296,9 +314,12 @@ def _export_dynamo(model, x, names) -> bytes:
 EXPORTERS = {'torchscript': _export_torchscript, 'dynamo': _export_dynamo}
 
 # %% ../nbs/16_inference.ipynb #77a4a2ab
-def _output_names(out) -> list[str]:
+def _output_names(out, aux_names=()) -> list[str]:
+    "The graph's outputs: the method's (its heads, or `mes`), then `aux_{task}` for each auxiliary head."
     if isinstance(out, torch.Tensor): return ['mes']  # a baseline's single head
-    return list(TASKS) if len(out) == len(TASKS) else [f'output{i}' for i in range(len(out))]
+    n = len(out) - len(aux_names)
+    own = ['mes'] if n == 1 else list(TASKS) if n == len(TASKS) else [f'output{i}' for i in range(n)]
+    return own + [f'aux_{name}' for name in aux_names]
 
 def _export_bytes(model, x, names, exporter: str) -> tuple[bytes, str]:
     "ONNX bytes of `model` by `exporter` ('auto': TorchScript-based, else torch.export-based), and the exporter used."
@@ -347,6 +368,7 @@ def export_onnx(model: torch.nn.Module,  # the PyTorch model
                 size,  # (h, w) of the input images
                 device='cpu',  # where ONNX Runtime runs it: 'cpu' or 'cuda'
                 exporter: str = 'auto',  # 'torchscript', 'dynamo' or 'auto' (the first, else the second)
+                aux_names=(),  # the names of the model's auxiliary tasks (its last outputs)
                ) -> tuple[OnnxModel, bytes]:
     "`model` as an `OnnxModel` for images of `size` (h, w), any batch, checked against eager PyTorch; its ONNX bytes."
     onnx_runtime()
@@ -357,12 +379,13 @@ def export_onnx(model: torch.nn.Module,  # the PyTorch model
     seeded = torch.Generator().manual_seed(0)
     probe = torch.randn(2, 3, *size, generator=seeded).to(where)  # 2, not 1: the batch dimension must stay dynamic
     with torch.inference_mode(): want = model(probe)
-    names = _output_names(want)
+    names, single = _output_names(want, aux_names), isinstance(want, torch.Tensor)
     want = [w.float().cpu().numpy() for w in ([want] if isinstance(want, torch.Tensor) else want)]
     data, used = _export_bytes(model, probe, names, exporter)
     import onnx, onnxruntime
     record = dict(exporter=used, torch=torch.__version__, onnx=onnx.__version__, onnxruntime=onnxruntime.__version__,
-                  outputs=names, single=names == ['mes'], size=[int(s) for s in size], onnx_bytes=len(data))
+                  outputs=names, single=single, size=[int(s) for s in size],
+                  onnx_bytes=len(data))
     fast = OnnxModel(data, record, device)
     got = fast.session.run(None, {'image': probe.cpu().numpy()})
     record['max_abs_diff'] = max(float(np.abs(a - b).max()) for a, b in zip(got, want))
@@ -384,7 +407,7 @@ def _sha256(fname) -> str:
 def _graph_config(config: dict) -> dict:
     "The parts of a model config that shape the exported graph."
     return dict(arch=config['arch'], size=list(config['preprocessing']['size']), method=config['method']['name'],
-                n_out=config['n_out'])
+                n_out=config['n_out'], **({'aux': config['aux']} if config.get('aux') else {}))
 
 def _weights_record(weights: Path) -> dict:
     st = weights.stat()
@@ -412,7 +435,8 @@ def onnx_model(model: torch.nn.Module, config: dict, folder=None, device='cpu') 
         except UserError: raise
         except Exception as e: warnings.warn(f"{folder/ONNX_FILE} is damaged ({type(e).__name__}): exporting again")
     weights = None if folder is None else _weights_record(folder/'model.safetensors')  # before the export: its source
-    fast, data = export_onnx(model, config['preprocessing']['size'], device)
+    aux_names = [t['name'] for t in config.get('aux', [])]
+    fast, data = export_onnx(model, config['preprocessing']['size'], device, aux_names=aux_names)
     if folder is None: return fast
     fast.record.update(graph=_graph_config(config), weights=weights,
                        mes_mtl_version=mes_mtl.__version__,

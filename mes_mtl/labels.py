@@ -9,7 +9,7 @@ import torch
 
 # %% auto #0
 __all__ = ['MES_CLASSES', 'TASKS', 'IGNORE', 'TASK_CLASSES', 'LABEL_TABLE', 'HEAD_COLUMNS', 'MES_COLUMNS', 'LIMUC_SIZE',
-           'check_mes', 'mes_to_tasks', 'tasks_to_mes', 'class1_prob', 'mes_probs', 'heads_from_mes',
+           'LOCATIONS', 'check_mes', 'mes_to_tasks', 'tasks_to_mes', 'class1_prob', 'mes_probs', 'heads_from_mes',
            'mes_pred_to_tasks', 'mes_decode']
 
 # %% ../nbs/00_labels.ipynb #439453cc
@@ -108,3 +108,6 @@ def mes_decode(p_primary, p_remission, p_active, rule: str = 'prob') -> np.ndarr
 
 # %% ../nbs/00_labels.ipynb #49daa30c
 LIMUC_SIZE = (288, 352)  # (height, width) of every LIMUC image, the order of torch and fastai: 352 x 288 px (w x h)
+
+# %% ../nbs/00_labels.ipynb #6c9d70c9
+LOCATIONS = ('caecum', 'ascending', 'transverse', 'descending', 'sigmoid', 'rectum')  # colon, proximal to distal

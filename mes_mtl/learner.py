@@ -21,7 +21,9 @@ from .method import MESMethod
 from .losses import JointLoss
 from .labels import TASKS, class1_prob, mes_probs, mes_decode
 from .errors import UserError
-from .metrics import mtl_metrics, report_from_predictions
+from .metrics import mtl_metrics, aux_metrics, report_from_predictions, aux_reports
+from .aux_tasks import aux_codes
+from .aux_heads import aux_columns
 from .callbacks import F1WeightedLoss
 from .config import RunConfig
 import pandas as pd
@@ -56,9 +58,11 @@ def config_learner(dls,  # DataLoaders of `mtl_dataloaders`
                    cbs=None,  # extra callbacks of the Learner
                    **kwargs) -> Learner:  # arguments of fastai's `Learner` (`path`, ...)
     "A fastai `Learner` of run settings `config` (`learn.config`): its backbone, method, metrics and protocol."
-    method = method or config.new_method()
-    model = create_mtl_model(config.arch, config.pretrained, config.dropout, n_out=method.n_out, head=method.make_head)
+    method = method or config.new_method(getattr(dls, 'aux_tasks', ()))  # with the data's auxiliary tasks, if any
+    model = create_mtl_model(config.arch, config.pretrained, config.dropout, n_out=method.n_out, head=method.make_head,
+                             aux_out=method.aux_out)
     metrics = mtl_metrics(metrics) if metrics and isinstance(metrics[0], str) else metrics
+    if method.aux_tasks: metrics = [*(metrics or []), *aux_metrics(method.aux_tasks)]  # `{task}_acc` columns
     learn = Learner(dls, model, loss_func=method, opt_func=opt_func or partial(OptimWrapper, opt=torch.optim.Adam),
                     lr=config.lr, wd=wd, metrics=metrics, splitter=splitter, cbs=cbs, **kwargs)
     for cb in _precision_cbs(dls, mixed_precision, channels_last): learn.add_cb(cb)
@@ -79,15 +83,16 @@ def mtl_learner(dls,  # DataLoaders of `mtl_dataloaders`
     "A fastai `Learner` for the hierarchical multi-task model (or another `method`) with the paper's training defaults."
     names, defaults = {f.name for f in fields(RunConfig)}, RunConfig.defaults()
     settings = dict(focal_gamma=focal_gamma, decode_rule=decode_rule)  # the joint loss's: only where changed
-    config = RunConfig(archs=(arch,), pretrained=pretrained, dropout=dropout, method=method,
+    aux = [t.spec for t in getattr(dls, 'aux_tasks', ())]  # the DataLoaders' auxiliary tasks (`mtl_dataloaders`)
+    config = RunConfig(archs=(arch,), pretrained=pretrained, dropout=dropout, method=method, aux=aux,
                        **{k: v for k, v in settings.items() if v != defaults[k]},
                        **{k: kwargs.pop(k) for k in list(kwargs) if k in names})
-    loss = config.new_method()
+    loss = config.new_method(getattr(dls, 'aux_tasks', ()))
     if tuple(loss_weights) != (1/3, 1/3, 1/3) or class_weights is not None:
-        if not isinstance(loss, JointLoss):
+        if not isinstance(loss.mes_method, JointLoss):
             raise UserError(f"loss_weights and class_weights weight the joint loss of method 'mtl', not {method!r}")
-        loss.set_task_weights(loss_weights)
-        if class_weights is not None: loss.set_class_weights('all', class_weights)
+        loss.mes_method.set_task_weights(loss_weights)
+        if class_weights is not None: loss.mes_method.set_class_weights('all', class_weights)
     return config_learner(dls, config, loss, metrics, **kwargs)
 
 # %% ../nbs/14_learner.ipynb #b55b22e1
@@ -129,12 +134,16 @@ def predictions_table(items: pd.DataFrame,  # the images (path, mes), in the ord
                          **{f'p_mes{k}': p[:, k] for k in range(4)}, **{f'p_{t}': h for t, h in zip(TASKS, heads)}})
 
 def evaluate_learner(learn: Learner, dl, cbs=None) -> tuple[dict, pd.DataFrame]:
-    "The report (`metrics.json` layout) and `predictions_table` of `learn` on `dl`; `cbs`: callbacks of `get_preds`."
+    "The report (`metrics.json` layout) and `predictions_table` of `learn` on `dl` (auxiliary tasks' included)."
     act, _ = learn.get_preds(dl=dl, cbs=cbs)  # activated by the method (`loss_func.activation`)
     items, method = dl.items.reset_index(drop=True), learn.loss_func
     _, mes_pred, heads = method.predictions(act)
     table = predictions_table(items, *heads, rule=method.decode_rule).assign(mes_pred=mes_pred)
-    return report_from_predictions(items.mes.to_numpy(), mes_pred, method.task_decodes(act, mes_pred)), table
+    report = report_from_predictions(items.mes.to_numpy(), mes_pred, method.task_decodes(act, mes_pred))
+    if tasks := method.aux_tasks:  # each auxiliary task's block, and its predictions beside the Mayo score's
+        report['aux'] = aux_reports(tasks, aux_codes(items, tasks), method.aux_probs(act))
+        table = table.assign(**aux_columns(tasks, method.aux_probs(act)))
+    return report, table
 
 # %% ../nbs/14_learner.ipynb #13265c67
 @patch

@@ -28,6 +28,7 @@ class MESMethod(nn.Module):
     score_text = 'log p(MES = k)'  # what `mes_scores` is, for Grad-CAM's figure titles
     setting_names: tuple[str, ...] = ()  # the run settings (`config.RunConfig` fields) the method takes
     probabilistic = True  # `mes_probs` are probabilities (a regression's: the one-hot of its decoded score)
+    aux_tasks: tuple = ()  # auxiliary tasks (`aux_heads.AuxHeads`): none
 
     def __init__(self, reduction: str = 'mean'):
         super().__init__()
@@ -75,6 +76,24 @@ class MESMethod(nn.Module):
     def predictions(self, act) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         "MES probabilities (n, 4), decoded Mayo scores (n,) and the heads' probabilities (3 x (n, 2)) of `act`."
         return self.mes_probs(act), to_np(torch.as_tensor(self.decodes(act))).astype(np.int64), self.head_probs(act)
+
+    @property
+    def mes_method(self) -> MESMethod:
+        "The method of the Mayo score itself (itself; `AuxHeads`: the method it adds auxiliary tasks to)."
+        return self
+
+    @property
+    def aux_out(self) -> tuple[int, ...]:
+        "The width of each auxiliary head: its task's number of classes."
+        return tuple(t.n_classes for t in self.aux_tasks)
+
+    def split(self, out) -> tuple:
+        "The model's output `out` as (the method's outputs, the auxiliary tasks' logits): here, all of it and ()."
+        return out, ()
+
+    def aux_probs(self, act) -> list[np.ndarray]:
+        "The auxiliary tasks' class probabilities (k x (n, classes)) of the activated outputs: none here."
+        return []
 
 # %% ../nbs/10b_method.ipynb #2b91d9d6
 METHODS: dict[str, type[MESMethod]] = {}  # name -> method class, in the order they were registered

@@ -14,12 +14,13 @@ from sklearn.metrics import (accuracy_score, precision_recall_fscore_support, co
 from .labels import (MES_CLASSES, TASKS, IGNORE, TASK_CLASSES, check_mes, mes_to_tasks, tasks_to_mes, mes_decode,
                             class1_prob, mes_pred_to_tasks)
 from .method import MESMethod
+from .aux_tasks import AuxTask
 from fastai.torch_core import to_np
 
 # %% auto #0
 __all__ = ['CLASS_NAMES', 'MTL_METRICS', 'task_report', 'mes_block', 'remission_vs_active', 'report_from_predictions',
-           'mtl_report', 'report_table', 'markdown_table', 'plot_confusion_matrices', 'metric_value', 'MTLMetric',
-           'metric_names', 'mtl_metrics']
+           'mtl_report', 'aux_report', 'aux_reports', 'report_table', 'markdown_table', 'plot_confusion_matrices',
+           'metric_value', 'MTLMetric', 'metric_names', 'mtl_metrics', 'AuxMetric', 'aux_metrics']
 
 # %% ../nbs/12_metrics.ipynb #7d36b2cb
 def task_report(y_true, y_pred, labels) -> dict:
@@ -95,15 +96,31 @@ def mtl_report(mes_true, p_primary, p_remission, p_active, rule: str = 'prob') -
     task_pred = np.stack([_head_pred(p, task) for task, p in heads.items()], axis=-1)
     return _report(mes_true, mes_decode(*heads.values(), rule=rule), task_pred)
 
+# %% ../nbs/12_metrics.ipynb #1f511f63
+def aux_report(y_true, y_pred, task: AuxTask) -> dict:
+    "`task_report` of auxiliary `task` (items `y_true != IGNORE`), its class names, and the QWK of an ordinal task."
+    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
+    labels = range(task.n_classes)
+    block = {**task_report(y_true, y_pred, labels), 'classes': list(task.classes)}
+    if task.kind == 'ordinal':
+        valid = y_true != IGNORE
+        block['qwk'] = _kappa(y_true[valid], y_pred[valid], labels, 'quadratic')
+    return block
+
+def aux_reports(tasks, y_true, probs) -> dict:
+    "The `aux` entry of a report: `aux_report` of each task from targets (n, k) and probabilities (k x (n, classes))."
+    y_true = np.asarray(y_true).reshape(len(y_true), -1)
+    return {t.name: aux_report(y_true[:, j], np.asarray(p).argmax(-1), t) for j, (t, p) in enumerate(zip(tasks, probs))}
+
 # %% ../nbs/12_metrics.ipynb #c90b8920
 CLASS_NAMES = {'mes': tuple(f'MES {c}' for c in MES_CLASSES), **TASK_CLASSES}  # display names per report block
 
 def report_table(report: dict, macro: bool = True) -> pd.DataFrame:
     "Tidy per-class table (task, class, precision, recall, f1, specificity, support) of a report's task blocks."
     rows = []
-    for task, block in report.items():
+    for task, block in [*report.items(), *report.get('aux', {}).items()]:  # the auxiliary tasks' blocks last
         if 'per_class' not in block: continue  # e.g. remission_vs_active
-        names = CLASS_NAMES.get(task, tuple(block['per_class']))
+        names = block.get('classes') or CLASS_NAMES.get(task, tuple(block['per_class']))
         rows += [{'task': task, 'class': names[int(c)], **m} for c, m in block['per_class'].items()]
         if macro:
             means = {k: block[f'macro_{k}'] for k in ('precision', 'recall', 'f1', 'specificity')}
@@ -159,8 +176,9 @@ class MTLMetric(Metric):
 
     def accumulate(self, learn):
         yb, method = learn.yb, getattr(learn, 'loss_func', None)
-        if len(yb) != len(TASKS):
+        if len(yb) < len(TASKS):
             raise ValueError(f"`{self.name}` needs the {len(TASKS)} task targets {TASKS} per batch; got {len(yb)}")
+        yb = yb[:len(TASKS)]  # the auxiliary tasks' targets follow
         if not isinstance(method, MESMethod):
             raise ValueError(f"`{self.name}` decodes the outputs with the learner's method, its loss_func (an "
                              f"`MESMethod` such as `JointLoss`); got {type(method).__name__}")
@@ -189,3 +207,24 @@ def metric_names(names=None) -> list[str]:
 def mtl_metrics(names=None) -> list[MTLMetric]:
     "New `MTLMetric`s for a `Learner` of any method, by name (default: all of `MTL_METRICS`)."
     return [MTLMetric(n, *MTL_METRICS[n]) for n in metric_names(names)]
+
+class AuxMetric(Metric):
+    "Epoch accuracy `{task}_acc` of auxiliary task `j` of the learner's method, over the images labelled for it."
+    def __init__(self, task: AuxTask, j: int): self.task, self.j = task, j
+    def reset(self): self.correct, self.total = 0, 0
+
+    def accumulate(self, learn):
+        logits = learn.loss_func.split(learn.to_detach(learn.pred))[1][self.j]
+        y = learn.to_detach(learn.yb[len(TASKS) + self.j]).as_subclass(torch.Tensor)
+        valid = y != IGNORE
+        self.correct += int((logits.argmax(-1)[valid] == y[valid]).sum())
+        self.total += int(valid.sum())
+
+    @property
+    def value(self): return self.correct / self.total if self.total else None
+    @property
+    def name(self) -> str: return f'{self.task.name}_acc'
+
+def aux_metrics(tasks) -> list[AuxMetric]:
+    "An `AuxMetric` per auxiliary task, in order: the training table's accuracy columns of the auxiliary heads."
+    return [AuxMetric(t, j) for j, t in enumerate(tasks)]

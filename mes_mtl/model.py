@@ -79,7 +79,8 @@ class MTLModel(nn.Module):
                  n_features: int | None = None,  # C; None: measured with a dummy forward pass
                  dropout: float = 0.,  # dropout before the heads
                  n_out: int | tuple[int, ...] | None = None,  # outputs per head; an int: one head; None: one per task
-                 head=nn.Linear):  # head(n_features, n_out) -> one head module
+                 head=nn.Linear,  # head(n_features, n_out) -> one head module
+                 aux_out: tuple[int, ...] = ()):  # classes of each auxiliary task: a linear head each, after the others
         super().__init__()
         self.body = body
         self.n_out = _task_outputs() if n_out is None else n_out
@@ -88,6 +89,8 @@ class MTLModel(nn.Module):
         self.drop = nn.Dropout(dropout)
         widths = [self.n_out] if self.single_task else self.n_out
         self.heads = nn.ModuleList([head(self.n_features, k) for k in widths])
+        self.aux_out = tuple(aux_out)
+        self.aux_heads = nn.ModuleList([nn.Linear(self.n_features, k) for k in self.aux_out])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         "The body's last feature map (n, C, h, w) (timm's `forward_features`); a body without one: its output."
@@ -99,10 +102,12 @@ class MTLModel(nn.Module):
         pool = getattr(self.body, 'forward_head', None)
         pooled = self.drop(features if pool is None else pool(features))
         out = tuple(head(pooled) for head in self.heads)
+        if self.aux_heads: return (*out, *(head(pooled) for head in self.aux_heads))  # one flat tuple
         return out[0] if self.single_task else out
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor:
         "Logits (n, 2) of the primary, remission and active heads (a tuple), or the single head's output (n, n_out)."
+        # with auxiliary heads: one tuple, the method's outputs (three, or the single head's) then the auxiliary logits
         return self.forward_head(self.forward_features(x))
 
 # %% ../nbs/10_model.ipynb #f84f1ffd
@@ -116,11 +121,12 @@ def create_mtl_model(arch: str = 'resnet18',  # a timm backbone
                      dropout: float = 0.,  # dropout before the heads
                      n_out: int | tuple[int, ...] | None = None,  # outputs per head (see `MTLModel`); None: (2, 2, 2)
                      head=nn.Linear,  # head(n_features, n_out) -> one head module
+                     aux_out: tuple[int, ...] = (),  # classes of each auxiliary task (`MTLModel`)
                      **timm_kwargs) -> MTLModel:  # arguments of `timm.create_model` (`in_chans`, `img_size`, ...)
     "`MTLModel` on the timm backbone `arch` (ImageNet weights if `pretrained`), heads as wide as the body's output."
-    return MTLModel(*create_body(arch, pretrained, **timm_kwargs), dropout, n_out=n_out, head=head)
+    return MTLModel(*create_body(arch, pretrained, **timm_kwargs), dropout, n_out=n_out, head=head, aux_out=aux_out)
 
 # %% ../nbs/10_model.ipynb #914b8642
 def mtl_splitter(model: MTLModel) -> list[list[nn.Parameter]]:
-    "Parameter groups [body, heads] of an `MTLModel` for a fastai `Learner(splitter=...)`."
-    return [params(model.body), params(model.heads)]
+    "Parameter groups [body, heads] (auxiliary heads included) of an `MTLModel` for a fastai `Learner(splitter=...)`."
+    return [params(model.body), params(model.heads) + params(model.aux_heads)]

@@ -15,6 +15,7 @@ from .files import write_json
 from .splits import save_split, read_split, split_diff, image_sums
 from .parallel import run_jobs, JobsFailed
 from .dataloaders import mtl_dataloaders, mtl_test_dl
+from .aux_tasks import resolve_aux
 from .config import RunConfig, CONTROL_STAGE, claim_folder
 from .learner import config_learner, evaluate_learner
 from .inference import save_mtl_model
@@ -38,7 +39,7 @@ def _peak_memory_mb() -> tuple[float, str]:
 def _stage_dls(split, fold: int, cfg: RunConfig, arch: str, out: Path, stage: int):
     set_seed(cfg.seed * 1000 + fold * 10 + stage)
     return mtl_dataloaders(split, fold=fold, size=cfg.arch_size(arch), bs=cfg.bs, augment=cfg.augment,
-                           stats_cache=out/'image_sums.csv')
+                           stats_cache=out/'image_sums.csv', aux=cfg.aux)
 
 def _warning_line(w: warnings.WarningMessage) -> str:
     return f"{w.category.__name__}: {' '.join(str(w.message).split())}"
@@ -207,6 +208,7 @@ def run_cv(split: pd.DataFrame,  # the split (`split_items`): test set and folds
     all_folds = sorted(split.fold[split.fold >= 0].unique().tolist())
     folds = list(cfg.folds) if cfg.folds is not None else all_folds
     check_folds(split, folds, cfg.bs)
+    resolve_aux(split, cfg.aux)  # the auxiliary tasks fit the data: before any work
     out = claim_folder(out, {**cfg.record('cv'), 'n_folds': len(all_folds)}, resume, overwrite)
     split = _keep_split(split, out)
     jobs = [(a, k) for a in cfg.archs for k in folds]

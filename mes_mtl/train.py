@@ -15,6 +15,7 @@ from .data import ITEM_COLUMNS, read_items, limuc_summary
 from .demo import demo_limuc
 from .splits import split_items, save_split, read_split, load_split, split_diff
 from .dataloaders import mtl_dataloaders, mtl_test_dl
+from .aux_tasks import resolve_aux, aux_codes
 from .metrics import plot_confusion_matrices
 from .config import RunConfig, check_folder
 from .learner import config_learner, evaluate_learner
@@ -63,8 +64,10 @@ def prepare_data(out,  # the run's folder: its split.csv is reused while the ima
     out = Path(out)
     data = _demo(out, config.seed, log) if config.data is None else Path(config.data)
     items = read_items(data, skip_bad=skip_bad, between_grades=config.between_grades)
+    tasks = resolve_aux(items, config.aux, data)  # the auxiliary tasks fit the table: before any work
     log(f"\nDataset {data}: {len(items)} images, {items.patient.nunique()} patients\n"
         f"{limuc_summary(items).to_string()}")
+    for t in tasks: log(f"Auxiliary task {t.spec}: {int((aux_codes(items, [t]) >= 0).sum())} images labelled")
     manifest = out/'split.csv'
     reuse = manifest.is_file() and not overwrite
     if reuse:
@@ -84,7 +87,7 @@ def run_dataloaders(split: pd.DataFrame, config: RunConfig, stats_cache=None, lo
     keep = config.init is not None and config.init_stats == 'model'  # a fine-tuned model keeps its normalisation
     stats = [read_model_config(config.init)['preprocessing'][k] for k in ('mean', 'std')] if keep else None
     dls = mtl_dataloaders(split, fold=config.fold, size=config.arch_size(config.archs[0]), bs=config.bs,
-                          augment=config.augment, stats=stats, stats_cache=stats_cache)
+                          augment=config.augment, stats=stats, stats_cache=stats_cache, aux=config.aux)
     mean, std = dls.preprocessing.stats
     log(f"\nFold {config.fold}: {len(dls.train_ds)} training / {len(dls.valid_ds)} validation images; "
         f"channel mean {mean}, std {std} ({'the starting model' if keep else 'training folds'}); "
