@@ -18,6 +18,8 @@ from .errors import UserError
 from .labels import TASKS, TASK_CLASSES, MES_CLASSES
 from .model import MTLModel, eval_mode
 from .method import MESMethod, METHODS, make_method
+from .aux_tasks import AuxTask
+from .aux_heads import AuxHeads
 from .inference import MESPredictor
 
 # %% auto #0
@@ -62,7 +64,7 @@ def target_score(out, target: str, cls: torch.Tensor, method: MESMethod | None =
     "Per-image score (n,) of class `cls` (n,) of `target` in the raw output `out` of `method` (None: 'mtl')."
     method = method or make_method('mtl')
     _check_target(target, method)
-    if target != 'mes': return _log_p(out[TASKS.index(target)], cls)
+    if target != 'mes': return _log_p(method.split(out)[0][TASKS.index(target)], cls)  # the Mayo heads, not aux
     return method.mes_scores(out).gather(1, cls[:, None])[:, 0]
 
 # %% ../nbs/17_interpret.ipynb #4470f56f
@@ -95,12 +97,12 @@ def cam_layer(body: nn.Module, size, layer: str | None = None) -> tuple[str, nn.
 # %% ../nbs/17_interpret.ipynb #6ef0edcb
 class _Source(NamedTuple):
     "What Grad-CAM needs to know of the object it is given."
-    model: nn.Module  # the `MTLModel`: three heads, or a baseline's one
+    model: nn.Module  # the `MTLModel`: three heads, or a baseline's one (and any auxiliary heads)
     src: Learner | MESPredictor | None  # what knows the preprocessing (None: a bare model)
     method: MESMethod  # what reads the model's outputs: activation, MES probabilities, decoding, scores
 
 def _bare_method(model: MTLModel) -> MESMethod:
-    "The method that reads a bare model's output: the first registered one whose heads are the model's."
+    "The method that reads a bare model's output: the first registered one whose heads are the model's (+ its aux)."
     def same_heads(cls) -> bool:
         if cls.n_out != model.n_out: return False
         width = cls.n_out if isinstance(cls.n_out, int) else cls.n_out[0]
@@ -108,7 +110,10 @@ def _bare_method(model: MTLModel) -> MESMethod:
     if (cls := next((c for c in METHODS.values() if same_heads(c)), None)) is None:
         raise UserError(f"a model with heads {model.n_out} is none of the methods {tuple(METHODS)}: give its "
                         f"Learner (`mtl_learner`) or an MESPredictor (`MESPredictor.from_folder`)")
-    return cls()
+    if not model.aux_out: return cls()
+    # auxiliary heads: a bare model does not record their tasks, so they are named by position and class index
+    tasks = [AuxTask(f'aux{i}', 'categorical', tuple(map(str, range(k)))) for i, k in enumerate(model.aux_out)]
+    return AuxHeads(cls(), tasks)
 
 def _resolve(obj) -> _Source:
     "The model of an `MTLModel`, a fastai `Learner` or an `MESPredictor`, the preprocessing and the method."
@@ -213,7 +218,8 @@ def _gradcam_batch(s: _Source, x: torch.Tensor, target: str, cls, module: nn.Mod
     cam = F.relu((grad.mean((2, 3), keepdim=True) * feats.detach()).sum(1, keepdim=True))
     cam = F.interpolate(cam.float(), size=x.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
     top = cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
-    values = None if s.method.probabilistic else to_np(s.method.activation(_detached(out)))
+    mes_out = s.method.split(_detached(out))[0]  # the method's own outputs, without auxiliary logits
+    values = None if s.method.probabilistic else to_np(s.method.mes_method.activation(mes_out))
     cams = _Cams((cam / top).cpu().numpy(), c.cpu().numpy(), p_mes, mes, score.detach().cpu().numpy(), values,
                  method=s.method)
     return cams, tuple(feats.shape[-2:])

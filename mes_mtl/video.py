@@ -16,6 +16,7 @@ from .extras import require
 from .labels import MES_CLASSES, MES_COLUMNS
 from .config import COUNT, POSITIVE, NON_NEGATIVE
 from .inference import MESPredictor
+from .aux_heads import aux_columns
 from .quality import QualityThresholds, frame_quality, MEASURES, REASONS
 
 # %% auto #0
@@ -196,6 +197,10 @@ class VideoScorer:
         self.min_length, self.bs = NON_NEGATIVE.check('min_length', min_length), COUNT.check('bs', bs)
         self._queue, self._tables, self._recent = [], [], deque()
         self.n_frames, self.score = 0, None
+        self.aux_tasks = predictor.method.aux_tasks  # the model's auxiliary tasks (`AuxTask`s; none: ())
+        # their frame columns, `{task}_pred` and `p_{task}_{class}`, named as the predictor's table names them
+        self.aux_cols = list(aux_columns(self.aux_tasks, [np.zeros((0, t.n_classes)) for t in self.aux_tasks]))
+        self.aux = {}  # the last scored frame's answer to each auxiliary task, {task: class}
         self.seconds = dict(quality=0., model=0., smoothing=0.)
 
     def push(self, frame: np.ndarray, time: float | None = None, index: int | None = None):
@@ -226,6 +231,8 @@ class VideoScorer:
         for c in MES_COLUMNS: q[c] = pred[c].to_numpy()
         q['mes'] = pred.mes.to_numpy()
         q['mes_live'] = [self._live(t, p, ok) for t, p, ok in zip(times, q[MES_COLUMNS].to_numpy(), q.informative)]
+        for c in self.aux_cols: q[c] = pred[c].to_numpy()  # from the same forward pass as the Mayo score
+        self.aux = {t.name: pred[f'{t.name}_pred'].iloc[-1] for t in self.aux_tasks}
         self._tables.append(q)
         self.seconds['quality'] += t1 - t0
         self.seconds['model'] += t2 - t1
@@ -242,9 +249,9 @@ class VideoScorer:
 
     @property
     def frames(self) -> pd.DataFrame:
-        "One row per frame scored so far (`FRAME_COLS` and the live score `mes_live`)."
+        "One row per frame scored so far (`FRAME_COLS`, the live score `mes_live`, the auxiliary tasks' `aux_cols`)."
         self.flush()
-        if not self._tables: return pd.DataFrame(columns=[*FRAME_COLS, 'mes_live'])
+        if not self._tables: return pd.DataFrame(columns=[*FRAME_COLS, 'mes_live', *self.aux_cols])
         return pd.concat(self._tables, ignore_index=True)
 
     def result(self, **info) -> VideoResult:
@@ -259,14 +266,16 @@ class VideoScorer:
         segs = video_segments(df, 1 / self.fps, self.min_length)
         df['segment'] = pd.array([pd.NA] * len(df), dtype='Int64')
         for s in segs.itertuples(): df.loc[df.frame.between(s.start_frame, s.end_frame), 'segment'] = s.segment
+        df = df[[c for c in df.columns if c not in self.aux_cols] + self.aux_cols]  # the auxiliary tasks last
         score, ranges = video_score(segs, self.min_length)
         counts = df.flag[df.flag != ''].str.split('+').explode().value_counts()
         informative = df.informative.astype(bool)
         seg_rows = segs[['mes', 'start', 'end', 'seconds']].round(3).to_dict('records')
+        aux = {'aux': [t.to_dict() for t in self.aux_tasks]} if self.aux_tasks else {}  # as config.json lists them
         summary = dict(mes=score, mes_ranges=ranges, rate=self.fps, n_frames=len(df),
                        n_informative=int(informative.sum()), n_uninformative=int((~informative).sum()),
                        flags={r: int(counts.get(r, 0)) for r in REASONS}, n_segments=len(segs), segments=seg_rows,
-                       seconds=dict(self.seconds), **info)
+                       seconds=dict(self.seconds), **aux, **info)
         summary['message'] = _verdict(summary, self.min_length)
         return VideoResult(df, segs, summary)
 

@@ -352,3 +352,55 @@ def test_baseline_learner_and_saved_model_folder(demo_root, tmp_path):
     assert len(fig.axes) == 16 and 'corn baseline' in fig._suptitle.get_text()
     with pytest.raises(UserError, match="the 'corn' method has one head"): gradcam(learn, files, target='remission')
     plt.close('all')
+
+
+@pytest.mark.parametrize('method', ['mtl', 'regression', 'coral', 'ce'])
+def test_auxiliary_heads_change_no_map(method):
+    "A model with auxiliary heads, bare or in a predictor, is read as its method: the maps of the model without them."
+    from mes_mtl.aux_heads import AuxHeads
+    from mes_mtl.aux_tasks import AuxTask
+    loss = make_method(method)
+    aux = AuxHeads(loss, [AuxTask('location', 'categorical', ('a', 'b', 'c')), AuxTask('ok', 'binary', ('no', 'yes'))])
+    torch.manual_seed(0)
+    with_aux = create_mtl_model('resnet18', pretrained=False, n_out=loss.n_out, head=loss.make_head, aux_out=(3, 2))
+    plain = create_mtl_model('resnet18', pretrained=False, n_out=loss.n_out, head=loss.make_head)
+    plain.load_state_dict(with_aux.state_dict(), strict=False)
+    pred = MESPredictor(with_aux, model_config(with_aux, 'resnet18', aux, PRE), device='cpu')
+    x = torch.randn(3, 3, 64, 64)
+    want = _gradcam(plain.eval(), x)
+    for obj in (with_aux, pred):
+        got = _gradcam(obj, x)
+        assert isinstance(got.method, AuxHeads) and got.method.name == method, obj
+        np.testing.assert_allclose(got.maps, want.maps, atol=1e-6)
+        np.testing.assert_allclose(got.p_mes, want.p_mes, atol=1e-6)
+        assert (got.mes == want.mes).all() and (want.values is None) == (got.values is None)
+        if want.values is not None: np.testing.assert_allclose(got.values, want.values, atol=1e-6)
+    assert [t.name for t in _gradcam(with_aux, x).method.aux_tasks] == ['aux0', 'aux1']  # a bare model: by position
+    assert [t.name for t in _gradcam(pred, x).method.aux_tasks] == ['location', 'ok']
+    for t in TASKS if method == 'mtl' else ():
+        np.testing.assert_allclose(gradcam(pred, x, target=t), gradcam(plain, x, target=t), atol=1e-6)
+
+
+def test_auxiliary_learner_and_model_folder(demo_root, tmp_path):
+    "A Learner with auxiliary heads and its saved model folder give the same maps; the folder's method is `AuxHeads`."
+    from mes_mtl.aux_heads import AuxHeads
+    from mes_mtl.data import limuc_items
+    from mes_mtl.splits import split_items
+    from mes_mtl.dataloaders import mtl_dataloaders
+    split = split_items(limuc_items(demo_root), n_folds=4, seed=0)
+    split = split.assign(side=np.where(split.index % 3, 'left', 'right'))
+    dls = mtl_dataloaders(split, fold=0, size=64, bs=8, num_workers=0, aux=['side:binary'])
+    torch.manual_seed(0)
+    learn = mtl_learner(dls, pretrained=False, path=tmp_path, method='corn')
+    files = split[~split.is_test].drop_duplicates('mes').sort_values('mes').path.tolist()
+    pred = MESPredictor.from_folder(save_mtl_model(learn, tmp_path/'aux'), device='cpu')
+    assert isinstance(pred.method, AuxHeads) and pred.method.name == 'corn'
+    cam = gradcam(learn, files)
+    assert cam.shape == (4, 64, 64) and cam.min() >= 0 and cam.max() <= 1
+    np.testing.assert_allclose(gradcam(pred, files), cam, atol=1e-5)
+    np.testing.assert_allclose(gradcam(learn.model, pred.preprocess(files)), cam, atol=1e-5)
+    assert (_gradcam(pred, files).mes == pred.predict(files).mes.to_numpy()).all()
+    fig = plot_gradcam(pred, files, mes_true=[0, 1, 2, 3])
+    assert len(fig.axes) == 16 and 'corn baseline' in fig._suptitle.get_text()
+    with pytest.raises(UserError, match="the 'corn' method has one head"): gradcam(learn, files, target='remission')
+    plt.close('all')
