@@ -32,8 +32,8 @@ def _check_rule(rule: str, q) -> None:
 
 # %% ../nbs/19_aggregate.ipynb #312c14af
 def _tails(paths, depth: int) -> list[str]:
-    "The last `depth` parts of each path, joined with '/' (the form of a split's `key`)."
-    return ['/'.join(Path(p).parts[-depth:]) for p in paths]
+    "The last `depth` parts of each path, joined with '/' (the form of a split's `key`; an absolute one where all)."
+    return [Path(*Path(p).parts[-depth:]).as_posix() for p in paths]
 
 def _item_rows(preds: pd.DataFrame, items: pd.DataFrame) -> pd.Series:
     "Row in `items` of each predicted image: matched on `path`, then on `key` against the path's tail (NaN: none)."

@@ -13,7 +13,7 @@ from .method import MESMethod, _check_choice
 from .losses import masked_cross_entropy, _check_weights
 
 # %% auto #0
-__all__ = ['AUX_WEIGHT', 'aux_weights', 'AuxHeads', 'aux_columns']
+__all__ = ['AUX_WEIGHT', 'aux_weights', 'AuxHeads', 'aux_prob_columns', 'aux_columns', 'aux_true_columns']
 
 # %% ../nbs/11b_aux_heads.ipynb #11dbff66
 AUX_WEIGHT = 1 / 3  # default weight of each auxiliary task in the joint loss: that of one of the paper's Mayo tasks
@@ -103,12 +103,21 @@ class AuxHeads(MESMethod):
     def extra_repr(self) -> str:
         return f"aux_tasks={[t.spec for t in self.aux_tasks]}, aux_weights={self.aux_weights.tolist()}"
 
-# %% ../nbs/11b_aux_heads.ipynb #f2be7d95
+# %% ../nbs/11b_aux_heads.ipynb #927e1bd2
+def aux_prob_columns(task: AuxTask) -> list[str]:
+    "The prediction-table columns of auxiliary `task`'s class probabilities: `p_{task}_{class}`."
+    return [f'p_{task.name}_{c}' for c in task.classes]
+
 def aux_columns(tasks, probs) -> dict:
     "Prediction-table columns of auxiliary `tasks` from their probabilities: `{task}_pred`, `p_{task}_{class}`."
     cols = {}
     for t, p in zip(tasks, probs):
         p = np.asarray(p)
         cols[f'{t.name}_pred'] = np.asarray(t.classes, dtype=object)[p.argmax(-1)] if len(p) else np.array([], object)
-        cols.update({f'p_{t.name}_{c}': p[:, j] for j, c in enumerate(t.classes)})
+        cols.update(dict(zip(aux_prob_columns(t), p.T)))
     return cols
+
+def aux_true_columns(tasks, codes) -> dict:
+    "Prediction-table columns `{task}_true` of auxiliary `tasks` from targets (n, k): class names, None if missing."
+    names = lambda t, c: np.array([None, *t.classes], dtype=object)[np.asarray(c) + 1]  # IGNORE (-1) -> None
+    return {f'{t.name}_true': names(t, np.asarray(codes)[:, j]) for j, t in enumerate(tasks)}

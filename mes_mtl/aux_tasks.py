@@ -92,14 +92,18 @@ class AuxTask:
         texts = [_text(v) for v in values]
         return [_grade(t) or t if t is not None and self.kind != 'categorical' else t for t in texts]  # 1.0 is 1
 
-    def codes(self, values, names=None) -> np.ndarray:
+    def codes(self,
+              values,  # the cells of the task's column
+              names=None,  # the images' names, for the message (default: their positions)
+              fix: str | None = None,  # what the message asks the user to do (default: fix the table or --aux)
+             ) -> np.ndarray:
         "Class index of each of `values` (`IGNORE` where missing); a `UserError` naming values outside the classes."
         texts, index = self._texts(values), {c: i for i, c in enumerate(self.classes)}
         if bad := [i for i, t in enumerate(texts) if t is not None and t not in index]:
             names = list(range(len(texts))) if names is None else list(names)
+            fix = fix or f"Fix the table, or declare the classes with --aux {self.name}:{self.kind}:CLASSES."
             raise UserError(f"column {self.name!r}: the values {sorted({texts[i] for i in bad})} are not among the "
-                            f"classes of task {self.spec!r} (images {_shown([names[i] for i in bad])}). Fix the "
-                            f"table, or declare the classes with --aux {self.name}:{self.kind}:CLASSES.")
+                            f"classes of task {self.spec!r} (images {_shown([names[i] for i in bad])}). {fix}")
         return np.array([IGNORE if t is None else index[t] for t in texts], dtype=np.int64)
 
     def with_classes(self, values) -> AuxTask:

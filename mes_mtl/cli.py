@@ -146,6 +146,8 @@ def cv(args):
                     workers=args.workers, ray_address=args.ray_address)
     res = out/'results'
     print(f"\nTable 1: cross-validation accuracy (mean ± sd over folds)\n{(res/'table1_cv_accuracy.md').read_text()}")
+    if 'aux_cv_metrics' in tables:  # `--aux`: the auxiliary tasks' figures, every stage
+        print(f"Auxiliary tasks: cross-validation (mean ± sd over folds)\n{(res/'aux_cv_metrics.md').read_text()}")
     ens = heldout_markdown(tables['test_results'].query("model == 'ensemble'")).drop(columns='model')
     print(f"Held-out test set, fold ensemble per backbone (95 % bootstrap intervals)\n{markdown_table(ens)}\n\n"
           f"All tables and figures: {res} (summary.md)")

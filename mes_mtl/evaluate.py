@@ -13,19 +13,21 @@ from .errors import UserError, UserFileNotFoundError
 from .files import write_json, save_figure, writable_dir, Staging
 from .labels import MES_CLASSES
 from .data import read_items, read_table
-from .metrics import report_from_predictions, plot_confusion_matrices, markdown_table
+from .metrics import report_from_predictions, plot_confusion_matrices, markdown_table, aux_reports
+from .aux_tasks import AuxTask, aux_codes
+from .aux_heads import aux_columns, aux_prob_columns
 from .intervals import ci_text, ci_note
 from .config import RunConfig, read_config, check_folder
 from .learner import predictions_table
 from .inference import MESPredictor, RUNTIMES, read_model_config
 from .aggregate import write_patient_results, image_intervals
 from .train import with_item_columns
-from .results import finished_folds, study_metrics, best_arch, fold_ensemble
+from .results import finished_folds, study_metrics, best_arch, fold_ensemble, aux_figures
 from .calibration import calibration_table, plot_reliability
 
 # %% auto #0
 __all__ = ['EVALUATION_ROWS', 'study_models', 'model_outputs', 'evaluation_table', 'evaluation_markdown', 'Evaluation',
-           'evaluate', 'evaluations_table', 'plot_evaluations']
+           'labelled_aux', 'evaluate', 'evaluations_table', 'plot_evaluations']
 
 # %% ../nbs/23b_evaluate.ipynb #1f072fcc
 def study_models(study,  # a study folder (`mes_mtl cv`)
@@ -49,7 +51,7 @@ def model_outputs(predictors: list[MESPredictor],  # the models, all of one inpu
                   bs: int = 32,  # images per batch
                   progress: bool = True,  # show a progress bar
                  ) -> list[tuple]:
-    "Per model: MES probabilities (n, 4), Mayo scores (n,) and heads' probabilities (3 x (n, 2)) of the images."
+    "Per model: MES probabilities (n, 4), Mayo scores (n,), heads' (3 x (n, 2)) and auxiliary tasks' probabilities."
     if len({p.size for p in predictors}) > 1:
         raise UserError(f"the models have different input sizes {sorted({p.size for p in predictors})}: evaluate "
                         f"them one at a time (--model)")
@@ -58,21 +60,31 @@ def model_outputs(predictors: list[MESPredictor],  # the models, all of one inpu
     for i in progress_bar(starts) if progress else starts:
         u8 = predictors[0].pixels(paths[i:i + bs])
         for part, pred in zip(parts, predictors): part.append(pred.outputs(pred.preprocess(u8)))
-    return [(np.concatenate(p), np.concatenate(m), [np.concatenate(h) for h in zip(*hs)])
-            for p, m, hs in (zip(*part) for part in parts)]
+    return [(np.concatenate(p), np.concatenate(m), [np.concatenate(h) for h in zip(*hs)],
+             [np.concatenate(a) for a in zip(*aux)]) for p, m, hs, aux in (zip(*part) for part in parts)]
 
 # %% ../nbs/23b_evaluate.ipynb #29a3fa37
-def _predictions(items: pd.DataFrame, predictors: list[MESPredictor], outputs: list, decode_rule: str):
-    "The report and the predictions table (with the items' patients and own columns) of one model or an ensemble."
+def _predictions(items: pd.DataFrame,  # the labelled images
+                 predictors: list[MESPredictor],  # one model, or the fold models of a study
+                 outputs: list,  # their `model_outputs`
+                 decode_rule: str,  # the fold ensemble's rule from the heads to a Mayo score
+                 labelled=(),  # the auxiliary tasks to report: the models' tasks that `items` label (`labelled_aux`)
+                ):
+    "The report (`aux` too) and the predictions table (with the items' patients and columns) of a model or ensemble."
+    aux_tasks = predictors[0].method.aux_tasks  # one study's fold models: the same tasks
     if len(predictors) == 1:
-        (_, mes, heads), method = outputs[0], predictors[0].method
-        preds = predictions_table(items, *heads, rule=method.decode_rule).assign(mes_pred=mes)
-        tasks = method.task_decodes([torch.from_numpy(h) for h in heads], mes)  # the method's decisions, as in train
+        (_, mes, heads, aux), method = outputs[0], predictors[0].method
+        preds = predictions_table(items, *heads, rule=method.decode_rule).assign(mes_pred=mes,
+                                                                                  **aux_columns(aux_tasks, aux))
+        tasks = method.mes_method.task_decodes([torch.from_numpy(h) for h in heads], mes)  # its decisions, as in train
         report = report_from_predictions(items.mes.to_numpy(), mes, tasks)
     else:
-        rows = pd.concat([predictions_table(items, *heads, rule=decode_rule).assign(fold=k)
-                          for k, (_, _, heads) in enumerate(outputs)], ignore_index=True)
-        report, preds = fold_ensemble(rows, decode_rule)
+        rows = [predictions_table(items, *heads, rule=decode_rule).assign(**aux_columns(aux_tasks, aux), fold=k)
+                for k, (_, _, heads, aux) in enumerate(outputs)]
+        report, preds = fold_ensemble(pd.concat(rows, ignore_index=True), decode_rule, aux_tasks)  # mean probabilities
+    if labelled:  # the rows of `preds` are the images of `items`, in order (their paths are unique)
+        probs = [preds[aux_prob_columns(t)].to_numpy() for t in labelled]
+        report['aux'] = aux_reports(labelled, aux_codes(items, labelled), probs)
     return report, with_item_columns(preds, items)
 
 # %% ../nbs/23b_evaluate.ipynb #6893e32e
@@ -113,6 +125,15 @@ def _class_table(report: dict, digits: int) -> pd.DataFrame:
              'images': report['mes']['per_class'][str(c)]['support']} for c in MES_CLASSES]
     return pd.DataFrame(rows)
 
+def _aux_table(metrics: dict, digits: int) -> pd.DataFrame:
+    "Per auxiliary task of `metrics`: the images labelled for it, then its figures (`aux_figures`)."
+    rows = []
+    for task, block in metrics.get('aux', {}).items():
+        labelled = sum(c['support'] for c in block['per_class'].values())
+        rows += [dict(task=task, figure='images labelled', value=str(labelled)),
+                 *(dict(task=task, figure=f, value=f'{v:.{digits}f}') for f, v in aux_figures(block).items())]
+    return pd.DataFrame(rows, columns=['task', 'figure', 'value'])
+
 def evaluation_markdown(metrics: dict,  # the evaluation's metrics.json
                         record: dict,  # what was evaluated on what (its config.json)
                         calibration: pd.DataFrame,  # `calibration_table` of its predictions
@@ -125,6 +146,8 @@ def evaluation_markdown(metrics: dict,  # the evaluation's metrics.json
     lines = [f"# Evaluation of {model}", '', f"Data: {record['data']}. Runtime: {record['runtime']}.", '',
              markdown_table(evaluation_table(metrics, digits)), '', 'Intervals — ' + '; '.join(notes) + '.', '',
              '## Per Mayo score (images)', '', markdown_table(_class_table(metrics, digits)), '',
+             *(['## Auxiliary tasks (the images labelled for each)', '', markdown_table(_aux_table(metrics, digits)),
+                ''] if 'aux' in metrics else []),
              '## Calibration (images)', '', markdown_table(calibration.round(digits)), '',
              'Figures: `confusion_matrices.png`, `reliability.png`.']
     return '\n'.join(lines) + '\n'
@@ -142,6 +165,24 @@ def _labelled(data: Path):
     raise UserError(f"{data} has no `mes` column (its columns: {', '.join(columns)}): if one of them holds the Mayo "
                     f"scores, name it `mes`; images without labels cannot be evaluated: score them with "
                     f"`mes_mtl predict --model MODEL {data}`.")
+
+def labelled_aux(tasks,  # the model's auxiliary tasks, with their classes (`AuxTask`s or config.json's dicts)
+                 items: pd.DataFrame,  # the labelled images (`read_items`)
+                 source,  # where they were read from, for the messages
+                 log=print,  # where the notes on the tasks left out go
+                ) -> tuple[AuxTask, ...]:
+    "The auxiliary `tasks` that `items` label, their cells checked against the model's classes; a note for the others."
+    found = []
+    for t in map(AuxTask.parse, tasks):
+        if t.name not in items:
+            log(f"Auxiliary task {t.name}: {source} has no column {t.name!r}; the task is not evaluated")
+            continue
+        fix = f"The model knows the classes {', '.join(t.classes)} only: correct those cells, or rename the column."
+        try: codes = t.codes(items[t.name], items.key, fix)
+        except UserError as e: raise UserError(f"{source}, {e}") from None
+        if (codes >= 0).any(): found.append(t)
+        else: log(f"Auxiliary task {t.name}: the column {t.name!r} of {source} is empty; the task is not evaluated")
+    return tuple(found)
 
 def _record(model, study, arch, data, runtime: str, n_resamples: int, seed: int) -> dict:
     "The evaluation's config.json: what was evaluated, on what, how."
@@ -170,20 +211,21 @@ def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV
     if runtime not in RUNTIMES: raise UserError(f"runtime must be one of {RUNTIMES}; got {runtime!r}")
     if arch is not None and study is None: raise UserError("--arch chooses the backbone of a study: give --study")
     folders, arch = ([Path(model)], None) if model is not None else study_models(study, arch)
-    for f in folders: read_model_config(f)  # every model folder checked before any work
+    configs = [read_model_config(f) for f in folders]  # every model folder checked before any work
     record, out = _record(model, study, arch, data, runtime, n_resamples, seed), Path(out).expanduser().absolute()
     if (old := read_config(out).get('command')) not in (None, 'evaluate'):
         raise UserError(f"--out {out} holds a `{old}` run: write the evaluation into another folder")
     check_folder(out, record, overwrite=overwrite, may_change=(), log=log)
     _labelled(Path(data))
     items = read_items(data, skip_bad=skip_bad, between_grades=between_grades)
+    labelled = labelled_aux(configs[0].get('aux', ()), items, data, log)  # the auxiliary tasks the data label
     out = writable_dir(out)  # made only now: bad input leaves no empty folder behind
     patients = items.patient.nunique() if 'patient' in items else 0
     log(f"Data {data}: {len(items)} images, {patients} patients; {len(folders)} model(s), runtime {runtime}")
     predictors = [MESPredictor.from_folder(f, runtime=runtime) for f in folders]
     outputs = model_outputs(predictors, items.path.tolist(), bs, progress)
     decode_rule = RunConfig.from_folder(study).new_method().decode_rule if study is not None else None
-    report, preds = _predictions(items, predictors, outputs, decode_rule)
+    report, preds = _predictions(items, predictors, outputs, decode_rule, labelled)
     report['ci'] = image_intervals(preds, items, n_resamples=n_resamples, seed=seed)
     with Staging(out) as st:
         patient = write_patient_results(preds, items, st.tmp, log=log, n_resamples=n_resamples, seed=seed)

@@ -11,15 +11,17 @@ from .labels import TASKS
 from .metrics import markdown_table, plot_confusion_matrices
 from .intervals import ci_text
 from .files import save_figure
-from .config import RunConfig
+from .config import RunConfig, CONTROL_STAGE
 from .results import (CLASS_METRICS, PATIENT_COLUMNS, TESTS, study_metrics, study_items, mean_sd, best_arch,
                              cv_accuracy_table, classwise_table, compare_backbones, compare_stages, peer_table,
                              fold_ensemble, heldout_predictions, heldout_results, ensemble_table, compute_table,
-                             f1_weight_table, patient_metrics, patient_cv_table, patient_test_results)
+                             f1_weight_table, patient_metrics, patient_cv_table, patient_test_results,
+                             study_aux_metrics, study_aux_tasks, aux_cv_table, aux_heldout_results)
 
 # %% auto #0
-__all__ = ['grouped_bars', 'plot_classwise', 'plot_before_after', 'plot_ensemble', 'plot_f1_weights', 'mean_sd_table',
-           'heldout_markdown', 'patient_test_markdown', 'collect_results']
+__all__ = ['STAGE_NAMES', 'grouped_bars', 'plot_classwise', 'plot_before_after', 'plot_ensemble', 'plot_f1_weights',
+           'mean_sd_table', 'heldout_markdown', 'patient_test_markdown', 'aux_cv_markdown', 'aux_test_markdown',
+           'collect_results']
 
 # %% ../nbs/20b_report.ipynb #47b7c632
 def grouped_bars(ax,  # the matplotlib axes to draw on
@@ -127,6 +129,10 @@ def mean_sd_table(t: pd.DataFrame,  # rows with the columns `mean` and `sd` (and
     "Rows of `t` pivoted to 'mean ± sd' texts (and marks), rows and columns in their order of appearance."
     t = t.assign(text=mean_sd(t['mean'], t['sd'], digits))
     if marks is not None: t['text'] = t.text + t[marks].map(lambda m: f' {m}' if m and m != 'ns' else '')
+    return _text_table(t, index, columns)
+
+def _text_table(t: pd.DataFrame, index, columns) -> pd.DataFrame:
+    "The column `text` of `t` pivoted: a row per value of `index`, a column per value of `columns`, as they appear."
     rows = t[index].drop_duplicates()
     rows = pd.MultiIndex.from_frame(rows) if isinstance(index, list) else pd.Index(rows)
     wide = t.pivot(index=index, columns=columns, values='text')
@@ -174,6 +180,34 @@ def _patient_results(out, decode_rule: str) -> tuple[dict, dict, pd.DataFrame, s
         line += (" Caution: the split is not by patient, so a patient's images are spread over folds (or over the "
                  "training and test sets) and each table grades the part of a patient it holds.")
     return {'patient_cv_accuracy': cv, 'patient_test_results': test}, mds, plong, line + '\n'
+
+STAGE_NAMES = {1: 'stage 1', 2: 'stage 2', CONTROL_STAGE: 'control'}  # a study's stages, as the tables name them
+
+def aux_cv_markdown(t: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    "`aux_cv_table` for a manuscript: a row per task and figure, a column of 'mean ± sd' per backbone and stage."
+    model = t.arch + ', ' + t.stage.map(STAGE_NAMES)
+    return mean_sd_table(t.assign(model=model), ['task', 'figure'], 'model', digits=digits)
+
+def aux_test_markdown(t: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    "`aux_heldout_results` for a manuscript: per task and figure, each backbone's fold models (mean ± sd), ensembles."
+    parts = []
+    for arch, g in t.groupby('arch', sort=False):
+        m, s, ens = g[g.model == 'mean'], g[g.model == 'sd'], g[g.model.str.startswith('ensemble')]
+        parts += [m.assign(column=f'{arch}, folds (mean ± sd)', text=mean_sd(m.value, s.value, digits)),
+                  ens.assign(column=f'{arch}, ' + ens.model, text=[f'{v:.{digits}f}' for v in ens.value])]
+    return _text_table(pd.concat(parts), ['task', 'figure'], 'column')
+
+def _aux_results(out) -> tuple[dict, dict, pd.DataFrame, str]:
+    "The auxiliary-task tables of study `out` (none without tasks), their Markdown, `study_aux_metrics`, a line."
+    tasks = study_aux_tasks(out)
+    if not tasks: return {}, {}, pd.DataFrame(), ''
+    along = study_aux_metrics(out)
+    cv, test = aux_cv_table(along), aux_heldout_results(out, along, tasks)
+    mds = {'aux_cv_metrics': aux_cv_markdown(cv), 'aux_test_results': aux_test_markdown(test)}
+    line = (f"Auxiliary tasks (`aux_*`: {', '.join(t.spec for t in tasks)}): each judged on the images labelled for "
+            f"it, over the validation folds at every stage and on the test set, where the fold ensemble averages the "
+            f"fold models' probabilities; stage 2's F1 weighting re-weights the Mayo tasks only.\n")
+    return {'aux_cv_metrics': cv, 'aux_test_results': test}, mds, along, line
 
 # %% ../nbs/20b_report.ipynb #c3b8a1f2
 def _marked_classwise(cw: pd.DataFrame, tests: pd.DataFrame, best: str) -> pd.DataFrame:
@@ -233,24 +267,26 @@ def collect_results(out,  # the study folder
     cfg = RunConfig.from_folder(out)
     decode_rule = cfg.new_method().decode_rule  # the fold ensembles' decoding
     ptables, pmds, plong, pline = _patient_results(out, decode_rule)
+    atables, amds, along, aline = _aux_results(out)  # auxiliary tasks (`cv --aux`): next to Table 1
     best = best_arch(long)
     t1, cw = cv_accuracy_table(long), classwise_table(long)
     tests, ba = compare_backbones(long, test=test), compare_stages(long, test=test)
     heldout = heldout_results(out, long, decode_rule)
-    tables = {'table1_cv_accuracy': t1, 'classwise': cw, 'backbone_tests': tests, 'before_after': ba,
+    tables = {'table1_cv_accuracy': t1, **atables, 'classwise': cw, 'backbone_tests': tests, 'before_after': ba,
               'table2_peer': peer_table(long, out, peer), 'test_results': heldout, **ptables}
     if long.arch.nunique() > 1: tables['backbone_ensemble'] = ensemble_table(out, long, decode_rule)
     tables.update(compute=compute_table(out), f1_weights=f1_weight_table(out))
     mds = {'table1_cv_accuracy': mean_sd_table(t1, 'arch', 'column'), 'classwise': _marked_classwise(cw, tests, best),
            'backbone_tests': tests.round(4), 'before_after': _before_after_text(ba),
-           'test_results': heldout_markdown(heldout), **pmds}
+           'test_results': heldout_markdown(heldout), **pmds, **amds}
     method, n_archs, n_folds = cfg.method, long.arch.nunique(), long.fold.nunique()
     summary = [f"# Study {out.name}: method {method}, {n_archs} backbone(s), {n_folds} fold(s)\n",
                f"Best backbone by CV MES macro F1: **{best}**. " + _tests_note(tests, ba, test, best),
-               _ci_note(heldout), pline]
+               _ci_note(heldout), pline + aline]
     summary += [_save(name, t, res, mds.get(name, t.round(3))) for name, t in tables.items()]
     (res/'summary.md').write_text('\n'.join(summary))
     long.to_csv(res/'all_metrics.csv', index=False)
     if len(plong): plong.to_csv(res/'patient_metrics.csv', index=False)
+    if len(along): along.to_csv(res/'aux_metrics.csv', index=False)
     _save_figures(out, tables, long, decode_rule, best)
     return tables

@@ -13,18 +13,21 @@ from scipy import stats
 from .labels import TASKS, HEAD_COLUMNS, MES_COLUMNS, heads_from_mes
 from .splits import read_split
 from .config import CONTROL_STAGE
-from .metrics import CLASS_NAMES, mtl_report
+from .aux_tasks import AuxTask
+from .aux_heads import aux_prob_columns, aux_columns
+from .metrics import CLASS_NAMES, mtl_report, aux_reports
 from .learner import predictions_table
 from .aggregate import (STUDY_RULES, rule_label, attach_patients, patient_table, patient_report,
                                image_intervals, item_keys)
 
 # %% auto #0
 __all__ = ['LONG_COLS', 'TESTS', 'TABLE1_COLUMNS', 'CLASS_METRICS', 'HELDOUT_COLUMNS', 'PATIENT_LONG_COLS', 'PATIENT_COLUMNS',
-           'PATIENT_CV_COLUMNS', 'finished_folds', 'study_metrics', 'mean_sd', 'stars', 'p_value', 'min_p', 'holm',
-           'with_holm', 'cv_accuracy_table', 'classwise_table', 'compare_backbones', 'compare_stages',
+           'PATIENT_CV_COLUMNS', 'AUX_LONG_COLS', 'finished_folds', 'study_metrics', 'mean_sd', 'stars', 'p_value',
+           'min_p', 'holm', 'with_holm', 'cv_accuracy_table', 'classwise_table', 'compare_backbones', 'compare_stages',
            'fold_predictions', 'heldout_predictions', 'fold_ensemble', 'heldout_results', 'backbone_ensemble',
            'ensemble_table', 'best_arch', 'peer_table', 'compute_table', 'f1_weight_table', 'study_items',
-           'patient_metrics', 'patient_cv_table', 'patient_test_results']
+           'patient_metrics', 'patient_cv_table', 'patient_test_results', 'aux_figures', 'study_aux_metrics',
+           'study_aux_tasks', 'aux_cv_table', 'aux_heldout_results']
 
 # %% ../nbs/20_results.ipynb #ab0ad2ec
 def _report_rows(report: dict) -> list[tuple]:
@@ -42,6 +45,12 @@ def finished_folds(out) -> list[Path]:
     "The `metrics.json` files of the finished folds of study `out`, by backbone and fold."
     return sorted(Path(out).glob('folds/*/fold*/metrics.json'), key=lambda p: (p.parts[-3], int(p.parent.name[4:])))
 
+def _stage_reports(m: dict):
+    "(stage, final, {set: report}) of each stage in a fold's metrics.json `m`: stage 1, stage 2, the control."
+    stages = [k for k in (1, 2) if f'stage{k}' in m]
+    for stage in stages: yield stage, stage == stages[-1], m[f'stage{stage}']
+    if 'control' in m: yield CONTROL_STAGE, False, m['control']  # stage 2's control (`RunConfig.control`): never final
+
 LONG_COLS = ['arch', 'fold', 'stage', 'final', 'set', 'block', 'class', 'metric', 'value']
 
 def study_metrics(out) -> pd.DataFrame:
@@ -49,12 +58,8 @@ def study_metrics(out) -> pd.DataFrame:
     rows = []
     for fn in finished_folds(out):
         m = json.loads(fn.read_text())
-        stages = [k for k in (1, 2) if f'stage{k}' in m]
-        for stage in stages:
-            for s, report in m[f'stage{stage}'].items():
-                rows += [(m['arch'], m['fold'], stage, stage == stages[-1], s, *r) for r in _report_rows(report)]
-        for s, report in m.get('control', {}).items():  # stage 2's control (`RunConfig.control`): never final
-            rows += [(m['arch'], m['fold'], CONTROL_STAGE, False, s, *r) for r in _report_rows(report)]
+        rows += [(m['arch'], m['fold'], stage, final, s, *r) for stage, final, reports in _stage_reports(m)
+                 for s, report in reports.items() for r in _report_rows(report)]
     if not rows: raise FileNotFoundError(f"{out} holds no finished fold yet (folds/<arch>/fold<k>/metrics.json)")
     return pd.DataFrame(rows, columns=LONG_COLS)
 
@@ -185,8 +190,8 @@ def compare_stages(long: pd.DataFrame,  # `study_metrics`
 # %% ../nbs/20_results.ipynb #caf98f7d
 def fold_predictions(out, arch: str, stage: int | None = None) -> pd.DataFrame:
     "Predictions (validation fold, test set) of every finished fold model of `arch`, with `fold`; `stage` None: final."
-    frames = [pd.read_csv(fn.parent/'predictions.csv').assign(fold=json.loads(fn.read_text())['fold'],
-                                                              finished=fn.stat().st_mtime_ns)
+    frames = [_read_predictions(fn.parent/'predictions.csv').assign(fold=json.loads(fn.read_text())['fold'],
+                                                                    finished=fn.stat().st_mtime_ns)
               for fn in finished_folds(out) if fn.parts[-3] == arch]
     if not frames:
         raise FileNotFoundError(f"{Path(out)/'folds'/arch} holds no finished fold "
@@ -194,6 +199,11 @@ def fold_predictions(out, arch: str, stage: int | None = None) -> pd.DataFrame:
     p = _current_paths(pd.concat(frames, ignore_index=True), out).drop(columns='finished')
     final = p[p.stage != CONTROL_STAGE].groupby('fold').stage.max()  # stage 2 of the multi-task method, else 1
     return p[p.stage == (p.fold.map(final) if stage is None else stage)]
+
+def _read_predictions(fn: Path) -> pd.DataFrame:
+    "A fold's predictions.csv, the auxiliary tasks' labels (`{task}_true`) as text: a class '1' stays '1', not 1.0."
+    columns = pd.read_csv(fn, nrows=0).columns
+    return pd.read_csv(fn, dtype={c: str for c in columns if c.endswith('_true') and c != 'mes_true'})
 
 def _current_paths(p: pd.DataFrame, out) -> pd.DataFrame:
     "`p` with each image at the path its newest fold saw: a study resumed after its data moved names an image once."
@@ -208,12 +218,26 @@ def heldout_predictions(out, arch: str, stage: int | None = None) -> pd.DataFram
     p = fold_predictions(out, arch, stage)
     return p[p.set == 'test']
 
-def fold_ensemble(preds: pd.DataFrame, decode_rule: str = 'prob') -> tuple[dict, pd.DataFrame]:
-    "`mtl_report` and `predictions_table` of the mean head probabilities of several models' predictions."
-    agg = {h: (h, 'mean') for h in HEAD_COLUMNS}
-    mean = preds.groupby('path', sort=False).agg(mes=('mes_true', 'first'), **agg).reset_index()
+def fold_ensemble(preds: pd.DataFrame,  # the predictions of several models, a row per image and model
+                  decode_rule: str = 'prob',  # the rule from the mean heads to a Mayo score
+                  aux_tasks=(),  # auxiliary tasks (with their classes) whose probabilities are averaged too
+                 ) -> tuple[dict, pd.DataFrame]:
+    "`mtl_report` and `predictions_table` of the mean head (and auxiliary) probabilities of several models."
+    truths = [f'{t.name}_true' for t in aux_tasks if f'{t.name}_true' in preds]
+    agg = {c: (c, 'mean') for c in [*HEAD_COLUMNS, *(c for t in aux_tasks for c in aux_prob_columns(t))]}
+    mean = preds.groupby('path', sort=False).agg(mes=('mes_true', 'first'), **agg,
+                                                 **{c: (c, 'first') for c in truths}).reset_index()
     heads = [mean[h].to_numpy() for h in HEAD_COLUMNS]
-    return mtl_report(mean.mes.to_numpy(), *heads, rule=decode_rule), predictions_table(mean, *heads, rule=decode_rule)
+    report = mtl_report(mean.mes.to_numpy(), *heads, rule=decode_rule)
+    table = predictions_table(mean, *heads, rule=decode_rule)
+    if not aux_tasks: return report, table
+    probs = [mean[aux_prob_columns(t)].to_numpy() for t in aux_tasks]
+    table = table.assign(**aux_columns(aux_tasks, probs), **{c: mean[c].to_numpy() for c in truths})
+    if labelled := [j for j, t in enumerate(aux_tasks) if f'{t.name}_true' in mean]:  # the study's (`20c_study`)
+        tasks = [aux_tasks[j] for j in labelled]
+        codes = np.stack([t.codes(mean[f'{t.name}_true']) for t in tasks], -1)
+        report['aux'] = aux_reports(tasks, codes, [probs[j] for j in labelled])
+    return report, table
 
 # %% ../nbs/20_results.ipynb #fb349841
 HELDOUT_COLUMNS = {('mes', 'all', 'accuracy'): 'MES accuracy',
@@ -242,6 +266,11 @@ def _ci_columns(ci: dict | None, columns: dict = HELDOUT_COLUMNS) -> dict:
         out.update({f'{name} CI low': interval[0], f'{name} CI high': interval[1]})
     return out
 
+def _ensembles(long: pd.DataFrame, arch: str) -> list[tuple]:
+    "(stage, name) of the fold ensembles of backbone `arch`: the final models', and stage 1's where a stage 2 follows."
+    two = (long[long.arch == arch].stage == 2).any()
+    return [(None, 'ensemble'), *([(1, 'ensemble (stage 1)')] if two else [])]
+
 def heldout_results(out, long: pd.DataFrame, decode_rule: str = 'prob') -> pd.DataFrame:
     "Test results of each final fold model, their mean and sd, the fold ensembles (with 95 % intervals), per backbone."
     rows, cols, items = [], ['block', 'class', 'metric', 'value'], study_items(out)
@@ -252,9 +281,8 @@ def heldout_results(out, long: pd.DataFrame, decode_rule: str = 'prob') -> pd.Da
         rows += folds
         per = pd.DataFrame(folds)[list(HELDOUT_COLUMNS.values())]
         rows += [dict(arch=arch, model='mean', **per.mean()), dict(arch=arch, model='sd', **per.std(ddof=1).fillna(0))]
-        for stage in (None, 1) if (long[long.arch == arch].stage == 2).any() else (None,):
+        for stage, model in _ensembles(long, arch):
             report, preds = fold_ensemble(heldout_predictions(out, arch, stage), decode_rule)
-            model = 'ensemble' if stage is None else 'ensemble (stage 1)'
             rows.append(dict(arch=arch, model=model, **_heldout_row(_report_rows(report)),
                              **_ci_columns(image_intervals(preds, items))))
     return pd.DataFrame(rows)
@@ -411,3 +439,52 @@ def patient_test_results(plong: pd.DataFrame) -> pd.DataFrame:
                  dict(key, model='sd', **folds[cols].std(ddof=1).fillna(0))]
         rows += g[g.model == 'ensemble'].to_dict('records')
     return pd.DataFrame(rows)
+
+# %% ../nbs/20_results.ipynb #052334ac
+def aux_figures(block: dict) -> dict:
+    "The figures of an auxiliary task's report block (`aux_report`): accuracy, macro F1, QWK (ordinal), F1 per class."
+    figures = {'accuracy': block['accuracy'], 'macro F1': block['macro_f1']}
+    if 'qwk' in block: figures['QWK'] = block['qwk']
+    return {**figures, **{f'F1 {c}': block['per_class'][str(j)]['f1'] for j, c in enumerate(block['classes'])}}
+
+def _aux_rows(report: dict) -> list[tuple]:
+    "(task, figure, value) of the auxiliary tasks of a report."
+    return [(task, f, v) for task, block in report.get('aux', {}).items() for f, v in aux_figures(block).items()]
+
+AUX_LONG_COLS = ['arch', 'fold', 'stage', 'final', 'set', 'task', 'figure', 'value']
+
+def study_aux_metrics(out) -> pd.DataFrame:
+    "The auxiliary tasks' `aux_figures` of every finished fold's reports (columns `AUX_LONG_COLS`); empty without."
+    rows = []
+    for fn in finished_folds(out):
+        m = json.loads(fn.read_text())
+        rows += [(m['arch'], m['fold'], stage, final, s, *r) for stage, final, reports in _stage_reports(m)
+                 for s, report in reports.items() for r in _aux_rows(report)]
+    return pd.DataFrame(rows, columns=AUX_LONG_COLS)
+
+def study_aux_tasks(out) -> tuple[AuxTask, ...]:
+    "The auxiliary tasks, with their classes, of the models of study `out` (as a fold's model folder records them)."
+    folds = finished_folds(out)
+    config = json.loads((folds[0].parent/'model'/'config.json').read_text()) if folds else {}
+    return tuple(AuxTask.parse(t) for t in config.get('aux', ()))
+
+def aux_cv_table(aux_long: pd.DataFrame) -> pd.DataFrame:
+    "The auxiliary tasks' validation figures per backbone, stage and task: mean, sd and folds, as Table 1."
+    return _summary(aux_long[aux_long.set == 'valid'], ['arch', 'stage', 'task', 'figure'])
+
+def aux_heldout_results(out,  # the study folder
+                        aux_long: pd.DataFrame,  # its `study_aux_metrics`
+                        tasks,  # its auxiliary tasks (`study_aux_tasks`)
+                       ) -> pd.DataFrame:
+    "The auxiliary tasks on the test set: each final fold model, their mean and sd, the fold ensembles, per backbone."
+    parts, cols = [], ['task', 'figure', 'value']
+    for arch in aux_long.arch.unique():
+        t = aux_long[(aux_long.arch == arch) & (aux_long.set == 'test') & aux_long.final]
+        g = t.groupby(['task', 'figure'], sort=False).value
+        models = [t[cols].assign(model=[f'fold {k}' for k in t.fold]), g.mean().reset_index().assign(model='mean'),
+                  g.std(ddof=1).fillna(0).reset_index().assign(model='sd')]
+        for stage, model in _ensembles(aux_long, arch):
+            report, _ = fold_ensemble(heldout_predictions(out, arch, stage), aux_tasks=tasks)
+            models.append(pd.DataFrame(_aux_rows(report), columns=cols).assign(model=model))
+        parts += [m.assign(arch=arch) for m in models]
+    return pd.concat(parts, ignore_index=True)[['arch', 'model', *cols]]

@@ -15,7 +15,8 @@ from .files import write_json
 from .splits import save_split, read_split, split_diff, image_sums
 from .parallel import run_jobs, JobsFailed
 from .dataloaders import mtl_dataloaders, mtl_test_dl
-from .aux_tasks import resolve_aux
+from .aux_tasks import resolve_aux, aux_codes
+from .aux_heads import aux_true_columns
 from .config import RunConfig, CONTROL_STAGE, claim_folder
 from .learner import config_learner, evaluate_learner
 from .inference import save_mtl_model
@@ -77,10 +78,11 @@ def _run_stage(learn, stage: int, d: Path, cfg: RunConfig, test_dl, verbose: boo
             cb = _fit_stage(learn, stage, cfg, hist)
         seconds, epochs, n = time.perf_counter() - t0, len(learn.recorder.values), len(learn.dls.train_ds)
         mem, kind = _peak_memory_mb()
-        reports, preds = {}, []
+        reports, preds, tasks = {}, [], learn.loss_func.aux_tasks
         for name, dl in (('valid', learn.dls.valid), ('test', test_dl)):
             reports[name], p = evaluate_learner(learn, dl)
-            preds.append(p.assign(set=name, stage=stage))
+            truths = aux_true_columns(tasks, aux_codes(dl.items, tasks))  # auxiliary labels, for the fold ensemble
+            preds.append(p.assign(set=name, stage=stage, **truths))
     compute = dict(seconds=round(seconds, 2),
                    epochs=epochs,
                    seconds_per_epoch=round(seconds / max(epochs, 1), 3),
