@@ -13,7 +13,7 @@ from .errors import UserError, UserFileNotFoundError, UserNotADirectoryError
 from .files import atomic_write, write_json, save_figure, writable_dir, writable_file, Staging
 from .labels import TASKS
 from .data import IMAGE_EXTS, TABLE_SEPARATORS, read_table, table_paths
-from .demo import make_demo_limuc, DEMO_SITES
+from .demo import make_demo_limuc, AUX_TASKS, DEMO_SITES, LABELS_FILE
 from .download import DownloadError
 from .splits import read_split, save_split, split_diff
 from .dataloaders import mtl_dataloaders
@@ -286,6 +286,9 @@ def parser() -> argparse.ArgumentParser:
                    help="the hospital: A (LIMUC-like, the default) or B (another system's frames, other patients)")
     p.add_argument('--video', action='store_true',
                    help='write the demo video (DEST/demo_video.mp4 and its ground truth) instead of the images')
+    p.add_argument('--aux', action='store_true',
+                   help='also label auxiliary tasks (colon location, UCEIS descriptors, image quality), shown by the '
+                        f'images, in the table DEST/{LABELS_FILE}')
     p = sub.add_parser('download', help='download and extract LIMUC from Zenodo (11,276 images, ~2 GB)',
                        description='Download and extract LIMUC from Zenodo (record 5827695): resumable, md5-verified.')
     p.add_argument('dest', type=_path)
@@ -442,11 +445,17 @@ def run_video(args) -> list[VideoResult]:
 
 # %% ../nbs/90_cli.ipynb #fe1bac34
 def _demo_data(args):
+    if args.video and args.aux: raise UserError("--aux labels the demo images; the demo video (--video) has its own "
+                                                "ground truth: give one of them")
     if args.video: return _demo_video(args)
     dest = writable_dir(args.dest, 'DEST')
     df = make_demo_limuc(dest, n_images=args.n_images, n_patients=args.patients, seed=args.seed,
-                         overwrite=args.overwrite, site=DEMO_SITES[args.site])
+                         overwrite=args.overwrite, site=DEMO_SITES[args.site], aux=args.aux)
     print(f"Wrote {len(df)} demo images of {df.patient.nunique()} patients to {dest}")
+    if args.aux:
+        tasks = ' '.join(f'--aux {name}:{kind}' for name, kind in AUX_TASKS.items())
+        print(f"Their auxiliary labels are in {dest/LABELS_FILE} (an empty cell: a missing label). Train with them:\n"
+              f"  mes_mtl train --data {shlex.quote(str(dest/LABELS_FILE))} {tasks} --out OUT")
 
 def _demo_video(args):
     from mes_mtl.demo_video import make_demo_video

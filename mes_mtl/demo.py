@@ -10,16 +10,20 @@ import numpy as np, pandas as pd
 from dataclasses import dataclass, asdict
 import hashlib
 from PIL import Image, ImageDraw, ImageFilter
+from scipy.ndimage import uniform_filter1d
 from fastprogress.fastprogress import progress_bar
 from .labels import MES_CLASSES, LIMUC_SIZE, check_mes
 from .errors import UserError, UserFileExistsError, UserNotADirectoryError
-from .files import cached_folder
+from .files import atomic_write, cached_folder
 
 # %% auto #0
 __all__ = ['CUE_RAMPS', 'NORMAL_RGB', 'ERYTHEMA_RGB', 'VESSEL_RGB', 'BLOOD_RGB', 'FIBRIN_RGB', 'WHITE', 'SEVERITY_JITTER',
-           'SCOPE_TEXT', 'SITE_B', 'DEMO_SITES', 'MES_PROPORTIONS', 'PATIENT_SPREAD', 'DEMO_VERSION', 'severity_cues',
-           'mucosa_image', 'demo_image', 'SiteShift', 'burnt_text', 'site_frame', 'site_image', 'mes_counts',
-           'demo_layout', 'make_demo_limuc', 'cache_root', 'demo_limuc']
+           'LOCATIONS', 'COLON_LOOKS', 'SCOPE_TEXT', 'SITE_B', 'DEMO_SITES', 'MES_PROPORTIONS', 'PATIENT_SPREAD',
+           'ARTEFACTS', 'WATER_RGB', 'UCEIS_DESCRIPTORS', 'AUX_TASKS', 'AUX_COLUMNS', 'UCEIS_GIVEN_MES', 'UCEIS_CUES',
+           'ARTEFACT_SHARE', 'MISSING_SHARES', 'AUX_STREAM', 'DEGRADATIONS', 'BLUR_MAX', 'NOISE_MAX', 'EXPOSURE_STOPS',
+           'LABELS_FILE', 'DEMO_VERSION', 'severity_cues', 'ColonLook', 'mucosa_image', 'demo_image', 'SiteShift',
+           'burnt_text', 'site_frame', 'site_image', 'mes_counts', 'demo_layout', 'motion_blur', 'spoil',
+           'demo_aux_labels', 'uceis_cues', 'aux_image', 'degrade', 'make_demo_limuc', 'cache_root', 'demo_limuc']
 
 # %% ../nbs/01_demo.ipynb #941dc61d
 CUE_RAMPS = {            # severity at which a cue appears and at which it is at full strength
@@ -67,26 +71,63 @@ def _lesion(img, field, level, core_rgb, rim_rgb, rim):
     _paint(img, core_rgb, _spots(field, level))
 
 # %% ../nbs/01_demo.ipynb #eeea6a1c
-def _optics(img, rng, field):
-    "In place: the lumen with haustral folds around it, vignetting, brightness, then specular glints."
+@dataclass(frozen=True)
+class ColonLook:
+    "The lumen and the folds around it, as they look at one place in the colon; the default: the unlocated demo image."
+    lumen: float = 1.0  # the lumen's size, times the drawn radius (0.10-0.25 of the height)
+    depth: float = 0.95  # how dark its centre is: 0.95 a deep tunnel, less where the wall is near (the caecum's pole)
+    squash: float = 1.0  # lumen and folds this much narrower across than along (below 1: a slit)
+    sides: int = 0  # 0 round; 3 triangular (the lumen and folds of the transverse colon)
+    corners: float = 0.0  # how far those corners stick out
+    spokes: int = 0  # folds converging on the lumen, as the caecum's three taeniae do
+    fold_period: tuple = (45, 80)  # px between neighbouring folds, drawn uniformly in this range
+    fold_depth: float = 0.1  # the shade in a fold's trough: 0 smooth mucosa, no folds
+    fold_sharp: float = 1.0  # higher: narrow dark troughs between broad folds
+    bend: float = 1.5  # how far the folds wander off their ideal outline (times a smooth random field)
+
+def _lumen_distance(dx, dy, look: ColonLook, rng) -> tuple[np.ndarray, np.ndarray | None]:
+    "Distance from the lumen's centre in units whose level lines are the lumen's outline; the angle (None: round)."
+    if rng is None: return np.hypot(dx, dy).astype(np.float32), None
+    turn = rng.uniform(0, 2 * np.pi)  # the outline's orientation
+    along, across = dx * np.cos(turn) + dy * np.sin(turn), dy * np.cos(turn) - dx * np.sin(turn)
+    angle = np.arctan2(across, along)
+    distance = np.hypot(along, across / look.squash) * (1 + look.corners * np.cos(look.sides * angle))
+    return distance.astype(np.float32), angle
+
+def _optics(img, rng, field, look=ColonLook(), shape_rng=None):
+    "In place: the lumen with folds around it (`look`), vignetting, brightness, then specular glints."
     h, w = img.shape[:2]
     yy, xx = np.ogrid[0:h, 0:w]
-    cx, cy, r = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h, rng.uniform(0.10, 0.25) * h
-    d = np.hypot(xx - cx, yy - cy).astype(np.float32)
-    light = (1 - 0.95 * np.exp(-(d / r) ** 2)) * np.clip(d / (2 * r), 0.25, 1) ** 0.7
-    light *= 1 - 0.05 * (1 + np.cos(2 * np.pi * d / rng.uniform(45, 80) + 1.5 * field(70))) * np.clip(d / r - 1, 0, 1)
+    cx, cy, r = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h, rng.uniform(0.10, 0.25) * h * look.lumen
+    d, angle = _lumen_distance(xx - cx, yy - cy, look, shape_rng)
+    light = (1 - look.depth * np.exp(-(d / r) ** 2)) * np.clip(d / (2 * r), 0.25, 1) ** 0.7
+    period, wander = rng.uniform(*look.fold_period), field(70)
+    ridge = ((1 + np.cos(2 * np.pi * d / period + look.bend * wander)) / 2) ** look.fold_sharp
+    light *= 1 - look.fold_depth * ridge * np.clip(d / r - 1, 0, 1)
+    if look.spokes:
+        spoke = ((1 + np.cos(look.spokes * angle + 0.5 * wander)) / 2) ** 6
+        light *= 1 - 0.4 * spoke * np.clip(d / r - 0.3, 0, 1)
     corner2 = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2
     light *= (1 - rng.uniform(0.15, 0.45) * corner2) * rng.uniform(0.75, 1.1)
     img *= light[..., None]
     _paint(img, WHITE, _spots(field(3), rng.uniform(2.6, 3.4), 0.15) * (d > 1.2 * r))
 
-_LAYERS = ('colour', 'vessels', 'texture', 'friability', 'erosions', 'bleeding', 'ulcers', 'optics')
+_LAYERS = ('colour', 'vessels', 'texture', 'friability', 'erosions', 'bleeding', 'ulcers', 'optics', 'location')
 
-def mucosa_image(severity: float, rng: np.random.Generator, size=LIMUC_SIZE) -> np.ndarray:
+def mucosa_image(severity: float,  # disease severity: 0 normal .. 3.5 worst
+                 rng: np.random.Generator,  # the image's random generator
+                 size=LIMUC_SIZE,  # (height, width)
+                 cues: dict | None = None,  # cue -> strength in [0, 1], instead of `severity_cues(severity)`'s
+                 location: str | None = None,  # where in the colon (`LOCATIONS`): the lumen's and folds' look
+                ) -> np.ndarray:
     "A synthetic colonoscopy frame (h, w, 3) uint8 at disease `severity` (0 normal .. 3.5 worst) of `size` (h, w)."
     h, w = size
     if min(h, w) < 8: raise ValueError(f"size must be (height, width) of at least 8 px each; got {size}")
-    cue = severity_cues(severity)
+    if bad := {c: v for c, v in (cues or {}).items() if c not in CUE_RAMPS or not 0 <= v <= 1}:
+        raise ValueError(f"cues {bad}: expected strengths in [0, 1] of the cues {list(CUE_RAMPS)}")
+    if location is not None and location not in COLON_LOOKS:
+        raise ValueError(f"location {location!r}: expected None or one of {LOCATIONS}")
+    cue = {**severity_cues(severity), **(cues or {})}
     rngs = dict(zip(_LAYERS, rng.spawn(len(_LAYERS))))
     angle = rngs['optics'].uniform(0, 2 * np.pi)
     def field(layer, cell, aspect=1.0): return _field(rngs[layer], size, cell, angle, aspect)
@@ -110,17 +151,33 @@ def mucosa_image(severity: float, rng: np.random.Generator, size=LIMUC_SIZE) -> 
     if cue['ulcers']:
         fibrin = FIBRIN_RGB * (1 - 0.06 * field('ulcers', 3))[..., None]
         _lesion(img, field('ulcers', 35), 2.6 - 1.3 * cue['ulcers'], fibrin, ERYTHEMA_RGB * 0.6, 0.6)
-    _optics(img, rngs['optics'], lambda cell: field('optics', cell))
+    look, shape_rng = (ColonLook(), None) if location is None else (COLON_LOOKS[location], rngs['location'])
+    _optics(img, rngs['optics'], lambda cell: field('optics', cell), look, shape_rng)
     out = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
     return np.asarray(out.filter(ImageFilter.GaussianBlur(rngs['optics'].uniform(0, 1.2))))
 
 # %% ../nbs/01_demo.ipynb #080e4c42
 SEVERITY_JITTER = 0.3  # s.d. of an image's severity around its Mayo score (clipped to +-0.5)
 
-def demo_image(mes: int, rng: np.random.Generator, size=LIMUC_SIZE) -> np.ndarray:
+def demo_image(mes: int,  # the Mayo score
+               rng: np.random.Generator,  # the image's random generator
+               size=LIMUC_SIZE,  # (height, width)
+               cues: dict | None = None,  # cue strengths that replace the severity's (`mucosa_image`)
+               location: str | None = None,  # where in the colon (`LOCATIONS`); None: no place drawn
+              ) -> np.ndarray:
     "A synthetic colonoscopy frame (h, w, 3) uint8 for Mayo score `mes`: severity `mes` +- a little (`mucosa_image`)."
     jitter = float(np.clip(rng.normal(0, SEVERITY_JITTER), -0.5, 0.5))
-    return mucosa_image(int(check_mes(mes)) + jitter, rng, size)
+    return mucosa_image(int(check_mes(mes)) + jitter, rng, size, cues, location)
+
+# %% ../nbs/01_demo.ipynb #0a06e8d9
+LOCATIONS = ('caecum', 'ascending', 'transverse', 'descending', 'sigmoid', 'rectum')  # proximal to distal
+COLON_LOOKS = {  # see the table above
+    'caecum': ColonLook(lumen=1.6, depth=0.45, spokes=3, fold_depth=0.0),
+    'ascending': ColonLook(lumen=1.4, fold_period=(70, 90), fold_depth=0.3, fold_sharp=3),
+    'transverse': ColonLook(sides=3, corners=0.3, fold_period=(50, 65), fold_depth=0.3, fold_sharp=3),
+    'descending': ColonLook(lumen=0.8, fold_period=(30, 40), fold_depth=0.15, fold_sharp=2),
+    'sigmoid': ColonLook(lumen=0.8, squash=0.4, bend=3, fold_period=(35, 45), fold_depth=0.25, fold_sharp=3),
+    'rectum': ColonLook(lumen=2.0, depth=0.8, fold_depth=0.0)}
 
 # %% ../nbs/01_demo.ipynb #b9636f9b
 @dataclass(frozen=True)
@@ -232,7 +289,109 @@ def demo_layout(n_images: int = 400,  # images, in LIMUC's class balance
     layout = pd.DataFrame({'patient': patient + first_patient, 'number': number, 'mes': mes})
     return layout.sort_values(['patient', 'number'], ignore_index=True)
 
+# %% ../nbs/01_demo.ipynb #4ad0c87e
+ARTEFACTS = ('blur', 'dark', 'flush', 'glare')
+WATER_RGB = np.array([0.80, 0.87, 0.93])  # a flush of water: bluish white
+
+def motion_blur(frame: np.ndarray, length=(0.1, 0.03)) -> np.ndarray:
+    "`frame` blurred by a fast pan during the exposure: a box `length` times the frame's width along x and y."
+    f = frame.astype(np.float32)
+    for axis, share in ((1, length[0]), (0, length[1])):
+        f = uniform_filter1d(f, max(1, round(share * frame.shape[1])), axis=axis, mode='nearest')
+    return f.round().astype(np.uint8)
+
+def spoil(frame: np.ndarray, kind: str) -> np.ndarray:
+    "`frame` spoiled by artefact `kind` (`ARTEFACTS`): motion blur, dark, a flush of water (bluish white) or glare."
+    f = frame.astype(np.float32) / 255
+    if kind == 'blur': return motion_blur(frame)
+    if kind == 'dark': f = f * 0.12
+    elif kind == 'glare': f = f * 3 + 0.6
+    elif kind == 'flush':
+        f = (0.15 * f + 0.85 * WATER_RGB) * 255
+        return np.asarray(Image.fromarray(f.round().astype(np.uint8)).filter(ImageFilter.GaussianBlur(3)))
+    else: raise ValueError(f"cannot spoil a frame with {kind!r}; expected one of {ARTEFACTS}")
+    return (np.clip(f, 0, 1) * 255).round().astype(np.uint8)
+
+# %% ../nbs/01_demo.ipynb #bcb88e40
+UCEIS_DESCRIPTORS = {'uceis_vascular': 2, 'uceis_bleeding': 3, 'uceis_erosions': 3}  # name -> highest grade
+AUX_TASKS = {'location': 'categorical', 'uceis_vascular': 'ordinal', 'uceis_bleeding': 'ordinal',
+             'uceis_erosions': 'ordinal', 'informative': 'binary', 'artefact': 'categorical'}  # column -> kind of task
+AUX_COLUMNS = tuple(AUX_TASKS)  # the auxiliary columns of `labels.csv`, after path, patient and mes
+UCEIS_GIVEN_MES = {  # P(grade | MES): one row per Mayo score 0..3, one column per grade
+    'uceis_vascular': ((.75, .22, .03), (.25, .55, .2), (.05, .35, .6), (.02, .13, .85)),
+    'uceis_bleeding': ((.85, .13, .02, 0), (.5, .38, .1, .02), (.2, .4, .3, .1), (.05, .2, .35, .4)),
+    'uceis_erosions': ((.88, .1, .02, 0), (.55, .35, .08, .02), (.15, .45, .3, .1), (.03, .12, .4, .45))}
+UCEIS_CUES = {  # descriptor -> the cues that show it, with their strength at each grade
+    'uceis_vascular': {'vessel_loss': (0, 0.5, 1), 'vessel_blur': (0, 1, 1)},
+    'uceis_bleeding': {'friability': (0, 1, 1, 1), 'bleeding': (0, 0.3, 0.65, 1)},
+    'uceis_erosions': {'erosions': (0, 1, 1, 1), 'ulcers': (0, 0, 0.45, 1)}}
+ARTEFACT_SHARE = 0.25  # images spoiled by an artefact, each kind of `ARTEFACTS` equally often
+MISSING_SHARES = {'location': 0.10, 'uceis_vascular': 0.05, 'uceis_bleeding': 0.05, 'uceis_erosions': 0.05}
+
+# %% ../nbs/01_demo.ipynb #0fab01ae
+AUX_STREAM = 0x617578  # 'aux' in ASCII: the labels' random stream (an image's stream is its number, far below)
+
+def demo_aux_labels(layout: pd.DataFrame,  # `demo_layout`'s table, one row per image (its `mes` is used)
+                    seed: int = 0,  # the seed of `demo_layout`
+                    first_patient: int = 1,  # and its first patient: another site's images get other labels
+                    missing: bool = True,  # leave `MISSING_SHARES` of the cells empty; False: every label drawn
+                   ) -> pd.DataFrame:
+    "The auxiliary labels (`AUX_COLUMNS`) of each image of `layout`: location, UCEIS grades, informative, artefact."
+    rng = np.random.default_rng([*_seed_key(seed, first_patient), AUX_STREAM])
+    n, mes = len(layout), layout.mes.to_numpy()
+    labels = pd.DataFrame({'location': np.array(LOCATIONS)[rng.integers(len(LOCATIONS), size=n)]}, layout.index)
+    for name, p in UCEIS_GIVEN_MES.items():  # the grade: how many of the row's cumulative probabilities u exceeds
+        labels[name] = (rng.random(n)[:, None] > np.cumsum(p, axis=1)[mes, :-1]).sum(axis=1)
+    spoiled = rng.random(n) < ARTEFACT_SHARE
+    kind = np.array(ARTEFACTS)[rng.integers(len(ARTEFACTS), size=n)]
+    labels['informative'], labels['artefact'] = np.where(spoiled, 'no', 'yes'), np.where(spoiled, kind, 'none')
+    labels = labels.astype({name: 'Int64' for name in UCEIS_DESCRIPTORS})
+    if missing:
+        for name, share in MISSING_SHARES.items(): labels[name] = labels[name].mask(rng.random(n) < share)
+    return labels
+
+# %% ../nbs/01_demo.ipynb #7f029716
+def uceis_cues(grades) -> dict[str, float]:
+    "`mucosa_image`'s `cues` that show UCEIS `grades` (a mapping with a grade for each of `UCEIS_DESCRIPTORS`)."
+    if missing := [name for name in UCEIS_DESCRIPTORS if pd.isna(grades[name])]:
+        raise ValueError(f"no grade for {missing}: an image is drawn from complete labels (missing=False)")
+    return {cue: strength[int(grades[name])] for name, cues in UCEIS_CUES.items() for cue, strength in cues.items()}
+
+def aux_image(mes: int,  # the Mayo score
+              labels,  # a row of `demo_aux_labels(..., missing=False)`: location, UCEIS grades, artefact
+              rng: np.random.Generator,  # the image's random generator
+              size=LIMUC_SIZE,  # (height, width)
+             ) -> np.ndarray:
+    "A demo image (h, w, 3) uint8 of Mayo score `mes` that shows its auxiliary `labels`."
+    img = demo_image(mes, rng, size, uceis_cues(labels), labels['location'])
+    return img if labels['artefact'] == 'none' else spoil(img, labels['artefact'])
+
+# %% ../nbs/01_demo.ipynb #713b0972
+DEGRADATIONS = ('blur', 'noise', 'exposure')
+BLUR_MAX = 0.03  # the Gaussian blur's standard deviation at strength 1, as a fraction of the image's width
+NOISE_MAX = 0.25  # the noise's standard deviation at strength 1, as a fraction of the range (0..255)
+EXPOSURE_STOPS = 3.5  # the under-exposure at strength 1, in stops (halvings of the light)
+
+def degrade(image: np.ndarray,  # (h, w, 3) uint8
+            kind: str,  # one of `DEGRADATIONS`: 'blur', 'noise' or 'exposure' (under-exposure)
+            strength: float,  # 0: the image unchanged, 1: the strongest
+            seed=0,  # the noise's seed, or a `np.random.Generator`
+           ) -> np.ndarray:
+    "`image` degraded by `kind` at `strength` in [0, 1] (0: unchanged); deterministic for a given `seed`."
+    if kind not in DEGRADATIONS:
+        raise ValueError(f"cannot degrade an image by {kind!r}; expected one of {DEGRADATIONS}")
+    if not 0 <= strength <= 1: raise ValueError(f"strength must be in [0, 1]; got {strength}")
+    if strength == 0: return image.copy()
+    if kind == 'blur':
+        return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(strength * BLUR_MAX * image.shape[1])))
+    f = image.astype(np.float32)
+    if kind == 'noise': f += np.random.default_rng(seed).normal(0, 255 * NOISE_MAX * strength, image.shape)
+    else: f *= 2.0 ** (-EXPOSURE_STOPS * strength)
+    return np.clip(f, 0, 255).round().astype(np.uint8)
+
 # %% ../nbs/01_demo.ipynb #2a09aaf6
+LABELS_FILE = 'labels.csv'  # the table of `make_demo_limuc(..., aux=True)`, in its `dest`
+
 def make_demo_limuc(dest,  # the folder to write into (LIMUC's root)
                     n_images: int = 400,  # images, in LIMUC's class balance
                     n_patients: int = 40,  # patients
@@ -240,8 +399,9 @@ def make_demo_limuc(dest,  # the folder to write into (LIMUC's root)
                     overwrite: bool = False,  # replace the demo images of a non-empty `dest`
                     progress: bool = True,  # show a progress bar
                     site: SiteShift | None = None,  # None: site A (352x288, as LIMUC); else another site's images
+                    aux: bool = False,  # also draw auxiliary labels, shown by the images, into `dest`/labels.csv
                    ) -> pd.DataFrame:
-    "Write a LIMUC-like dataset (patient-based layout, BMP) to `dest`; one row (path, patient, mes) per image."
+    "Write a LIMUC-like dataset (patient-based layout, BMP) to `dest`; one row (path, patient, mes, [aux]) per image."
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise UserNotADirectoryError(f"{dest} is a file: give a folder for the demo dataset")
@@ -250,18 +410,26 @@ def make_demo_limuc(dest,  # the folder to write into (LIMUC's root)
                                   "to replace its demo images, or choose another folder")
     first = 1 if site is None else site.first_patient
     layout = demo_layout(n_images, n_patients, seed, first)  # checks the arguments before anything is deleted
+    labels = demo_aux_labels(layout, seed, first, missing=False) if aux else None
     root = dest/'patient_based_classified_images'
     if root.exists(): shutil.rmtree(root)
+    (dest/LABELS_FILE).unlink(missing_ok=True)  # an earlier dataset's labels
     rows = list(zip(layout.patient, layout.number, layout.mes))
     paths = [root/str(p)/f'Mayo {k}'/f'UC_patient_{p}_{n}.bmp' for p, n, k in rows]
+    size = LIMUC_SIZE if site is None else site.image_size
     for i in progress_bar(range(n_images)) if progress else range(n_images):
         (p, n, k), rng = rows[i], np.random.default_rng([*_seed_key(seed, first), i])
-        if site is None: img = demo_image(k, rng)
-        else: img = site_image(k, rng, site, burnt_text(p, n, seed) if site.text else ())
+        img = demo_image(k, rng, size) if labels is None else aux_image(k, labels.iloc[i], rng, size)
+        if site is not None: img = site_frame(img, site, burnt_text(p, n, seed) if site.text else ())
         paths[i].parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(paths[i])
-    files = [str(p.resolve()) for p in paths]
-    return pd.DataFrame({'path': files, 'patient': layout.patient.astype(str), 'mes': layout.mes})
+    items = pd.DataFrame({'path': [str(p.resolve()) for p in paths], 'patient': layout.patient.astype(str),
+                          'mes': layout.mes})
+    if not aux: return items
+    items = items.join(demo_aux_labels(layout, seed, first))
+    table = items.assign(path=[p.relative_to(dest).as_posix() for p in paths])
+    atomic_write(dest/LABELS_FILE, table.to_csv(index=False))
+    return items
 
 # %% ../nbs/01_demo.ipynb #c9a91a73
 DEMO_VERSION = 1  # bump when `make_demo_limuc`'s images change: datasets cached by older versions are not reused
@@ -276,10 +444,12 @@ def demo_limuc(n_images: int = 400,  # images, in LIMUC's class balance
                cache=None,  # the cache folder (see `cache_root`)
                progress: bool = True,  # show a progress bar while the images are written
                site: SiteShift | None = None,  # None: site A; else another site's images (`SITE_B`)
+               aux: bool = False,  # with auxiliary labels, in `labels.csv` in the returned folder
               ) -> Path:
     "The LIMUC root of `make_demo_limuc`'s dataset with these settings: written into the cache once, then reused."
     demo_layout(n_images, n_patients, seed)  # checks the arguments before anything is written
     at = '' if site is None else f'_site{site.tag}'
+    at += '_aux' if aux else ''
     root = cache_root(cache)/f'demo_limuc_{n_images}img_{n_patients}pat_seed{seed}{at}_v{DEMO_VERSION}'
-    def make(dest): make_demo_limuc(dest, n_images, n_patients, seed, progress=progress, site=site)
+    def make(dest): make_demo_limuc(dest, n_images, n_patients, seed, progress=progress, site=site, aux=aux)
     return cached_folder(root, make)

@@ -8,24 +8,22 @@ import json
 from fractions import Fraction
 from pathlib import Path
 import numpy as np, pandas as pd
-from PIL import Image, ImageFilter
-from scipy.ndimage import uniform_filter1d
+from PIL import Image
 from .errors import UserError, UserFileExistsError
 from .files import atomic_write
 from .labels import check_mes, LIMUC_SIZE
 from .extras import require
-from .demo import mucosa_image
+from .demo import ARTEFACTS, mucosa_image, spoil
 
 # %% auto #0
-__all__ = ['DEMO_SEGMENTS', 'DEMO_ARTEFACTS', 'ARTEFACTS', 'VIEW_SECONDS', 'FADE_SECONDS', 'TEXTURE_SCALE', 'PAN_HZ', 'ZOOM',
-           'ZOOM_PERIOD', 'WATER_RGB', 'demo_video_truth', 'camera_path', 'view_frame', 'motion_blur', 'spoil',
-           'demo_video_frames', 'video_codec', 'write_video', 'count_frames', 'make_demo_video']
+__all__ = ['DEMO_SEGMENTS', 'DEMO_ARTEFACTS', 'VIEW_SECONDS', 'FADE_SECONDS', 'TEXTURE_SCALE', 'PAN_HZ', 'ZOOM', 'ZOOM_PERIOD',
+           'demo_video_truth', 'camera_path', 'view_frame', 'demo_video_frames', 'video_codec', 'write_video',
+           'count_frames', 'make_demo_video']
 
 # %% ../nbs/06_demo_video.ipynb #7bf1eeaf
 DEMO_SEGMENTS = ((0, 4.0), (1, 4.0), (3, 4.0), (2, 4.0))  # (Mayo score, seconds) of each segment, in order
 # (kind, start s, seconds) of each artefact
-DEMO_ARTEFACTS = (('blur', 1.6, 0.8), ('dark', 5.4, 0.8), ('flush', 11.6, 0.8), ('glare', 14.2, 0.6))
-ARTEFACTS = ('blur', 'dark', 'flush', 'glare')
+DEMO_ARTEFACTS = (('blur', 1.6, 0.8), ('dark', 5.4, 0.8), ('flush', 11.6, 0.8), ('glare', 14.2, 0.6))  # of `ARTEFACTS`
 VIEW_SECONDS = 0.5  # a new stretch of mucosa (texture) about every half second
 FADE_SECONDS = 0.12  # cross-fade between consecutive views
 
@@ -55,7 +53,6 @@ def demo_video_truth(segments=DEMO_SEGMENTS, artefacts=DEMO_ARTEFACTS, fps: floa
 TEXTURE_SCALE = 1.25     # a view's texture is this much larger than a frame: room for the camera to pan
 PAN_HZ = (0.05, 0.1)     # the window sweeps the free room back and forth at this rate (cycles/s), each direction
 ZOOM, ZOOM_PERIOD = (1.0, 0.88), 6.0  # the window's scale (times the frame size) swings between these every 6 s
-WATER_RGB = np.array([0.80, 0.87, 0.93])  # a flush of water: bluish white
 
 def camera_path(n: int, rng: np.random.Generator, fps: float = 25) -> np.ndarray:
     "(n, 3): the window's scale and its horizontal and vertical position in [0, 1] along a smooth pan and zoom."
@@ -76,25 +73,6 @@ def view_frame(texture: np.ndarray, # (th, tw, 3) uint8 image larger than a fram
     cw, ch = w * scale, h * scale
     x0, y0 = x * (tw - cw), y * (th - ch)
     return np.asarray(Image.fromarray(texture).resize((w, h), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch)))
-
-def motion_blur(frame: np.ndarray, length=(0.1, 0.03)) -> np.ndarray:
-    "`frame` blurred by a fast pan during the exposure: a box `length` times the frame's width along x and y."
-    f = frame.astype(np.float32)
-    for axis, share in ((1, length[0]), (0, length[1])):
-        f = uniform_filter1d(f, max(1, round(share * frame.shape[1])), axis=axis, mode='nearest')
-    return f.round().astype(np.uint8)
-
-def spoil(frame: np.ndarray, kind: str) -> np.ndarray:
-    "`frame` spoiled by artefact `kind` (`ARTEFACTS`): motion blur, dark, a flush of water (bluish white) or glare."
-    f = frame.astype(np.float32) / 255
-    if kind == 'blur': return motion_blur(frame)
-    if kind == 'dark': f = f * 0.12
-    elif kind == 'glare': f = f * 3 + 0.6
-    elif kind == 'flush':
-        f = (0.15 * f + 0.85 * WATER_RGB) * 255
-        return np.asarray(Image.fromarray(f.round().astype(np.uint8)).filter(ImageFilter.GaussianBlur(3)))
-    else: raise ValueError(f"cannot spoil a frame with {kind!r}; expected one of {ARTEFACTS}")
-    return (np.clip(f, 0, 1) * 255).round().astype(np.uint8)
 
 # %% ../nbs/06_demo_video.ipynb #f0e7d12a
 def demo_video_frames(truth: pd.DataFrame, size=LIMUC_SIZE, seed: int = 0):
