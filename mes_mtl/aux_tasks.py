@@ -139,8 +139,8 @@ def resolve_aux(items: pd.DataFrame,  # the labelled images (`read_items`), with
     for t in tasks:
         if t.name not in items.columns:
             close = difflib.get_close_matches(t.name, own, n=1, cutoff=0.5)
-            raise UserError(f"auxiliary task {t.spec!r}: {source} has no column {t.name!r} (its own columns: "
-                            f"{own or 'none; a folder of images has no label columns: give a table'})"
+            found = own or 'none; a folder of images has no label columns: give a table (demo-data --aux writes one)'
+            raise UserError(f"auxiliary task {t.spec!r}: {source} has no column {t.name!r} (its own columns: {found})"
                             + (f". Did you mean {close[0]!r}?" if close else ''))
         values = items[t.name].tolist()
         if all(_text(v) is None for v in values):

@@ -12,14 +12,14 @@ import hashlib
 from PIL import Image, ImageDraw, ImageFilter
 from scipy.ndimage import uniform_filter1d
 from fastprogress.fastprogress import progress_bar
-from .labels import MES_CLASSES, LIMUC_SIZE, check_mes
+from .labels import MES_CLASSES, LIMUC_SIZE, LOCATIONS, check_mes
 from .errors import UserError, UserFileExistsError, UserNotADirectoryError
 from .files import atomic_write, cached_folder
 
 # %% auto #0
 __all__ = ['CUE_RAMPS', 'NORMAL_RGB', 'ERYTHEMA_RGB', 'VESSEL_RGB', 'BLOOD_RGB', 'FIBRIN_RGB', 'WHITE', 'SEVERITY_JITTER',
-           'LOCATIONS', 'COLON_LOOKS', 'SCOPE_TEXT', 'SITE_B', 'DEMO_SITES', 'MES_PROPORTIONS', 'PATIENT_SPREAD',
-           'ARTEFACTS', 'WATER_RGB', 'UCEIS_DESCRIPTORS', 'AUX_TASKS', 'AUX_COLUMNS', 'UCEIS_GIVEN_MES', 'UCEIS_CUES',
+           'COLON_LOOKS', 'SCOPE_TEXT', 'SITE_B', 'DEMO_SITES', 'MES_PROPORTIONS', 'PATIENT_SPREAD', 'ARTEFACTS',
+           'WATER_RGB', 'UCEIS_DESCRIPTORS', 'AUX_TASKS', 'AUX_COLUMNS', 'UCEIS_GIVEN_MES', 'UCEIS_CUES',
            'ARTEFACT_SHARE', 'MISSING_SHARES', 'AUX_STREAM', 'DEGRADATIONS', 'BLUR_MAX', 'NOISE_MAX', 'EXPOSURE_STOPS',
            'LABELS_FILE', 'DEMO_VERSION', 'severity_cues', 'ColonLook', 'mucosa_image', 'demo_image', 'SiteShift',
            'burnt_text', 'site_frame', 'site_image', 'mes_counts', 'demo_layout', 'motion_blur', 'spoil',
@@ -170,7 +170,6 @@ def demo_image(mes: int,  # the Mayo score
     return mucosa_image(int(check_mes(mes)) + jitter, rng, size, cues, location)
 
 # %% ../nbs/01_demo.ipynb #0a06e8d9
-LOCATIONS = ('caecum', 'ascending', 'transverse', 'descending', 'sigmoid', 'rectum')  # proximal to distal
 COLON_LOOKS = {  # see the table above
     'caecum': ColonLook(lumen=1.6, depth=0.45, spokes=3, fold_depth=0.0),
     'ascending': ColonLook(lumen=1.4, fold_period=(70, 90), fold_depth=0.3, fold_sharp=3),
