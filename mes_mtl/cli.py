@@ -436,6 +436,7 @@ def run_video(args) -> list[VideoResult]:
             save_video_result(res, out)
             warning = res.summary['warning']
             if warning: print(f"mes_mtl video: warning: {video}: {warning}; scored the frames before", file=sys.stderr)
+            if res.summary['note']: print(f"mes_mtl video: note: {video}: {res.summary['note']}", file=sys.stderr)
             sp = res.summary['speed']
             speed = f"{sp['frames_per_s']:.0f} frames/s, {sp['realtime_factor']:.2f}x real time"
             print(f"{video}: {res.summary['message']} ({speed}) -> {out}")

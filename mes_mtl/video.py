@@ -20,9 +20,9 @@ from .aux_heads import aux_columns
 from .quality import QualityThresholds, frame_quality, MEASURES, REASONS
 
 # %% auto #0
-__all__ = ['VIDEO_HINT', 'SEGMENT_COLS', 'FRAME_COLS', 'MES_COLOURS', 'VideoReader', 'window_mean', 'video_segments',
-           'video_score', 'VideoResult', 'VideoScorer', 'score_video', 'plot_timeline', 'save_video_result',
-           'score_frames']
+__all__ = ['VIDEO_HINT', 'SEGMENT_COLS', 'FRAME_COLS', 'MES_COLOURS', 'VideoReader', 'frame_durations', 'window_mean',
+           'video_segments', 'video_score', 'VideoResult', 'VideoScorer', 'score_video', 'plot_timeline',
+           'save_video_result', 'score_frames']
 
 # %% ../nbs/25_video.ipynb #93871d49
 VIDEO_HINT = "give a video file that FFmpeg can read (MP4, AVI, MKV, WebM, ...)"
@@ -54,12 +54,16 @@ class VideoReader:
         self.fps = float(s.average_rate or s.guessed_rate or 25)
         self.duration = (float(s.duration * s.time_base) if s.duration else
                          self._container.duration / 1e6 if self._container.duration else None)
+        self.counted = bool(s.frames)  # the header counts the frames; else n_frames is duration x average rate
         self.n_frames = s.frames or (round(self.duration * self.fps) if self.duration else 0)
         self.width, self.height, self.codec = s.codec_context.width, s.codec_context.height, s.codec_context.name
         if self.crop is not None:
             try: self._check_crop()
             except UserError: self._container.close(); raise
         self.decoded, self.last_time, self.error = 0, None, None
+        # sampling only keeps frames that exist: a rate above the video's is answered with every frame, and said so
+        self.note = (f"fps (--fps) {fps:g} is above the video's {self.fps:g} frames/s: every frame is scored "
+                     f"(none is made up)" if fps and fps > self.fps + 1e-6 else None)
         self._frames = self._decode()
         try: self._first = next(self._frames)
         except StopIteration:
@@ -75,13 +79,13 @@ class VideoReader:
     @property
     def rate(self) -> float:
         "Frames per second of the frames this reader yields."
-        return self.sample_fps if self.sample_fps else self.fps / self.every
+        return min(self.sample_fps, self.fps) if self.sample_fps else self.fps / self.every
 
     @property
     def expected(self) -> int | None:
         "How many frames this reader should yield, from the stream's header (None if unknown)."
         if not self.n_frames: return None
-        if self.sample_fps: return int(np.ceil(self.n_frames / self.fps * self.sample_fps))
+        if self.sample_fps: return int(np.ceil(self.n_frames / self.fps * self.rate))
         return int(np.ceil(self.n_frames / self.every))
 
     def _decode(self):
@@ -112,35 +116,45 @@ class VideoReader:
     @property
     def stopped(self) -> str | None:
         "Why decoding ended before the end of the video (None if it did not)."
-        short = self.n_frames and self.decoded < self.n_frames - 1
+        if self.counted: short = self.decoded < self.n_frames - 1
+        else: short = bool(self.duration) and (self.last_time or 0) < self.duration - max(0.5, 2 / self.fps)
         if self.error is None and not short: return None
         total = f" of {self.duration:.2f} s ({self.n_frames} frames)" if self.duration else ''
         why = f": {self.error}" if self.error else ''
         return f"decoding stopped at {self.last_time or 0:.2f} s, after frame {self.decoded}{total}{why}"
 
 # %% ../nbs/25_video.ipynb #539791c8
-def window_mean(times, probs, at, before: float, after: float) -> np.ndarray:
+def frame_durations(times, last: float) -> np.ndarray:
+    "How long each frame is shown: the time to the next frame's timestamp (`times` sorted, s); `last` for the last."
+    times = np.asarray(times, float)
+    return np.diff(times, append=times[-1] + last) if len(times) else np.zeros(0)
+
+def window_mean(times, probs, at, before: float, after: float, weights=None) -> np.ndarray:
     "For each time t in `at`, the mean of the rows of `probs` whose sorted `times` are in [t - `before`, t + `after`]."
     times, probs, at = np.asarray(times, float), np.asarray(probs, float), np.atleast_1d(np.asarray(at, float))
-    csum = np.concatenate([np.zeros((1, probs.shape[1])), np.cumsum(probs, 0)])
+    w = np.ones(len(times)) if weights is None else np.asarray(weights, float)  # e.g. how long each frame is shown
+    csum = np.concatenate([np.zeros((1, probs.shape[1])), np.cumsum(probs * w[:, None], 0)])
+    wsum = np.concatenate([[0.], np.cumsum(w)])
     lo = np.searchsorted(times, at - before - 1e-9, 'left')
     hi = np.searchsorted(times, at + after + 1e-9, 'right')
-    n = (hi - lo)[:, None]
-    with np.errstate(invalid='ignore'): return np.where(n > 0, (csum[hi] - csum[lo]) / np.maximum(n, 1), np.nan)
+    n = (wsum[hi] - wsum[lo])[:, None]
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.where(n > 0, (csum[hi] - csum[lo]) / np.where(n > 0, n, 1), np.nan)
 
 # %% ../nbs/25_video.ipynb #52c6b4c8
 SEGMENT_COLS = ['segment', 'mes', 'start', 'end', 'start_frame', 'end_frame', 'seconds', 'n_frames', 'n_uninformative',
                 *MES_COLUMNS]
 
-def _merge_short(runs: list[list[int]], dt: float, min_length: float) -> list[list[int]]:
-    "Runs [score, first, stop), the shortest under `min_length` merged into its longer neighbour until none is short."
-    runs = [list(r) for r in runs]
+def _merge_short(runs: list[list[int]], seconds: np.ndarray, min_length: float) -> list[list[int]]:
+    "Runs [score, first, stop) of frames lasting `seconds`, the shortest under `min_length` merged into its longer..."
+    runs, ends = [list(r) for r in runs], np.concatenate([[0.], np.cumsum(seconds)])
+    length = lambda r: ends[r[2]] - ends[r[1]]
     while len(runs) > 1:
-        short = [i for i, (_, a, b) in enumerate(runs) if (b - a) * dt < min_length - 1e-9]
+        short = [i for i, r in enumerate(runs) if length(r) < min_length - 1e-9]
         if not short: break
-        i = min(short, key=lambda i: runs[i][2] - runs[i][1])
+        i = min(short, key=lambda i: length(runs[i]))
         nbrs = [j for j in (i - 1, i + 1) if 0 <= j < len(runs)]
-        j = max(nbrs, key=lambda j: (runs[j][2] - runs[j][1], -j))
+        j = max(nbrs, key=lambda j: (length(runs[j]), -j))
         lo, hi = sorted((i, j))
         runs[lo:hi + 1] = [[runs[j][0], runs[lo][1], runs[hi][2]]]
         k = 0
@@ -150,20 +164,22 @@ def _merge_short(runs: list[list[int]], dt: float, min_length: float) -> list[li
     return runs
 
 def video_segments(frames: pd.DataFrame, dt: float, min_length: float = 2.0) -> pd.DataFrame:
-    "The segments (`SEGMENT_COLS`) of a scored frame table, `dt` s apart."
-    inf = frames[frames.informative.astype(bool) & frames.mes_smoothed.notna()]
+    "The segments (`SEGMENT_COLS`) of a scored frame table, timed by its `time` column; `dt`: the last frame's length."
+    kept = (frames.informative.astype(bool) & frames.mes_smoothed.notna()).to_numpy()
+    inf, seconds = frames[kept], frame_durations(frames.time, dt)[kept]
     if not len(inf): return pd.DataFrame(columns=SEGMENT_COLS)
     score = inf.mes_smoothed.to_numpy(int)
     cuts = [0, *np.flatnonzero(np.diff(score)) + 1, len(score)]
-    runs = _merge_short([[score[a], a, b] for a, b in zip(cuts[:-1], cuts[1:])], dt, min_length)
+    runs = _merge_short([[score[a], a, b] for a, b in zip(cuts[:-1], cuts[1:])], seconds, min_length)
     fr = frames.frame.to_numpy()
     rows = []
     for k, (s, a, b) in enumerate(runs):
         seg = inf.iloc[a:b]
         first, last = int(seg.frame.iloc[0]), int(seg.frame.iloc[-1])
         spanned = int(((fr >= first) & (fr <= last)).sum())  # frames in the segment's span, informative or not
-        rows.append(dict(segment=k, mes=int(s), start=float(seg.time.iloc[0]), end=float(seg.time.iloc[-1] + dt),
-                         start_frame=first, end_frame=last, seconds=(b - a) * dt, n_frames=b - a,
+        end = float(seg.time.iloc[-1] + seconds[b - 1])  # the last frame's timestamp + how long it is shown
+        rows.append(dict(segment=k, mes=int(s), start=float(seg.time.iloc[0]), end=end, start_frame=first, end_frame=last,
+                         seconds=float(seconds[a:b].sum()), n_frames=b - a,
                          n_uninformative=spanned - (b - a), **seg[MES_COLUMNS].mean().to_dict()))
     return pd.DataFrame(rows, columns=SEGMENT_COLS)
 
@@ -259,7 +275,8 @@ class VideoScorer:
         df = self.frames
         inf = df[df.informative.astype(bool)]
         half = self.window / 2
-        sm = window_mean(inf.time, inf[MES_COLUMNS].to_numpy(float), df.time.to_numpy(float), half, half)
+        shown = frame_durations(df.time, 1 / self.fps)[inf.index]  # each frame weighs as long as it is shown
+        sm = window_mean(inf.time, inf[MES_COLUMNS].to_numpy(float), df.time.to_numpy(float), half, half, shown)
         for k in MES_CLASSES: df[f'p_mes{k}_smoothed'] = sm[:, k]
         df['mes_smoothed'] = pd.array(np.where(np.isnan(sm).any(1), pd.NA, np.nan_to_num(sm).argmax(1)), dtype='Int64')
         df['mes_live'] = df.mes_live.astype('Int64')
@@ -327,7 +344,7 @@ def score_video(path, predictor: MESPredictor,
     stream = dict(codec=reader.codec, width=reader.width, height=reader.height, fps=reader.fps,
                   n_frames=reader.n_frames, duration=reader.duration, decoded_frames=reader.decoded,
                   decoded_until=reader.last_time)
-    return scorer.result(video=str(path), warning=reader.stopped, stream=stream, speed=speed, settings=settings)
+    return scorer.result(video=str(path), warning=reader.stopped, note=reader.note, stream=stream, speed=speed, settings=settings)
 
 # %% ../nbs/25_video.ipynb #9535e284
 MES_COLOURS = ('#4daf4a', '#d9c200', '#ff7f00', '#e41a1c')  # MES 0..3: green, yellow, orange, red
@@ -341,28 +358,30 @@ def plot_timeline(res: VideoResult, truth: pd.DataFrame | None = None, title: st
     "Smoothed MES probabilities over time (stacked), raw scores, uninformative frames (shaded), segments, `truth`."
     import matplotlib.pyplot as plt
     df, segs, s = res.frames, res.segments, res.summary
-    t, dt = df.time.to_numpy(float), 1 / s['rate']
+    t = df.time.to_numpy(float)
+    edges = np.append(t, t[-1] + 1 / s['rate'])  # frame k is shown from edges[k] to edges[k + 1] (its timestamps)
     fig, (ax, bx) = plt.subplots(2, 1, figsize=(12, 4.6), sharex=True, layout='constrained',
                                  gridspec_kw=dict(height_ratios=[1.3, 1]))
     sm = np.nan_to_num(df[[f'p_mes{k}_smoothed' for k in MES_CLASSES]].to_numpy(float))
-    ax.stackplot(t, sm.T, colors=MES_COLOURS, labels=[f'MES {k}' for k in MES_CLASSES], alpha=0.85, step='mid')
-    ax.set(ylabel='P(MES), smoothed', ylim=(0, 1), xlim=(t[0] - dt / 2, t[-1] + dt / 2))
+    ax.stackplot(edges, np.vstack([sm, sm[-1:]]).T, colors=MES_COLOURS, labels=[f'MES {k}' for k in MES_CLASSES],
+                 alpha=0.85, step='post')
+    ax.set(ylabel='P(MES), smoothed', ylim=(0, 1), xlim=(edges[0], edges[-1]))
     ok = df.informative.to_numpy(bool)
     for n, (a, b) in enumerate(_spans(~ok)):
         for x in (ax, bx):
             label = 'uninformative' if n == 0 and x is ax else None
-            x.axvspan(t[a] - dt / 2, t[b] + dt / 2, color='0.6', alpha=0.55, lw=0, label=label)
+            x.axvspan(edges[a], edges[b + 1], color='0.6', alpha=0.55, lw=0, label=label)
         reason = df.flag.iloc[a].split('+')[0]
-        ax.text((t[a] + t[b]) / 2, 0.5, reason, rotation=90, ha='center', va='center', fontsize=7)
+        ax.text((edges[a] + edges[b + 1]) / 2, 0.5, reason, rotation=90, ha='center', va='center', fontsize=7)
     bx.scatter(t[ok], df.mes[ok], s=6, c=[MES_COLOURS[k] for k in df.mes[ok]], label='frame (raw)', zorder=2)
     bx.scatter(t[~ok], df.mes[~ok], s=6, facecolors='none', edgecolors='0.4', lw=0.5, label='frame (uninformative)',
                zorder=2)
     for k, seg in enumerate(segs.itertuples()):
-        bx.hlines(seg.mes, seg.start - dt / 2, seg.end - dt / 2, colors=MES_COLOURS[seg.mes], lw=6, alpha=0.8,
+        bx.hlines(seg.mes, seg.start, seg.end, colors=MES_COLOURS[seg.mes], lw=6, alpha=0.8,
                   label='segment' if k == 0 else None, zorder=1)
-        for x in (ax, bx): x.axvline(seg.start - dt / 2, color='k', lw=0.6, ls=':')
+        for x in (ax, bx): x.axvline(seg.start, color='k', lw=0.6, ls=':')
     if truth is not None:
-        bx.step(truth.time, truth.mes, where='mid', color='k', lw=1, ls='--', label='ground truth')
+        bx.step(truth.time, truth.mes, where='post', color='k', lw=1, ls='--', label='ground truth')
     bx.set(xlabel='time (s)', ylabel='Mayo score', yticks=list(MES_CLASSES), ylim=(-0.5, 3.5))
     for x in (ax, bx): x.legend(loc='upper left', bbox_to_anchor=(1.0, 1), fontsize=8)
     score = 'no score' if s['mes'] is None else f"Mayo score {s['mes']}"
