@@ -178,8 +178,8 @@ def video_segments(frames: pd.DataFrame, dt: float, min_length: float = 2.0) -> 
         first, last = int(seg.frame.iloc[0]), int(seg.frame.iloc[-1])
         spanned = int(((fr >= first) & (fr <= last)).sum())  # frames in the segment's span, informative or not
         end = float(seg.time.iloc[-1] + seconds[b - 1])  # the last frame's timestamp + how long it is shown
-        rows.append(dict(segment=k, mes=int(s), start=float(seg.time.iloc[0]), end=end, start_frame=first, end_frame=last,
-                         seconds=float(seconds[a:b].sum()), n_frames=b - a,
+        rows.append(dict(segment=k, mes=int(s), start=float(seg.time.iloc[0]), end=end,
+                         start_frame=first, end_frame=last, seconds=float(seconds[a:b].sum()), n_frames=b - a,
                          n_uninformative=spanned - (b - a), **seg[MES_COLUMNS].mean().to_dict()))
     return pd.DataFrame(rows, columns=SEGMENT_COLS)
 
@@ -344,7 +344,8 @@ def score_video(path, predictor: MESPredictor,
     stream = dict(codec=reader.codec, width=reader.width, height=reader.height, fps=reader.fps,
                   n_frames=reader.n_frames, duration=reader.duration, decoded_frames=reader.decoded,
                   decoded_until=reader.last_time)
-    return scorer.result(video=str(path), warning=reader.stopped, note=reader.note, stream=stream, speed=speed, settings=settings)
+    return scorer.result(video=str(path), warning=reader.stopped, note=reader.note, stream=stream, speed=speed,
+                         settings=settings)
 
 # %% ../nbs/25_video.ipynb #9535e284
 MES_COLOURS = ('#4daf4a', '#d9c200', '#ff7f00', '#e41a1c')  # MES 0..3: green, yellow, orange, red
