@@ -403,12 +403,14 @@ def video_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 def _out_dirs(videos: list[Path], out: Path) -> list[Path]:
-    "`out` for one video, else one subfolder of `out` per video, named after it (made unique)."
+    "`out` for one video, else one subfolder of `out` per video, named after it (made unique: a/v, b/v, c/v-2)."
     if len(videos) == 1: return [out]
-    names, dirs = {}, []
+    taken, dirs = set(), []
     for v in videos:
-        n = names[v.stem] = names.get(v.stem, 0) + 1
-        dirs.append(out/(v.stem if n == 1 else f'{v.stem}-{n}'))
+        name, n = v.stem, 1
+        while name.lower() in taken: n += 1; name = f'{v.stem}-{n}'  # lower case: folders of macOS and Windows
+        taken.add(name.lower())
+        dirs.append(out/name)
     return dirs
 
 def load_predictor(model, runtime: str = 'torch', device=None) -> MESPredictor:
@@ -429,20 +431,29 @@ def run_video(args) -> list[VideoResult]:
     if args.threads: torch.set_num_threads(args.threads)
     try:
         pred = load_predictor(args.model, args.runtime, args.device)
+        outs = [writable_dir(out) for out in _out_dirs(args.videos, args.out)]  # before any frame is decoded
         results = []
-        for video, out in zip(args.videos, _out_dirs(args.videos, args.out)):
-            res = score_video(video, pred, args.every, args.fps, args.window, args.min_length, thresholds, args.bs,
-                              args.crop, progress=not args.no_progress)
-            save_video_result(res, out)
-            warning = res.summary['warning']
-            if warning: print(f"mes_mtl video: warning: {video}: {warning}; scored the frames before", file=sys.stderr)
-            if res.summary['note']: print(f"mes_mtl video: note: {video}: {res.summary['note']}", file=sys.stderr)
-            sp = res.summary['speed']
-            speed = f"{sp['frames_per_s']:.0f} frames/s, {sp['realtime_factor']:.2f}x real time"
-            print(f"{video}: {res.summary['message']} ({speed}) -> {out}")
-            results.append(res)
+        try:
+            for video, out in zip(args.videos, outs): results.append(_score_one(video, out, pred, thresholds, args))
+        except KeyboardInterrupt:
+            saved = ', '.join(f"{v} in {o}" for v, o in zip(args.videos, outs[:len(results)]))
+            raise Interrupted(f"the results of {len(results)} of {len(args.videos)} videos were saved"
+                              f"{': ' + saved if saved else ''}") from None
         return results
     finally: torch.set_num_threads(threads)
+
+def _score_one(video: Path, out: Path, pred: MESPredictor, thresholds: QualityThresholds, args) -> VideoResult:
+    "Score one video of `mes_mtl video`, write its results to `out` and print its Mayo score."
+    res = score_video(video, pred, args.every, args.fps, args.window, args.min_length, thresholds, args.bs,
+                      args.crop, progress=not args.no_progress)
+    save_video_result(res, out)
+    warning = res.summary['warning']
+    if warning: print(f"mes_mtl video: warning: {video}: {warning}; scored the frames before", file=sys.stderr)
+    if res.summary['note']: print(f"mes_mtl video: note: {video}: {res.summary['note']}", file=sys.stderr)
+    sp = res.summary['speed']
+    speed = f"{sp['frames_per_s']:.0f} frames/s, {sp['realtime_factor']:.2f}x real time"
+    print(f"{video}: {res.summary['message']} ({speed}) -> {out}")
+    return res
 
 # %% ../nbs/90_cli.ipynb #fe1bac34
 def _demo_data(args):

@@ -47,9 +47,10 @@ class VideoReader:
             why = getattr(e, 'strerror', None) or e
             raise UserError(f"{path}: not a video FFmpeg can read ({why}); {VIDEO_HINT}") from None
         if not self._container.streams.video:
+            kinds = pd.Series([s.type for s in self._container.streams], dtype=object).value_counts()  # counted open
             self._container.close()
-            others = len(self._container.streams)
-            raise UserError(f"{path}: has no video stream (only {others} other streams); {VIDEO_HINT}")
+            has = ', '.join(f"{n} {kind} stream{'s' if n > 1 else ''}" for kind, n in kinds.items()) or 'no stream'
+            raise UserError(f"{path}: has no video stream (it has {has}); {VIDEO_HINT}")
         s = self._stream = self._container.streams.video[0]
         self.fps = float(s.average_rate or s.guessed_rate or 25)
         self.duration = (float(s.duration * s.time_base) if s.duration else
