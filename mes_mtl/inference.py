@@ -8,7 +8,7 @@ import hashlib, io, json, logging, warnings
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_model, load_model
 import mes_mtl
@@ -20,15 +20,16 @@ from .aux_heads import AuxHeads, aux_columns
 from .dataloaders import Preprocessing
 from .config import config_changes
 import mes_mtl.baselines  # registers the single-task methods, so that every saved model loads
+from .data import read_rgb, to_rgb
 from .errors import UserError, UserFileNotFoundError
 from .extras import require
 from .files import atomic_write, write_json, read_json
 
 # %% auto #0
-__all__ = ['MODEL_FILES', 'MODEL_FORMAT', 'CONFIG_KEY', 'FORMAT1_KEYS', 'RUNTIMES', 'ONNX_FILE', 'ONNX_RECORD', 'ONNX_ATOL',
-           'ONNX_RTOL', 'EXPORTERS', 'model_config', 'learner_config', 'save_mtl_model', 'read_model_config',
-           'model_method', 'load_mtl_model', 'init_settings', 'check_init', 'init_weights', 'MESPredictor',
-           'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model']
+__all__ = ['MODEL_FILES', 'MODEL_FORMAT', 'CONFIG_KEY', 'FORMAT1_KEYS', 'RUNTIMES', 'SMALL_IMAGE', 'ONNX_FILE', 'ONNX_RECORD',
+           'ONNX_ATOL', 'ONNX_RTOL', 'EXPORTERS', 'model_config', 'learner_config', 'save_mtl_model',
+           'read_model_config', 'model_method', 'load_mtl_model', 'init_settings', 'check_init', 'init_weights',
+           'MESPredictor', 'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model']
 
 # %% ../nbs/16_inference.ipynb #05c8c150
 MODEL_FILES = ('model.safetensors', 'config.json')
@@ -161,8 +162,22 @@ def init_weights(learn, path) -> dict:
     learn.model.load_state_dict(model.state_dict())
     return config
 
-# %% ../nbs/16_inference.ipynb #728084c9
+# %% ../nbs/16_inference.ipynb #046e8bce
 RUNTIMES = ('torch', 'onnx')  # what runs the model: eager PyTorch or ONNX Runtime (below)
+
+SMALL_IMAGE = 1 / 4  # an image whose side is below this fraction of the model's input side is warned about
+
+def _not_an_image(img) -> str:
+    "Why `img` is refused as an image: what it is, what is accepted, and how to convert it where that is clear."
+    shape, dtype, kind = getattr(img, 'shape', None), getattr(img, 'dtype', None), type(img).__name__
+    what = f"a {kind} of shape {tuple(shape)} and dtype {dtype}" if shape is not None else f"a {kind}"
+    channels_first = shape is not None and len(shape) == 3 and shape[0] in (1, 3) and shape[-1] not in (1, 3)
+    tensor = type(img).__module__.startswith('torch')
+    hints = ["a torch tensor (3, H, W): `x.permute(1, 2, 0).numpy()`" if tensor else "",
+             "channels-first (3, H, W): `x.transpose(1, 2, 0)`" if channels_first else "",
+             "floats 0..1: `(x * 255).round().astype(np.uint8)`" if 'float' in str(dtype) else ""]
+    return (f"cannot score {what}: an image is a file path, a PIL image, or a uint8 array of shape (H, W, 3) or (H, W) "
+            f"(frames: (n, H, W, 3)). " + '; '.join(h for h in hints if h)).strip()
 
 def _as_images(imgs) -> list | np.ndarray:
     "A sequence of images from one image, a list/tuple/Series of them, or an (n, h, w, 3) array of frames."
@@ -204,16 +219,17 @@ class MESPredictor:
         return cls(learn.model, learner_config(learn), device=device, runtime=runtime)
 
     def load(self, img) -> np.ndarray:
-        "An image (path, PIL image or HxWx3 uint8 array) as a uint8 array of the model's input size."
+        "An image (path, PIL image of any mode, HxWx3 or HxW uint8 array) as a uint8 array of the model's input size."
         h, w = self.size
-        if isinstance(img, np.ndarray):
-            if img.shape == (h, w, 3) and img.dtype == np.uint8: return img  # a decoded frame of the right size
+        if isinstance(img, np.ndarray) and img.dtype == np.uint8 and (img.ndim == 2 or img.shape[-1:] == (3,)):
+            if img.shape == (h, w, 3): return img  # a decoded frame of the right size
             img = Image.fromarray(img)
-        elif isinstance(img, (str, Path)):
-            try: img = Image.open(img).convert('RGB')  # decodes the whole file: a truncated image fails here, named
-            except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-                raise UserError(f"{img}: cannot read this image ({type(e).__name__}: {e})") from None
-        img = img.convert('RGB')
+        elif not isinstance(img, (str, Path, Image.Image)): raise UserError(_not_an_image(img))
+        name = str(img) if isinstance(img, (str, Path)) else f'a {img.width}x{img.height} {img.mode} image'
+        img = read_rgb(img) if isinstance(img, (str, Path)) else to_rgb(img, name)
+        if min(img.width / w, img.height / h) < SMALL_IMAGE:
+            warnings.warn(f"{name}: {img.width}x{img.height} pixels, far smaller than the model's input ({w}x{h}): "
+                          f"enlarged {max(w / img.width, h / img.height):.0f}-fold, its score means little.")
         if img.size != (w, h): img = img.resize((w, h), Image.BILINEAR)
         return np.asarray(img)
 
