@@ -99,7 +99,7 @@ def _read_source(src: Path, between_grades: str | None) -> list[dict]:
         rows += _read_class_level(p, p.name, between_grades)
     return rows
 
-# %% ../nbs/02_data.ipynb #54e1096a
+# %% ../nbs/02_data.ipynb #5ec54133
 def _grey_to_8_bits(img: Image.Image, name: str) -> Image.Image:
     "A one-channel 16/32-bit integer or float image as 8-bit grey ('L'), scaled by its bit depth or range."
     a = np.asarray(img, dtype=np.float64)
@@ -169,7 +169,7 @@ def limuc_items(path,  # the LIMUC root, one of its folders, or any folder of cl
     if check: items = drop_unreadable(items, skip_bad)
     return items.reset_index(drop=True)
 
-# %% ../nbs/02_data.ipynb #efdf1860
+# %% ../nbs/02_data.ipynb #b7843fa0
 def _why_unreadable(path) -> str | None:
     "Why image file `path` cannot be read (`read_rgb`), or None if it can."
     try: read_rgb(path)
@@ -203,7 +203,7 @@ def limuc_summary(items: pd.DataFrame) -> pd.DataFrame:
                      for i in t.index]
     return t
 
-# %% ../nbs/02_data.ipynb #bb0cd4b0
+# %% ../nbs/02_data.ipynb #53701ba8
 def png_header(path, width: int, height: int) -> Path:
     "A PNG file `path` that holds only a header (`width` x `height`, 8-bit grey): for tests of size limits."
     import struct, zlib

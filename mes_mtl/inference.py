@@ -27,7 +27,7 @@ from .files import atomic_write, write_json, read_json
 
 # %% auto #0
 __all__ = ['MODEL_FILES', 'MODEL_FORMAT', 'CONFIG_KEY', 'FORMAT1_KEYS', 'RUNTIMES', 'SMALL_IMAGE', 'ONNX_FILE', 'ONNX_RECORD',
-           'ONNX_ATOL', 'ONNX_RTOL', 'EXPORTERS', 'model_config', 'learner_config', 'save_mtl_model',
+           'ONNX_ATOL', 'ONNX_RTOL', 'EXPORTERS', 'model_config', 'learner_config', 'save_mtl_model', 'model_folder',
            'read_model_config', 'model_method', 'load_mtl_model', 'init_settings', 'check_init', 'init_weights',
            'MESPredictor', 'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model']
 
@@ -81,12 +81,19 @@ def _bound_config(weights: Path) -> dict | None:
         raise UserError(f"{weights} is not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
     return json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else None
 
+def model_folder(path) -> Path:
+    "The model folder `path`, or the `model/` folder of the run folder `path` (`mes_mtl train` prints a run folder)."
+    path = Path(path).expanduser()
+    has_model = lambda p: all((p/f).is_file() for f in MODEL_FILES)
+    return path/'model' if not has_model(path) and has_model(path/'model') else path
+
 def read_model_config(path) -> dict:
     "The config of the model folder `path`, checked against the one bound into its weights; format 1 converted."
-    path = Path(path)
+    path = model_folder(path)
     if missing := [f for f in MODEL_FILES if not (path/f).is_file()]:
         raise UserFileNotFoundError(f"{path}: not a mes_mtl model folder, {' and '.join(missing)} missing "
-                                    f"(a model folder is written by `mes_mtl train` or `save_mtl_model`).")
+                                    f"(a model folder is written by `save_mtl_model`, or by `mes_mtl train` as "
+                                    f"OUT/model; OUT itself is accepted too).")
     config = read_json(path/'config.json')
     if config.get('format', 1) < 2 and (missing := [k for k in FORMAT1_KEYS if k not in config]):
         raise UserError(f"{path/'config.json'} lacks {missing}: was it written by `save_mtl_model`?")
@@ -115,7 +122,7 @@ def model_method(config: dict):
 
 def load_mtl_model(path) -> tuple[MTLModel, dict]:
     "The `MTLModel` (the heads of its method) and config saved by `save_mtl_model` in `path`; clear errors."
-    path = Path(path)
+    path = model_folder(path)
     config = read_model_config(path)
     n_out = config['n_out'] if isinstance(config['n_out'], int) else tuple(config['n_out'])
     method = model_method(config)
@@ -162,7 +169,7 @@ def init_weights(learn, path) -> dict:
     learn.model.load_state_dict(model.state_dict())
     return config
 
-# %% ../nbs/16_inference.ipynb #046e8bce
+# %% ../nbs/16_inference.ipynb #422ef505
 RUNTIMES = ('torch', 'onnx')  # what runs the model: eager PyTorch or ONNX Runtime (below)
 
 SMALL_IMAGE = 1 / 4  # an image whose side is below this fraction of the model's input side is warned about
@@ -211,7 +218,7 @@ class MESPredictor:
     @classmethod
     def from_folder(cls, path, device=None, runtime: str = 'torch'):
         "The predictor of the model saved in folder `path` (`save_mtl_model`); `runtime='onnx'` caches its export."
-        return cls(*load_mtl_model(path), device=device, runtime=runtime, folder=path)
+        return cls(*load_mtl_model(path), device=device, runtime=runtime, folder=model_folder(path))
 
     @classmethod
     def from_learner(cls, learn, device=None, runtime: str = 'torch'):

@@ -64,3 +64,17 @@ def test_what_is_not_an_image_is_refused(pred, img, says):
     "A tensor, a float or channels-first array raised AttributeError/TypeError from inside PIL."
     with pytest.raises(UserError) as e: pred.predict(img)
     assert all(s in str(e.value) for s in says) and 'uint8 array of shape (H, W, 3)' in str(e.value), str(e.value)
+
+
+def test_model_may_be_the_run_folder(tmp_path, frame, mes_mtl):
+    "`mes_mtl train` prints its run folder OUT; --model OUT was refused ('not a mes_mtl model folder'), OUT/model taken."
+    import shutil
+    from mes_mtl.inference import read_model_config
+    run = tmp_path/'run'
+    shutil.copytree(demo_model(), run/'model')
+    Image.fromarray(frame[0]).save(tmp_path/'a.png')
+    outs = [mes_mtl('predict', '--model', m, tmp_path/'a.png') for m in (run, run/'model')]
+    assert outs[0].returncode == 0 and outs[0].stdout == outs[1].stdout, outs[0].stderr
+    assert read_model_config(run) == read_model_config(run/'model')
+    r = mes_mtl('evaluate', '--model', run, '--data', tmp_path/'nothing', '--out', tmp_path/'e')
+    assert 'not a mes_mtl model folder' not in r.stderr and 'nothing' in r.stderr, r.stderr
