@@ -78,3 +78,18 @@ def test_model_may_be_the_run_folder(tmp_path, frame, mes_mtl):
     assert read_model_config(run) == read_model_config(run/'model')
     r = mes_mtl('evaluate', '--model', run, '--data', tmp_path/'nothing', '--out', tmp_path/'e')
     assert 'not a mes_mtl model folder' not in r.stderr and 'nothing' in r.stderr, r.stderr
+
+
+def test_training_reads_16_bit_as_predict_does(frame, tmp_path):
+    "fastai's `PILImage` and the channel statistics clipped a 16-bit PNG to white: now the 8-bit image's pixels."
+    import pandas as pd
+    from mes_mtl.dataloaders import mtl_datablock
+    from mes_mtl.splits import image_sums
+    Image.fromarray(frame[1]).save(tmp_path/'grey8.png')
+    Image.fromarray(frame[1].astype(np.uint16) * 257).save(tmp_path/'grey16.png')
+    df = pd.DataFrame(dict(path=[str(tmp_path/f) for f in ('grey8.png', 'grey16.png')], key=['a', 'b'], mes=[0, 0]))
+    dsets = mtl_datablock([0.5] * 3, [0.25] * 3).datasets(df)
+    a, b = (np.asarray(x) for x, *_ in [*dsets.train, *dsets.valid])
+    assert (a == b).all() and a.mean() < 250
+    sums = image_sums(df, progress=False)
+    assert np.allclose(sums.loc['a'], sums.loc['b'])
