@@ -10,6 +10,7 @@ import numpy as np, pandas as pd
 from PIL import Image
 from fastprogress.fastprogress import progress_bar
 from .files import atomic_write
+from .data import read_rgb
 
 # %% auto #0
 __all__ = ['ImageCache']
@@ -27,7 +28,7 @@ def _key_col(items: pd.DataFrame) -> str:
 
 def _read_image(path, hw: tuple[int, int] | None) -> np.ndarray:
     "An image file as a (h, w, 3) uint8 array, squished to `hw` (PIL bilinear, like fastai's `Resize`) if given."
-    img = Image.open(path).convert('RGB')
+    img = read_rgb(path)  # the one conversion to RGB (`data.to_rgb`)
     if hw and img.size != (hw[1], hw[0]): img = img.resize((hw[1], hw[0]), Image.BILINEAR)
     return np.asarray(img)
 

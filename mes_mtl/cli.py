@@ -331,7 +331,7 @@ def parser() -> argparse.ArgumentParser:
                        description='External validation: a model folder (--model) or the fold ensemble of a study '
                                    '(--study) on labelled images (a folder or a table), without training.')
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument('--model', type=_path, help='model folder (OUT/model of `mes_mtl train`)')
+    which.add_argument('--model', type=_path, help='model folder (the OUT of `mes_mtl train`, or OUT/model)')
     which.add_argument('--study', type=_path, help='study folder (`mes_mtl cv`): the fold ensemble of --arch')
     p.add_argument('--arch', help="the study's backbone (default: its best by cross-validation MES macro F1)")
     p.add_argument('--data', type=_path, required=True,
@@ -347,7 +347,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=INDEX, default=0, help="the bootstrap's seed")
     p.add_argument('--overwrite', action='store_true', help='replace an evaluation of another model or data in --out')
     p = sub.add_parser('predict', help='Mayo scores for images with a saved model')
-    p.add_argument('--model', type=_path, required=True, help='model folder (OUT/model of `mes_mtl train`)')
+    p.add_argument('--model', type=_path, required=True, help='model folder (the OUT of `mes_mtl train`, or OUT/model)')
     p.add_argument('images', nargs='+', help='image files or folders, or one table (CSV/TSV with a path column; '
                                          'its other columns are kept in the output)')
     p.add_argument('--json', action='store_true', help='JSON instead of CSV')
@@ -381,7 +381,7 @@ def video_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add the arguments of `mes_mtl video` to the parser `p`."
     p.add_argument('videos', nargs='+', type=Path, metavar='VIDEO',
                    help='video files (anything FFmpeg reads: MP4, AVI, MKV, WebM, ...)')
-    p.add_argument('--model', type=Path, required=True, help='model folder (OUT/model of `mes_mtl train`)')
+    p.add_argument('--model', type=Path, required=True, help='model folder (the OUT of `mes_mtl train`, or OUT/model)')
     p.add_argument('--out', type=Path, required=True,
                    help='output folder (one subfolder per video when there are several)')
     g = p.add_mutually_exclusive_group()
@@ -417,7 +417,7 @@ def load_predictor(model, runtime: str = 'torch', device=None) -> MESPredictor:
     "`MESPredictor.from_folder(model)` with `runtime`, its errors as `UserError`s naming the folder."
     if not Path(model).is_dir():
         raise UserError(f"--model {model}: no such folder; "
-                        "give the model folder written by `mes_mtl train` (OUT/model)")
+                        "give the run folder of `mes_mtl train` (OUT) or its model folder (OUT/model)")
     try: return MESPredictor.from_folder(model, device=device, runtime=runtime)
     except (FileNotFoundError, ValueError) as e: raise UserError(f"--model: {e}") from None
 

@@ -6,14 +6,16 @@
 from __future__ import annotations
 import difflib, re, warnings
 from pathlib import Path
-import pandas as pd
-from fastai.vision.utils import verify_images
+import numpy as np, pandas as pd
+from fastcore.parallel import parallel
+from PIL import Image, UnidentifiedImageError
 from .errors import UserError, UserFileNotFoundError
 
 # %% auto #0
 __all__ = ['LIMUC_FOLDERS', 'IMAGE_EXTS', 'BETWEEN_GRADES', 'ITEM_COLUMNS', 'TABLE_SEPARATORS', 'TABLE_COLUMNS',
-           'RESERVED_COLUMNS', 'folder_grades', 'check_between_grades', 'mes_of_folder', 'limuc_items',
-           'drop_unreadable', 'limuc_summary', 'parse_mes', 'read_table', 'table_paths', 'table_items', 'read_items']
+           'RESERVED_COLUMNS', 'folder_grades', 'check_between_grades', 'mes_of_folder', 'to_rgb', 'read_rgb',
+           'limuc_items', 'drop_unreadable', 'limuc_summary', 'png_header', 'parse_mes', 'read_table', 'table_paths',
+           'table_items', 'read_items']
 
 # %% ../nbs/02_data.ipynb #c095f80d
 LIMUC_FOLDERS = ('patient_based_classified_images', 'train_and_validation_sets', 'test_set')
@@ -97,6 +99,43 @@ def _read_source(src: Path, between_grades: str | None) -> list[dict]:
         rows += _read_class_level(p, p.name, between_grades)
     return rows
 
+# %% ../nbs/02_data.ipynb #5ec54133
+def _grey_to_8_bits(img: Image.Image, name: str) -> Image.Image:
+    "A one-channel 16/32-bit integer or float image as 8-bit grey ('L'), scaled by its bit depth or range."
+    a = np.asarray(img, dtype=np.float64)
+    lo, hi = (a.min(), a.max()) if a.size else (0, 0)
+    if img.mode.startswith('I;16'): top = 2 ** 16 - 1
+    elif img.mode == 'I' and lo >= 0: top = next(2 ** b - 1 for b in (8, 16, 32) if hi <= 2 ** b - 1)
+    elif img.mode == 'F' and lo >= 0 and hi <= 255: top = 1 if hi <= 1 else 255
+    else:
+        raise UserError(f"{name}: a {img.mode!r} image with values {lo:g}..{hi:g}, which have no 8-bit scale; "
+                        f"save it as 8-bit RGB or greyscale (or 16-bit unsigned greyscale).")
+    return Image.fromarray(np.round(a * (255 / top)).astype(np.uint8))
+
+def to_rgb(img: Image.Image,  # an image of any mode PIL opens
+           name: str = 'the image',  # how a refusal names it
+          ) -> Image.Image:
+    "`img` as 8-bit RGB: 16-bit, 32-bit and float grey scaled to 8 bits (not clipped), transparent pixels black."
+    mode = img.mode
+    if mode.startswith('I;16') or mode in ('I', 'F'): img = _grey_to_8_bits(img, name)
+    try:
+        if not img.has_transparency_data: return img.convert('RGB')
+        black = Image.new('RGBA', img.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, img.convert('RGBA')).convert('RGB')
+    except ValueError as e:
+        raise UserError(f"{name}: PIL mode {mode!r} cannot be converted to RGB ({e}); "
+                        f"save it as 8-bit RGB or greyscale.") from None
+
+def read_rgb(path) -> Image.Image:
+    "The image file `path` as 8-bit RGB (`to_rgb`); a `UserError` naming it if it cannot be read or converted."
+    try:
+        with Image.open(path) as img:
+            img.load()  # decodes the whole file: a truncated image fails here
+            return to_rgb(img, str(path))
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise UserError(f"{path}: cannot read this image ({why})") from None
+
 # %% ../nbs/02_data.ipynb #d0e05d33
 ITEM_COLUMNS = ['path', 'key', 'patient', 'mes', 'source']  # what a reader of labelled images returns
 
@@ -130,15 +169,21 @@ def limuc_items(path,  # the LIMUC root, one of its folders, or any folder of cl
     if check: items = drop_unreadable(items, skip_bad)
     return items.reset_index(drop=True)
 
-# %% ../nbs/02_data.ipynb #48ff6ef1
+# %% ../nbs/02_data.ipynb #b7843fa0
+def _why_unreadable(path) -> str | None:
+    "Why image file `path` cannot be read (`read_rgb`), or None if it can."
+    try: read_rgb(path)
+    except UserError as e: return str(e)
+
 def drop_unreadable(items: pd.DataFrame,  # images (`path`)
                     skip_bad: bool = False,  # leave them out with a warning (else: refuse)
                     names: pd.Series | None = None,  # how the message names each image (default: its path)
                    ) -> pd.DataFrame:
-    "`items` without images that cannot be decoded: an error listing them, or a warning with `skip_bad=True`."
-    bad = items.path.isin(set(map(str, verify_images(list(items.path)))))
+    "`items` without images that cannot be read (`read_rgb`): an error listing them, or a warning with `skip_bad=True`."
+    why = pd.Series(list(parallel(_why_unreadable, list(items.path))), items.index, dtype=object)
+    bad = why.notna()
     if not bad.any(): return items
-    shown = list((items.path if names is None else names)[bad])
+    shown = [f"{n}: {w.split(': ', 1)[-1]}" for n, w in zip((items.path if names is None else names)[bad], why[bad])]
     listing = '\n  '.join(shown[:20]) + ('\n  ...' if len(shown) > 20 else '')
     msg = f"{bad.sum()} of {len(items)} images cannot be read (corrupt, truncated or not an image):\n  {listing}\n"
     if not skip_bad: raise UserError(msg + "Replace them, or pass skip_bad=True (CLI: --skip-bad) to leave them out.")
@@ -157,6 +202,15 @@ def limuc_summary(items: pd.DataFrame) -> pd.DataFrame:
     t['patients'] = [patients(i)
                      for i in t.index]
     return t
+
+# %% ../nbs/02_data.ipynb #53701ba8
+def png_header(path, width: int, height: int) -> Path:
+    "A PNG file `path` that holds only a header (`width` x `height`, 8-bit grey): for tests of size limits."
+    import struct, zlib
+    ihdr = b'IHDR' + struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
+    chunk = lambda data: struct.pack('>I', len(data) - 4) + data + struct.pack('>I', zlib.crc32(data))
+    Path(path).write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(ihdr) + chunk(b'IEND'))
+    return Path(path)
 
 # %% ../nbs/02_data.ipynb #2257f634
 TABLE_SEPARATORS = {'.csv': ',', '.tsv': '\t', '.txt': '\t'}  # a table's separator, by its file's suffix

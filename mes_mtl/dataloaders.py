@@ -6,6 +6,7 @@
 from __future__ import annotations
 import os
 from dataclasses import dataclass
+from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
 from fastai.data.block import DataBlock, TransformBlock
@@ -14,16 +15,18 @@ from fastai.data.core import DataLoaders
 from fastai.torch_core import TitledStr
 from fastai.data.transforms import DisplayedTransform, Normalize
 from fastai.callback.data import WeightedDL  # noqa: F401 (patches DataBlock.weighted_dataloaders)
+from fastai.vision.core import PILImage
 from fastai.vision.data import ImageBlock
 from fastai.vision.augment import Flip, Rotate, Resize, ResizeMethod, aug_transforms
 from .labels import TASKS, TASK_CLASSES, LABEL_TABLE, check_mes
 from .splits import channel_stats
 from .aux_tasks import AuxTask, resolve_aux
+from .data import read_rgb
 from .errors import UserError
 
 # %% auto #0
 __all__ = ['AUGMENTATIONS', 'TaskTarget', 'TaskBlock', 'AuxTarget', 'AuxBlock', 'check_augment', 'augment_tfms', 'Preprocessing',
-           'mtl_datablock', 'default_workers', 'mtl_dataloaders', 'mtl_test_dl']
+           'RGBImage', 'mtl_datablock', 'default_workers', 'mtl_dataloaders', 'mtl_test_dl']
 
 # %% ../nbs/04_dataloaders.ipynb #25677598
 class TaskTarget(DisplayedTransform):
@@ -89,10 +92,17 @@ class Preprocessing:
         "JSON-ready, as a model folder's config.json holds it."
         return dict(size=list(self.size), mean=self.mean, std=self.std, augment=self.augment)
 
+class RGBImage(PILImage):
+    "fastai's `PILImage`, read from a file by `data.read_rgb`: 16-bit and float grey scaled (not clipped) to 8 bits."
+    @classmethod
+    def create(cls, fn, **kwargs):
+        "The image of file `fn` (as `MESPredictor` reads it), or of a decoded image or array (as `PILImage`)."
+        return cls(read_rgb(fn)) if isinstance(fn, (str, Path)) else super().create(fn, **kwargs)
+
 def mtl_datablock(mean, std, size=None, augment='paper', splitter=None, aux=()) -> DataBlock:
     "DataBlock of image -> (primary, remission, active, *aux) targets over a DataFrame: `path`, `mes`, aux columns."
     item_tfms = [Resize(size, method=ResizeMethod.Squish)] if size else []
-    return DataBlock(blocks=(ImageBlock, *map(TaskBlock, TASKS), *map(AuxBlock, aux)), n_inp=1,
+    return DataBlock(blocks=(ImageBlock(RGBImage), *map(TaskBlock, TASKS), *map(AuxBlock, aux)), n_inp=1,
                      getters=[ColReader('path'), *[ColReader('mes')] * 3, *[ColReader(t.name) for t in aux]],
                      splitter=splitter, item_tfms=item_tfms,
                      batch_tfms=[*augment_tfms(augment), Normalize.from_stats(mean, std)])

@@ -8,7 +8,7 @@ import hashlib, io, json, logging, warnings
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_model, load_model
 import mes_mtl
@@ -20,15 +20,16 @@ from .aux_heads import AuxHeads, aux_columns
 from .dataloaders import Preprocessing
 from .config import config_changes
 import mes_mtl.baselines  # registers the single-task methods, so that every saved model loads
+from .data import read_rgb, to_rgb
 from .errors import UserError, UserFileNotFoundError
 from .extras import require
 from .files import atomic_write, write_json, read_json
 
 # %% auto #0
-__all__ = ['MODEL_FILES', 'MODEL_FORMAT', 'CONFIG_KEY', 'FORMAT1_KEYS', 'RUNTIMES', 'ONNX_FILE', 'ONNX_RECORD', 'ONNX_ATOL',
-           'ONNX_RTOL', 'EXPORTERS', 'model_config', 'learner_config', 'save_mtl_model', 'read_model_config',
-           'model_method', 'load_mtl_model', 'init_settings', 'check_init', 'init_weights', 'MESPredictor',
-           'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model']
+__all__ = ['MODEL_FILES', 'MODEL_FORMAT', 'CONFIG_KEY', 'FORMAT1_KEYS', 'RUNTIMES', 'SMALL_IMAGE', 'ONNX_FILE', 'ONNX_RECORD',
+           'ONNX_ATOL', 'ONNX_RTOL', 'EXPORTERS', 'model_config', 'learner_config', 'save_mtl_model', 'model_folder',
+           'read_model_config', 'model_method', 'load_mtl_model', 'init_settings', 'check_init', 'init_weights',
+           'MESPredictor', 'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model']
 
 # %% ../nbs/16_inference.ipynb #05c8c150
 MODEL_FILES = ('model.safetensors', 'config.json')
@@ -80,12 +81,19 @@ def _bound_config(weights: Path) -> dict | None:
         raise UserError(f"{weights} is not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
     return json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else None
 
+def model_folder(path) -> Path:
+    "The model folder `path`, or the `model/` folder of the run folder `path` (`mes_mtl train` prints a run folder)."
+    path = Path(path).expanduser()
+    has_model = lambda p: all((p/f).is_file() for f in MODEL_FILES)
+    return path/'model' if not has_model(path) and has_model(path/'model') else path
+
 def read_model_config(path) -> dict:
     "The config of the model folder `path`, checked against the one bound into its weights; format 1 converted."
-    path = Path(path)
+    path = model_folder(path)
     if missing := [f for f in MODEL_FILES if not (path/f).is_file()]:
         raise UserFileNotFoundError(f"{path}: not a mes_mtl model folder, {' and '.join(missing)} missing "
-                                    f"(a model folder is written by `mes_mtl train` or `save_mtl_model`).")
+                                    f"(a model folder is written by `save_mtl_model`, or by `mes_mtl train` as "
+                                    f"OUT/model; OUT itself is accepted too).")
     config = read_json(path/'config.json')
     if config.get('format', 1) < 2 and (missing := [k for k in FORMAT1_KEYS if k not in config]):
         raise UserError(f"{path/'config.json'} lacks {missing}: was it written by `save_mtl_model`?")
@@ -114,7 +122,7 @@ def model_method(config: dict):
 
 def load_mtl_model(path) -> tuple[MTLModel, dict]:
     "The `MTLModel` (the heads of its method) and config saved by `save_mtl_model` in `path`; clear errors."
-    path = Path(path)
+    path = model_folder(path)
     config = read_model_config(path)
     n_out = config['n_out'] if isinstance(config['n_out'], int) else tuple(config['n_out'])
     method = model_method(config)
@@ -161,8 +169,22 @@ def init_weights(learn, path) -> dict:
     learn.model.load_state_dict(model.state_dict())
     return config
 
-# %% ../nbs/16_inference.ipynb #728084c9
+# %% ../nbs/16_inference.ipynb #422ef505
 RUNTIMES = ('torch', 'onnx')  # what runs the model: eager PyTorch or ONNX Runtime (below)
+
+SMALL_IMAGE = 1 / 4  # an image whose side is below this fraction of the model's input side is warned about
+
+def _not_an_image(img) -> str:
+    "Why `img` is refused as an image: what it is, what is accepted, and how to convert it where that is clear."
+    shape, dtype, kind = getattr(img, 'shape', None), getattr(img, 'dtype', None), type(img).__name__
+    what = f"a {kind} of shape {tuple(shape)} and dtype {dtype}" if shape is not None else f"a {kind}"
+    channels_first = shape is not None and len(shape) == 3 and shape[0] in (1, 3) and shape[-1] not in (1, 3)
+    tensor = type(img).__module__.startswith('torch')
+    hints = ["a torch tensor (3, H, W): `x.permute(1, 2, 0).numpy()`" if tensor else "",
+             "channels-first (3, H, W): `x.transpose(1, 2, 0)`" if channels_first else "",
+             "floats 0..1: `(x * 255).round().astype(np.uint8)`" if 'float' in str(dtype) else ""]
+    return (f"cannot score {what}: an image is a file path, a PIL image, or a uint8 array of shape (H, W, 3) or (H, W) "
+            f"(frames: (n, H, W, 3)). " + '; '.join(h for h in hints if h)).strip()
 
 def _as_images(imgs) -> list | np.ndarray:
     "A sequence of images from one image, a list/tuple/Series of them, or an (n, h, w, 3) array of frames."
@@ -196,7 +218,7 @@ class MESPredictor:
     @classmethod
     def from_folder(cls, path, device=None, runtime: str = 'torch'):
         "The predictor of the model saved in folder `path` (`save_mtl_model`); `runtime='onnx'` caches its export."
-        return cls(*load_mtl_model(path), device=device, runtime=runtime, folder=path)
+        return cls(*load_mtl_model(path), device=device, runtime=runtime, folder=model_folder(path))
 
     @classmethod
     def from_learner(cls, learn, device=None, runtime: str = 'torch'):
@@ -204,16 +226,17 @@ class MESPredictor:
         return cls(learn.model, learner_config(learn), device=device, runtime=runtime)
 
     def load(self, img) -> np.ndarray:
-        "An image (path, PIL image or HxWx3 uint8 array) as a uint8 array of the model's input size."
+        "An image (path, PIL image of any mode, HxWx3 or HxW uint8 array) as a uint8 array of the model's input size."
         h, w = self.size
-        if isinstance(img, np.ndarray):
-            if img.shape == (h, w, 3) and img.dtype == np.uint8: return img  # a decoded frame of the right size
+        if isinstance(img, np.ndarray) and img.dtype == np.uint8 and (img.ndim == 2 or img.shape[-1:] == (3,)):
+            if img.shape == (h, w, 3): return img  # a decoded frame of the right size
             img = Image.fromarray(img)
-        elif isinstance(img, (str, Path)):
-            try: img = Image.open(img).convert('RGB')  # decodes the whole file: a truncated image fails here, named
-            except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-                raise UserError(f"{img}: cannot read this image ({type(e).__name__}: {e})") from None
-        img = img.convert('RGB')
+        elif not isinstance(img, (str, Path, Image.Image)): raise UserError(_not_an_image(img))
+        name = str(img) if isinstance(img, (str, Path)) else f'a {img.width}x{img.height} {img.mode} image'
+        img = read_rgb(img) if isinstance(img, (str, Path)) else to_rgb(img, name)
+        if min(img.width / w, img.height / h) < SMALL_IMAGE:
+            warnings.warn(f"{name}: {img.width}x{img.height} pixels, far smaller than the model's input ({w}x{h}): "
+                          f"enlarged {max(w / img.width, h / img.height):.0f}-fold, its score means little.")
         if img.size != (w, h): img = img.resize((w, h), Image.BILINEAR)
         return np.asarray(img)
 

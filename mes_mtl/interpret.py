@@ -11,9 +11,9 @@ import numpy as np, pandas as pd, torch
 from torch import nn
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
-from PIL import Image, UnidentifiedImageError
 from fastai.learner import Learner
 from fastai.torch_core import to_np
+from .data import read_rgb
 from .errors import UserError
 from .labels import TASKS, TASK_CLASSES, MES_CLASSES
 from .model import MTLModel, eval_mode
@@ -348,9 +348,7 @@ def worst_cases(preds: pd.DataFrame, n: int = 4, by: str = 'loss') -> pd.DataFra
 # %% ../nbs/17_interpret.ipynb #f7852bea
 def _read_image(path) -> np.ndarray:
     "An image file as an RGB uint8 array; a `ValueError` naming the file if it cannot be read."
-    try: return np.asarray(Image.open(path).convert('RGB'))
-    except (OSError, UnidentifiedImageError) as e:
-        raise UserError(f"{path}: cannot read this image ({type(e).__name__}: {e})") from None
+    return np.asarray(read_rgb(path))
 
 def plot_worst_cases(preds: pd.DataFrame,  # a predictions table (`evaluate_learner`, a study's predictions.csv)
                      n: int = 4,  # images per true MES

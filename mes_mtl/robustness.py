@@ -6,8 +6,8 @@
 from __future__ import annotations
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
-from PIL import Image
 from fastprogress.fastprogress import progress_bar
+from .data import read_rgb
 from .demo import DEGRADATIONS, degrade
 from .metrics import mes_block
 from .intervals import bootstrap_intervals, paired_bootstrap
@@ -20,7 +20,7 @@ __all__ = ['STRENGTHS', 'degradation_curves', 'plot_degradation']
 STRENGTHS = (0.0, 1/3, 2/3, 1.0)  # degradation strengths of `degradation_curves`: 0 is the image itself
 
 def _decoded(paths) -> list[np.ndarray]:
-    return [np.asarray(Image.open(p).convert('RGB')) for p in paths]
+    return [np.asarray(read_rgb(p)) for p in paths]
 
 def degradation_curves(groups,  # (items, {model name: MESPredictor}) pairs: each group's images and their models
                        kinds=DEGRADATIONS,  # the degradations (`demo.degrade`)

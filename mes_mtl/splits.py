@@ -6,12 +6,11 @@
 from __future__ import annotations
 from pathlib import Path
 import numpy as np, pandas as pd
-from PIL import Image
 from fastprogress.fastprogress import progress_bar
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 from .errors import UserError, UserFileNotFoundError
 from .files import atomic_write
-from .data import folder_grades
+from .data import folder_grades, read_rgb
 
 # %% auto #0
 __all__ = ['MANIFEST_COLS', 'SUM_COLS', 'stratified_group_kfold', 'split_items', 'save_split', 'read_split', 'load_split',
@@ -139,7 +138,7 @@ def split_diff(saved: pd.DataFrame, new: pd.DataFrame) -> str:
 
 # %% ../nbs/03_splits.ipynb #bd98b559
 def _image_sums(path) -> list[float]:
-    x = np.asarray(Image.open(path).convert('RGB'), dtype=np.float64) / 255
+    x = np.asarray(read_rgb(path), dtype=np.float64) / 255  # the pixels training sees (`data.to_rgb`)
     return [*x.sum((0, 1)), *(x ** 2).sum((0, 1)), x.shape[0] * x.shape[1]]
 
 SUM_COLS = ['sum_r', 'sum_g', 'sum_b', 'sq_r', 'sq_g', 'sq_b', 'pixels']
