@@ -1,5 +1,5 @@
 "Nothing lost, nothing silent: `mes_mtl` reruns, Ctrl-C (a real SIGINT to the real command) and data that changed."
-import json, os, shlex, shutil, signal, subprocess, tempfile, time
+import json, os, shlex, shutil, signal, subprocess, sys, tempfile, time
 from pathlib import Path
 import pandas as pd
 import pytest
@@ -237,3 +237,23 @@ def test_too_few_patients_advice_works(data, capsys, tmp_path):
     folds = err.split('CLI: --folds ')[1].split(')')[0]
     code, _, err = prep('--no-group', '--folds', folds)               # ... and the number of folds it names works
     assert code == 0, err
+
+
+def test_a_folder_in_use_is_refused_until_its_holder_ends(demo_root, capsys, tmp_path):
+    "`train` or `cv` into a folder that a running job (a real other process) holds is refused, naming the folder and\n    the process; once that process is killed (kill -9), a new run in the folder works."
+    out = tmp_path/'run'
+    holder = subprocess.Popen([sys.executable, '-c', f"from mes_mtl.files import hold_folder; import time\n"
+                               f"with hold_folder({str(out)!r}): print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        for command, args in [('train', TINY), ('cv', CV)]:
+            code, _, err = run_main(capsys, command, '--out', out, '--data', demo_root, *args)
+            assert code == 2 and 'Traceback' not in err, err[-2000:]
+            assert f"--out {out} is in use by process {holder.pid} on {os.uname().nodename}" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out/'config.json').exists()
+    code, _, err = run_main(capsys, 'train', '--out', out, '--data', demo_root, *TINY)
+    assert code == 0 and (out/'metrics.json').is_file() and not (out/'.mes_mtl.lock').exists(), err[-2000:]
