@@ -31,7 +31,10 @@ def default_size(arch: str) -> tuple[int, int]:
 def check_arch(arch: str) -> str:
     "`arch` if timm knows it, else a `UserError` (a `ValueError`) suggesting the closest timm architecture names."
     source, name = parse_model_name(arch)
-    if source is None and not timm.is_model(name):
+    if source is not None:
+        raise UserError(f"architecture {arch!r}: only timm's registered names are accepted (e.g. 'resnet18' or "
+                        f"'resnet18.a1_in1k', see timm.list_models()); {source}: names are not supported")
+    if not timm.is_model(name):
         close = difflib.get_close_matches(name.split('.')[0], timm.list_models(), n=5, cutoff=0.6)
         hint = f"did you mean {', '.join(map(repr, close))}?" if close else "no close match"
         raise UserError(f"unknown timm architecture {arch!r}: {hint} "
