@@ -29,3 +29,13 @@ def test_model_folder_naming_a_hub_backbone_is_refused(tmp_path, capsys):
         code = main(['predict', '--model', str(folder), str(FORMAT1/'images')])
     err = capsys.readouterr().err
     assert code == 2 and 'Traceback' not in err and 'hf-hub: names are not supported' in err, err[-2000:]
+
+
+def test_fixed_size_backbone_names_the_size_it_needs(demo_root, tmp_path, capsys):
+    "A vision transformer takes 224 x 224 only: another --size is refused before work, naming the size it needs."
+    code = main(['train', '--out', str(tmp_path/'run'), '--data', str(demo_root), '--arch', 'vit_tiny_patch16_224',
+                 '--size', '32', '--epochs', '1', '--no-pretrained'])
+    err = capsys.readouterr().err
+    assert code == 2 and 'Traceback' not in err, err[-2000:]
+    assert 'vit_tiny_patch16_224 takes only 224 x 224 images' in err and 'pass --size 224' in err
+    assert not (tmp_path/'run').exists()
