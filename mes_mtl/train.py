@@ -4,7 +4,7 @@
 
 # %% ../nbs/20d_train.ipynb #38613f49
 from __future__ import annotations
-import shutil
+import errno, shutil
 from contextlib import ExitStack
 from pathlib import Path
 from typing import NamedTuple
@@ -129,6 +129,7 @@ def run_train(config: RunConfig,  # the run's settings: data (None: the demo dat
 def _train(out: Path, split: pd.DataFrame, config: RunConfig, overwrite: bool, log) -> TrainResult:
     "`run_train`'s work in the held folder `out`: train, evaluate and commit the results together."
     finished = (out/'metrics.json').is_file()
+    before = f"the previous results in {out} are intact" if finished else f"{out} holds no finished run"
     try:
         with Staging(out) as st:
             cache = st.tmp/'image_sums.csv'
@@ -152,6 +153,9 @@ def _train(out: Path, split: pd.DataFrame, config: RunConfig, overwrite: bool, l
             write_json({**report, **({'patient': patient} if patient else {})}, st.tmp/'metrics.json')
             st.commit()
     except KeyboardInterrupt:
-        before = f"the previous results in {out} are intact" if finished else f"{out} holds no finished run"
         raise Interrupted(f"nothing of this run was saved; {before}") from None
+    except OSError as e:  # the results are staged: a full disk loses this run's, never the previous ones
+        if e.errno != errno.ENOSPC: raise
+        raise UserError(f"the disk is full: this run's results could not be written in {out}; nothing of it was "
+                        f"saved and {before}. Free space there (or choose another --out) and run again.") from None
     return TrainResult(out, report, preds, patient)

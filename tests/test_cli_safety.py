@@ -257,3 +257,17 @@ def test_a_folder_in_use_is_refused_until_its_holder_ends(demo_root, capsys, tmp
     assert not (out/'config.json').exists()
     code, _, err = run_main(capsys, 'train', '--out', out, '--data', demo_root, *TINY)
     assert code == 0 and (out/'metrics.json').is_file() and not (out/'.mes_mtl.lock').exists(), err[-2000:]
+
+
+def test_full_disk_while_saving_keeps_the_finished_run(finished, demo_root, capsys, monkeypatch):
+    "The disk fills up while a rerun saves its model (the serialiser's write fails with ENOSPC): the command says so,\n    where, and that the finished run's files are as they were."
+    import errno
+    import mes_mtl.inference
+    def full(model, filename, metadata=None): raise OSError(errno.ENOSPC, 'No space left on device', filename)
+    monkeypatch.setattr(mes_mtl.inference, 'save_model', full)
+    before = snapshot(finished)
+    code, _, err = run_main(capsys, 'train', '--out', finished, '--data', demo_root, *TINY, '--seed', 1, '--overwrite')
+    assert code == 2 and 'Traceback' not in err, err[-2000:]
+    assert (f"the disk is full: this run's results could not be written in {finished}; nothing of it was saved and "
+            f"the previous results in {finished} are intact") in err
+    assert snapshot(finished) == before and not list(finished.glob('.partial-*'))
