@@ -4,7 +4,7 @@
 
 # %% ../nbs/20c_study.ipynb #9dafcd85
 from __future__ import annotations
-import contextlib, io, json, math, resource, shutil, sys, time, warnings
+import contextlib, errno, io, json, math, resource, shutil, sys, time, warnings
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -234,6 +234,10 @@ def run_cv(split: pd.DataFrame,  # the split (`split_items`): test set and folds
         except KeyboardInterrupt as e:
             if isinstance(e, Interrupted): raise
             raise Interrupted(_kept(out, jobs, job)) from None
+        except OSError as e:  # each fold's results are written as it ends: the finished ones are kept
+            if e.errno != errno.ENOSPC: raise
+            raise UserError(f"the disk is full: {_kept(out, jobs, job)}. Free space there and resume the study "
+                            f"with --resume (resume=True).") from None
 
 # %% ../nbs/20c_study.ipynb #d71d0f94
 def _run_parallel(split, out: Path, cfg: RunConfig, todo: list, workers: int, address, peer) -> dict:

@@ -271,3 +271,16 @@ def test_full_disk_while_saving_keeps_the_finished_run(finished, demo_root, caps
     assert (f"the disk is full: this run's results could not be written in {finished}; nothing of it was saved and "
             f"the previous results in {finished} are intact") in err
     assert snapshot(finished) == before and not list(finished.glob('.partial-*'))
+
+
+def test_full_disk_during_a_study_says_what_it_kept(demo_root, capsys, monkeypatch, tmp_path):
+    "The disk fills up as a study's fold saves its model: the command says so and what the study keeps."
+    import errno
+    import mes_mtl.inference
+    def full(model, filename, metadata=None): raise OSError(errno.ENOSPC, 'No space left on device', filename)
+    monkeypatch.setattr(mes_mtl.inference, 'save_model', full)
+    out = tmp_path/'study'
+    code, _, err = run_main(capsys, 'cv', '--out', out, '--data', demo_root, *CV, '--run-folds', 0)
+    assert code == 2 and 'Traceback' not in err, err[-2000:]
+    assert (f"the disk is full: {out} keeps 0 of 1 fold run(s) finished, and stage 1 of test_resnet fold 0. Free space "
+            f"there and resume the study with --resume") in err
