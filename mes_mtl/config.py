@@ -14,7 +14,7 @@ from .data import BETWEEN_GRADES
 from .files import read_json, write_json
 import shutil
 from .labels import LIMUC_SIZE
-from .model import PAPER_ARCHS, check_arch, default_size
+from .model import PAPER_ARCHS, check_arch, check_size, default_size
 from .dataloaders import AUGMENTATIONS, check_augment
 from .method import METHODS, MESMethod, get_method, make_method, method_names
 from .aux_tasks import AuxTask
@@ -151,7 +151,7 @@ class RunConfig:
         for a in self.archs: check_arch(a)
         if self.folds is not None: self.folds = tuple(int(k) for k in self.folds)
         if isinstance(self.size, list): self.size = tuple(self.size)
-        image_size(self.size)
+        for a in self.archs: check_size(a, image_size(self.size))  # a fixed-size backbone gets its own
         self.augment = check_augment(self.augment)
         for name in PATH_SETTINGS:  # absolute, so that a config.json never depends on the working directory
             if (path := getattr(self, name)) is not None: setattr(self, name, str(Path(path).expanduser().absolute()))

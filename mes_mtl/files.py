@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_files.ipynb #1c694b0b
 from __future__ import annotations
-import errno, json, math, os, secrets, shutil, signal, tempfile
+import errno, fcntl, json, math, os, secrets, shutil, signal, socket, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
@@ -12,8 +12,8 @@ from filelock import FileLock
 from .errors import UserError
 
 # %% auto #0
-__all__ = ['atomic_write', 'json_safe', 'write_json', 'read_json', 'save_figure', 'writable_dir', 'writable_file', 'Staging',
-           'make_folder', 'cached_folder']
+__all__ = ['LOCK_FILE', 'atomic_write', 'json_safe', 'write_json', 'read_json', 'save_figure', 'writable_dir', 'writable_file',
+           'hold_folder', 'Staging', 'make_folder', 'cached_folder']
 
 # %% ../nbs/00_files.ipynb #b3617386
 def _temporary(fname: Path) -> Path:
@@ -106,6 +106,35 @@ def writable_file(path, flag: str = '--output') -> Path:
         raise UserError(f"{flag} {path}: cannot write this file: {_why(path.parent, e)}. "
                         f"Choose another place.") from None
     return path
+
+# %% ../nbs/00_files.ipynb #d5fb26bf
+LOCK_FILE = '.mes_mtl.lock'  # the file in a run or study folder whose lock `hold_folder` takes
+
+@contextmanager
+def hold_folder(folder,  # the run or study folder: created if need be (`writable_dir`)
+                flag: str = '--out',  # the option that named it, for the messages
+               ):
+    "Hold `folder` for this process while in `with`; a `UserError` naming the holder where another process holds it."
+    folder = writable_dir(folder, flag)
+    lock = folder/LOCK_FILE
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 1000).decode(errors='replace').strip() or 'another process'
+            os.close(fd)
+            raise UserError(f"{flag} {folder} is in use by {holder}: two jobs writing one folder would lose one's "
+                            f"results. Wait until it ends, or choose another {flag}.") from None
+        if lock.exists() and lock.stat().st_ino == os.fstat(fd).st_ino: break
+        os.close(fd)  # the holder removed the file meanwhile: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M')})"
+                 .encode())
+        yield folder
+    finally:
+        lock.unlink(missing_ok=True)  # still locked: see above
+        os.close(fd)  # releases the lock
 
 # %% ../nbs/00_files.ipynb #ce5e4632
 @contextmanager

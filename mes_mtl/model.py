@@ -15,23 +15,38 @@ from .labels import TASKS, TASK_CLASSES, LIMUC_SIZE
 from .errors import UserError
 
 # %% auto #0
-__all__ = ['PAPER_ARCHS', 'default_size', 'check_arch', 'eval_mode', 'feature_width', 'MTLModel', 'create_body',
-           'create_mtl_model', 'mtl_splitter']
+__all__ = ['PAPER_ARCHS', 'fixed_size', 'default_size', 'check_size', 'check_arch', 'eval_mode', 'feature_width', 'MTLModel',
+           'create_body', 'create_mtl_model', 'mtl_splitter']
 
 # %% ../nbs/10_model.ipynb #44c25a4e
 PAPER_ARCHS = ('resnet18', 'resnet50', 'densenet121', 'inception_v3', 'mobilenetv3_large_100')  # timm names
 
 # %% ../nbs/10_model.ipynb #41a70989
+def fixed_size(arch: str) -> tuple[int, int] | None:
+    "The only input size (h, w) backbone `arch` takes (timm's `fixed_input_size`); None where it takes any."
+    cfg = timm.get_pretrained_cfg(parse_model_name(arch)[1]) if timm.is_model(parse_model_name(arch)[1]) else None
+    return tuple(cfg.input_size[1:]) if cfg is not None and cfg.fixed_input_size else None
+
 def default_size(arch: str) -> tuple[int, int]:
     "Training image size (h, w) for `arch`: LIMUC's native 288 x 352, or the backbone's own if it takes no other."
-    cfg = timm.get_pretrained_cfg(parse_model_name(arch)[1]) if timm.is_model(parse_model_name(arch)[1]) else None
-    return tuple(cfg.input_size[1:]) if cfg is not None and cfg.fixed_input_size else LIMUC_SIZE
+    return fixed_size(arch) or LIMUC_SIZE
+
+def check_size(arch: str,  # a timm backbone
+               size: tuple[int, int] | None,  # the requested image size (h, w); None: the default
+              ) -> None:
+    "A `UserError` where `arch` takes one input size only and `size` is another, naming the size it needs."
+    if size is not None and (own := fixed_size(arch)) is not None and tuple(size) != own:
+        raise UserError(f"{arch} takes only {own[0]} x {own[1]} images (timm's fixed_input_size), not "
+                        f"{size[0]} x {size[1]}: leave out --size (size=None) for its own, or pass --size {own[0]}")
 
 # %% ../nbs/10_model.ipynb #135bf905
 def check_arch(arch: str) -> str:
     "`arch` if timm knows it, else a `UserError` (a `ValueError`) suggesting the closest timm architecture names."
     source, name = parse_model_name(arch)
-    if source is None and not timm.is_model(name):
+    if source is not None:
+        raise UserError(f"architecture {arch!r}: only timm's registered names are accepted (e.g. 'resnet18' or "
+                        f"'resnet18.a1_in1k', see timm.list_models()); {source}: names are not supported")
+    if not timm.is_model(name):
         close = difflib.get_close_matches(name.split('.')[0], timm.list_models(), n=5, cutoff=0.6)
         hint = f"did you mean {', '.join(map(repr, close))}?" if close else "no close match"
         raise UserError(f"unknown timm architecture {arch!r}: {hint} "

@@ -4,14 +4,14 @@
 
 # %% ../nbs/20c_study.ipynb #9dafcd85
 from __future__ import annotations
-import contextlib, io, json, math, resource, shutil, sys, time, warnings
+import contextlib, errno, io, json, math, resource, shutil, sys, time, warnings
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastai.torch_core import set_seed
 from .errors import UserError
-from .files import write_json
+from .files import write_json, hold_folder
 from .splits import save_split, read_split, split_diff, image_sums
 from .parallel import run_jobs, JobsFailed
 from .dataloaders import mtl_dataloaders, mtl_test_dl
@@ -180,7 +180,7 @@ def _fold_line(m: dict, secs: float) -> str:
     return (f"MES macro F1 valid {f('stage1', 'valid'):.3f} -> {f('stage2', 'valid'):.3f}{control}, "
             f"test {f('stage1', 'test'):.3f} -> {f('stage2', 'test'):.3f} (stage 1 -> 2) in {secs:.0f} s")
 
-# %% ../nbs/20c_study.ipynb #5415197f
+# %% ../nbs/20c_study.ipynb #7d4a1241
 class Interrupted(KeyboardInterrupt):
     "A Ctrl-C that says what was kept (`kept`): raised by `run_cv` (and the command line) for a `KeyboardInterrupt`."
     def __init__(self, kept: str):
@@ -211,28 +211,33 @@ def run_cv(split: pd.DataFrame,  # the split (`split_items`): test set and folds
     folds = list(cfg.folds) if cfg.folds is not None else all_folds
     check_folds(split, folds, cfg.bs)
     resolve_aux(split, cfg.aux)  # the auxiliary tasks fit the data: before any work
-    out = claim_folder(out, {**cfg.record('cv'), 'n_folds': len(all_folds)}, resume, overwrite)
-    split = _keep_split(split, out)
-    jobs = [(a, k) for a in cfg.archs for k in folds]
-    todo = [j for j in jobs if not (fold_dir(out, *j)/'metrics.json').is_file()]
-    print(f"Study in {out}: {len(cfg.archs)} backbone(s) x {len(folds)} fold(s); "
-          f"{len(jobs) - len(todo)} done, {len(todo)} to run")
-    image_sums(split[~split.is_test], cache=out/'image_sums.csv', progress=verbose)  # folds at once only read it
-    if workers > 1 or ray_address: return _run_parallel(split, out, cfg, todo, workers, ray_address, peer)
-    times, job = [], None
-    try:
-        for i, job in enumerate(todo):
-            t0 = time.perf_counter()
-            m = run_fold(split, *job, cfg, out, verbose)
-            times.append(time.perf_counter() - t0)
-            left = np.mean(times) * (len(todo) - i - 1)
-            print(f"[{i + 1}/{len(todo)}] {job[0]} fold {job[1]}: {_fold_line(m, times[-1])}; "
-                  f"about {left / 60:.0f} min left", flush=True)
-            if i + 1 < len(todo) and todo[i + 1][0] != job[0]: collect_results(out, peer=peer)
-        return collect_results(out, peer=peer)
-    except KeyboardInterrupt as e:
-        if isinstance(e, Interrupted): raise
-        raise Interrupted(_kept(out, jobs, job)) from None
+    with hold_folder(out):  # no second writer until the study ends
+        out = claim_folder(out, {**cfg.record('cv'), 'n_folds': len(all_folds)}, resume, overwrite)
+        split = _keep_split(split, out)
+        jobs = [(a, k) for a in cfg.archs for k in folds]
+        todo = [j for j in jobs if not (fold_dir(out, *j)/'metrics.json').is_file()]
+        print(f"Study in {out}: {len(cfg.archs)} backbone(s) x {len(folds)} fold(s); "
+              f"{len(jobs) - len(todo)} done, {len(todo)} to run")
+        image_sums(split[~split.is_test], cache=out/'image_sums.csv', progress=verbose)  # folds at once only read it
+        if workers > 1 or ray_address: return _run_parallel(split, out, cfg, todo, workers, ray_address, peer)
+        times, job = [], None
+        try:
+            for i, job in enumerate(todo):
+                t0 = time.perf_counter()
+                m = run_fold(split, *job, cfg, out, verbose)
+                times.append(time.perf_counter() - t0)
+                left = np.mean(times) * (len(todo) - i - 1)
+                print(f"[{i + 1}/{len(todo)}] {job[0]} fold {job[1]}: {_fold_line(m, times[-1])}; "
+                      f"about {left / 60:.0f} min left", flush=True)
+                if i + 1 < len(todo) and todo[i + 1][0] != job[0]: collect_results(out, peer=peer)
+            return collect_results(out, peer=peer)
+        except KeyboardInterrupt as e:
+            if isinstance(e, Interrupted): raise
+            raise Interrupted(_kept(out, jobs, job)) from None
+        except OSError as e:  # each fold's results are written as it ends: the finished ones are kept
+            if e.errno != errno.ENOSPC: raise
+            raise UserError(f"the disk is full: {_kept(out, jobs, job)}. Free space there and resume the study "
+                            f"with --resume (resume=True).") from None
 
 # %% ../nbs/20c_study.ipynb #d71d0f94
 def _run_parallel(split, out: Path, cfg: RunConfig, todo: list, workers: int, address, peer) -> dict:

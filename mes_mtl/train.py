@@ -4,13 +4,14 @@
 
 # %% ../nbs/20d_train.ipynb #38613f49
 from __future__ import annotations
-import shutil
+import errno, shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import NamedTuple
 import pandas as pd
 from fastai.torch_core import set_seed
 from .errors import UserError
-from .files import write_json, save_figure, writable_dir, Staging, make_folder
+from .files import write_json, save_figure, hold_folder, Staging, make_folder
 from .data import ITEM_COLUMNS, read_items, limuc_summary
 from .demo import demo_limuc
 from .splits import split_items, save_split, read_split, load_split, split_diff
@@ -101,10 +102,11 @@ class TrainResult(NamedTuple):
     predictions: pd.DataFrame  # one row per test image (`predictions.csv`)
     patient: dict | None  # the patient-level report (None without patient ids)
 
-def _setup(folder: Path, config: RunConfig, overwrite: bool, skip_bad: bool, log) -> tuple[Path, pd.DataFrame]:
-    "Check the folder, its settings, the data, the split and the fold; writes nothing but the demo data."
+def _setup(folder: Path, config: RunConfig, overwrite: bool, skip_bad: bool, held: ExitStack,
+           log) -> tuple[Path, pd.DataFrame]:
+    "Hold the folder (in `held`); check it, its settings, the data, the split and the fold; writes but the demo data."
     if config.init: check_init(config.init, config.arch, config.new_method())  # the starting model fits the run
-    folder = writable_dir(folder)
+    folder = held.enter_context(hold_folder(folder))  # no second writer until this run ends
     check_folder(folder, config.record('train'), overwrite=overwrite, log=log)
     split = prepare_data(folder, config, skip_bad, overwrite, log)
     check_folds(split, [config.fold], config.bs)
@@ -119,9 +121,15 @@ def run_train(config: RunConfig,  # the run's settings: data (None: the demo dat
     "Train `config.arch` on fold `config.fold`, evaluate on the held-out test set; results and model in `out`."
     config.arch  # one backbone, checked before anything is done
     init_distributed()  # one of several processes of `accelerate launch`: join them (alone: nothing to do)
-    out, split = rank_folder_first(out, lambda folder, first: _setup(folder, config, overwrite and first, skip_bad,
-                                                                     log))
+    with ExitStack() as held:  # the first process holds `out`, the others of a data-parallel run their copies
+        out, split = rank_folder_first(out, lambda folder, first: _setup(folder, config, overwrite and first, skip_bad,
+                                                                         held, log))
+        return _train(out, split, config, overwrite, log)
+
+def _train(out: Path, split: pd.DataFrame, config: RunConfig, overwrite: bool, log) -> TrainResult:
+    "`run_train`'s work in the held folder `out`: train, evaluate and commit the results together."
     finished = (out/'metrics.json').is_file()
+    before = f"the previous results in {out} are intact" if finished else f"{out} holds no finished run"
     try:
         with Staging(out) as st:
             cache = st.tmp/'image_sums.csv'
@@ -145,6 +153,9 @@ def run_train(config: RunConfig,  # the run's settings: data (None: the demo dat
             write_json({**report, **({'patient': patient} if patient else {})}, st.tmp/'metrics.json')
             st.commit()
     except KeyboardInterrupt:
-        before = f"the previous results in {out} are intact" if finished else f"{out} holds no finished run"
         raise Interrupted(f"nothing of this run was saved; {before}") from None
+    except OSError as e:  # the results are staged: a full disk loses this run's, never the previous ones
+        if e.errno != errno.ENOSPC: raise
+        raise UserError(f"the disk is full: this run's results could not be written in {out}; nothing of it was "
+                        f"saved and {before}. Free space there (or choose another --out) and run again.") from None
     return TrainResult(out, report, preds, patient)

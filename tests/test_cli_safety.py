@@ -1,5 +1,5 @@
 "Nothing lost, nothing silent: `mes_mtl` reruns, Ctrl-C (a real SIGINT to the real command) and data that changed."
-import json, os, shlex, shutil, signal, subprocess, tempfile, time
+import json, os, shlex, shutil, signal, subprocess, sys, tempfile, time
 from pathlib import Path
 import pandas as pd
 import pytest
@@ -237,3 +237,50 @@ def test_too_few_patients_advice_works(data, capsys, tmp_path):
     folds = err.split('CLI: --folds ')[1].split(')')[0]
     code, _, err = prep('--no-group', '--folds', folds)               # ... and the number of folds it names works
     assert code == 0, err
+
+
+def test_a_folder_in_use_is_refused_until_its_holder_ends(demo_root, capsys, tmp_path):
+    "`train` or `cv` into a folder that a running job (a real other process) holds is refused, naming the folder and\n    the process; once that process is killed (kill -9), a new run in the folder works."
+    out = tmp_path/'run'
+    holder = subprocess.Popen([sys.executable, '-c', f"from mes_mtl.files import hold_folder; import time\n"
+                               f"with hold_folder({str(out)!r}): print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        for command, args in [('train', TINY), ('cv', CV)]:
+            code, _, err = run_main(capsys, command, '--out', out, '--data', demo_root, *args)
+            assert code == 2 and 'Traceback' not in err, err[-2000:]
+            assert f"--out {out} is in use by process {holder.pid} on {os.uname().nodename}" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out/'config.json').exists()
+    code, _, err = run_main(capsys, 'train', '--out', out, '--data', demo_root, *TINY)
+    assert code == 0 and (out/'metrics.json').is_file() and not (out/'.mes_mtl.lock').exists(), err[-2000:]
+
+
+def test_full_disk_while_saving_keeps_the_finished_run(finished, demo_root, capsys, monkeypatch):
+    "The disk fills up while a rerun saves its model (the serialiser's write fails with ENOSPC): the command says so,\n    where, and that the finished run's files are as they were."
+    import errno
+    import mes_mtl.inference
+    def full(model, filename, metadata=None): raise OSError(errno.ENOSPC, 'No space left on device', filename)
+    monkeypatch.setattr(mes_mtl.inference, 'save_model', full)
+    before = snapshot(finished)
+    code, _, err = run_main(capsys, 'train', '--out', finished, '--data', demo_root, *TINY, '--seed', 1, '--overwrite')
+    assert code == 2 and 'Traceback' not in err, err[-2000:]
+    assert (f"the disk is full: this run's results could not be written in {finished}; nothing of it was saved and "
+            f"the previous results in {finished} are intact") in err
+    assert snapshot(finished) == before and not list(finished.glob('.partial-*'))
+
+
+def test_full_disk_during_a_study_says_what_it_kept(demo_root, capsys, monkeypatch, tmp_path):
+    "The disk fills up as a study's fold saves its model: the command says so and what the study keeps."
+    import errno
+    import mes_mtl.inference
+    def full(model, filename, metadata=None): raise OSError(errno.ENOSPC, 'No space left on device', filename)
+    monkeypatch.setattr(mes_mtl.inference, 'save_model', full)
+    out = tmp_path/'study'
+    code, _, err = run_main(capsys, 'cv', '--out', out, '--data', demo_root, *CV, '--run-folds', 0)
+    assert code == 2 and 'Traceback' not in err, err[-2000:]
+    assert (f"the disk is full: {out} keeps 0 of 1 fold run(s) finished, and stage 1 of test_resnet fold 0. Free space "
+            f"there and resume the study with --resume") in err
