@@ -23,7 +23,7 @@ from .config import (RunConfig, DEMO_PRESETS, PAPER_PRESETS, STUDY_MAY_CHANGE, S
 from .results import TESTS, finished_folds
 from .study import Interrupted, check_folds, run_cv
 from .train import prepare_data, run_train
-from .methods import write_method_comparison
+from .methods import check_distinct, write_method_comparison
 from .report import heldout_markdown
 from .bench import bench_args, run_bench
 from .extras import require
@@ -156,7 +156,8 @@ def cv(args):
 METHOD_SETTINGS = ('method', 'focal_gamma', 'cdw_power', 'decode_rule', 'control', 'archs', 'data')  # may differ
 
 def check_comparable(studies: dict) -> dict:
-    "A `UserError` unless the studies (name -> folder) share one split; the other settings that differ (warned)."
+    "A `UserError` unless the studies (name -> folder) are distinct and share one split; other settings that differ."
+    check_distinct(studies)
     manifests = {}
     for name, folder in studies.items():
         if not (folder/'split.csv').is_file():

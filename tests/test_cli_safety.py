@@ -163,6 +163,10 @@ def test_compare_refuses_other_splits_and_warns_about_other_settings(study, demo
     assert code == 0, err[-3000:]
     assert 'WARNING: the studies differ in more than the method: epochs (mtl: 1, ce: 2)' in err
     assert (tmp_path/'cmp'/'methods.md').is_file()
+    assert 'mtl has a single finished fold: no sd' in stdout and 'so no method is tested' in stdout  # mtl: fold 0
+    assert '± 0.000' not in stdout.split('Held-out')[0] and pd.read_csv(tmp_path/'cmp'/'methods.csv').p.isna().all()
+    code, _, err = run_main(capsys, 'compare', f'mtl={out}', f'again={out}/.', '--out', tmp_path/'self')
+    assert code == 2 and 'a study compared with itself: mtl and again' in err and not (tmp_path/'self').exists()
 
 
 @pytest.fixture
