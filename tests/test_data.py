@@ -1,5 +1,5 @@
 "Reading LIMUC-shaped folders, and every bad input the reader must explain."
-import shutil, warnings
+import json, shutil, warnings
 import pytest
 from PIL import Image
 from mes_mtl.data import limuc_items, limuc_summary
@@ -96,3 +96,15 @@ def test_train_refuses_one_image_under_two_scores(demo_root, tmp_path, capsys):
     assert code == 2 and 'copies of one image under different Mayo scores' in err
     assert zero.name in err and copy.name in err and '--skip-bad' in err
     assert not list(tmp_path.glob('run/**/model.safetensors'))
+
+
+def test_prepare_says_where_a_class_of_one_image_went(demo_root, tmp_path):
+    "One MES 3 image can be in one set only: `mes_mtl prepare` (the split of `train` and `cv`) says which sets lack it."
+    from mes_mtl.cli import main
+    data = tmp_path/'LIMUC'
+    shutil.copytree(demo_root, data)
+    for img in sorted(data.rglob('Mayo 3/*.bmp'))[1:]: img.unlink()
+    with pytest.warns(UserWarning, match=r"no MES 3 \(its 1 image\(s\): 1 in (fold \d|test set)\)") as caught:
+        assert main(['prepare', '--data', str(data), '--out', str(tmp_path/'prep'), '--size', '32', '--folds', '3']) == 0
+    msg, = [str(w.message) for w in caught if 'no MES 3' in str(w.message)]
+    assert "'no_support'" in msg and ('the test set' in msg) == ('1 in test set' not in msg)
