@@ -241,3 +241,16 @@ def test_too_few_patients_advice_works(data, capsys, tmp_path):
     folds = err.split('CLI: --folds ')[1].split(')')[0]
     code, _, err = prep('--no-group', '--folds', folds)               # ... and the number of folds it names works
     assert code == 0, err
+
+
+def test_train_log_without_a_terminal(demo_root, tmp_path):
+    "Standard output to a file or pipe (SLURM, nohup, CI): no carriage returns (bars), one plain line per epoch."
+    r = subprocess.run(['mes_mtl', 'train', '--data', str(demo_root), '--out', str(tmp_path/'run'), '--arch', 'test_resnet',
+                        '--size', '32', '--epochs', '2', '--bs', '16', '--no-pretrained'],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '\r' not in r.stdout and '\r' not in r.stderr
+    lines = r.stdout.splitlines()
+    header, = [i for i, l in enumerate(lines) if l.startswith('epoch ') and 'train_loss' in l]
+    assert [l.split()[0] for l in lines[header + 1:header + 3]] == ['0', '1'] and not lines[header + 3][:1].isdigit()
+    assert all(l[:1].isdigit() for l in lines if 'Better model found' in l)  # fastai's notes end the epoch's line
