@@ -4,10 +4,14 @@
 
 # %% ../nbs/90_cli.ipynb #828c090e
 from __future__ import annotations
-import argparse, shlex, sys
+import argparse, contextlib, io, shlex, sys
 from dataclasses import fields
 from pathlib import Path
 import pandas as pd, torch
+from fastcore.basics import noop
+from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback
+from fastai.learner import defaults
 import mes_mtl
 from .errors import UserError, UserFileNotFoundError, UserNotADirectoryError
 from .files import atomic_write, write_json, save_figure, writable_dir, writable_file, Staging
@@ -23,7 +27,7 @@ from .config import (RunConfig, DEMO_PRESETS, PAPER_PRESETS, STUDY_MAY_CHANGE, S
 from .results import TESTS, finished_folds
 from .study import Interrupted, check_folds, run_cv
 from .train import prepare_data, run_train
-from .methods import write_method_comparison
+from .methods import check_distinct, write_method_comparison
 from .report import heldout_markdown
 from .bench import bench_args, run_bench
 from .extras import require
@@ -39,7 +43,7 @@ from .intervals import summary_line, ci_note
 # %% auto #0
 __all__ = ['METHOD_SETTINGS', 'COMMANDS', 'add_config_options', 'config_from_args', 'prepare', 'print_summary', 'train', 'cv',
            'check_comparable', 'compare_studies', 'predict', 'evaluate_command', 'parser', 'video_args',
-           'load_predictor', 'run_video', 'main']
+           'load_predictor', 'run_video', 'main', 'EpochLines', 'plain_progress']
 
 # %% ../nbs/90_cli.ipynb #27800a9e
 def _path(text: str) -> Path:
@@ -156,7 +160,8 @@ def cv(args):
 METHOD_SETTINGS = ('method', 'focal_gamma', 'cdw_power', 'decode_rule', 'control', 'archs', 'data')  # may differ
 
 def check_comparable(studies: dict) -> dict:
-    "A `UserError` unless the studies (name -> folder) share one split; the other settings that differ (warned)."
+    "A `UserError` unless the studies (name -> folder) are distinct and share one split; other settings that differ."
+    check_distinct(studies)
     manifests = {}
     for name, folder in studies.items():
         if not (folder/'split.csv').is_file():
@@ -496,7 +501,8 @@ def main(argv=None) -> int:
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     try: args = parser().parse_args(argv)
     except SystemExit as e: return e.code  # --help, --version, or an option argparse refused (it printed why)
-    try: COMMANDS[args.command](args)
+    try:
+        with plain_progress(not sys.stdout.isatty()): COMMANDS[args.command](args)  # batch jobs: no bars in the log
     except (UserError, DownloadError) as e:
         print(f"mes_mtl {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -510,3 +516,37 @@ def main(argv=None) -> int:
         print(f"mes_mtl {args.command}: {e}", file=sys.stderr)
         return 1
     return 0
+
+# %% ../nbs/90_cli.ipynb #192c3a7f
+class EpochLines(Callback):
+    "Instead of `ProgressCallback`: no bars; the epoch table's header, then a line per epoch with the trackers' notes."
+    order = 70  # after fastai's trackers (orders 60-63: best model, lr, early stopping), whose notes end the line
+    def before_fit(self):
+        self.old_logger, self.show = self.learn.logger, self.create_mbar  # no table for `get_preds`, `validate`
+        if self.old_logger is noop: return
+        self.learn.logger = self._row
+        self.names = [f'{n:<8}' for n in self.recorder.metric_names]
+        if self.show: print('  '.join(self.names), flush=True)
+    def _row(self, log):
+        "The Recorder's values of an epoch: held, with what the trackers print after them, until `after_epoch`."
+        if not self.show: return
+        texts = [f'{v:.6f}' if isinstance(v, float) else str(v) for v in log]
+        self.row = '  '.join(f'{t:<{len(n)}}' for t, n in zip(texts, self.names)).rstrip()
+        self.stdout, sys.stdout = sys.stdout, io.StringIO()
+    def _flush(self):
+        if not hasattr(self, 'stdout'): return
+        notes, sys.stdout = ' '.join(sys.stdout.getvalue().split()), self.stdout
+        del self.stdout
+        print(self.row + (f'  ({notes})' if notes else ''), flush=True)
+    def after_epoch(self): self._flush()
+    def after_fit(self):
+        self._flush()  # early stopping cancels the fit in the middle of an epoch's end
+        self.learn.logger = self.old_logger
+
+@contextlib.contextmanager
+def plain_progress(plain: bool = True):  # True: learners made inside get `EpochLines` instead of progress bars
+    "Learners made inside print no progress bars and a plain line per epoch (`EpochLines`), where `plain`."
+    saved, stdout = defaults.callbacks, sys.stdout
+    if plain: defaults.callbacks = [EpochLines if c is ProgressCallback else c for c in saved]
+    try: yield
+    finally: defaults.callbacks, sys.stdout = saved, stdout  # (an error while `EpochLines` held an epoch's notes)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_data.ipynb #a54fc557
 from __future__ import annotations
-import difflib, re, warnings
+import difflib, hashlib, re, warnings
 from pathlib import Path
 import numpy as np, pandas as pd
 from fastcore.parallel import parallel
@@ -14,8 +14,8 @@ from .errors import UserError, UserFileNotFoundError
 # %% auto #0
 __all__ = ['LIMUC_FOLDERS', 'IMAGE_EXTS', 'BETWEEN_GRADES', 'ITEM_COLUMNS', 'TABLE_SEPARATORS', 'TABLE_COLUMNS',
            'RESERVED_COLUMNS', 'folder_grades', 'check_between_grades', 'mes_of_folder', 'to_rgb', 'read_rgb',
-           'limuc_items', 'drop_unreadable', 'limuc_summary', 'png_header', 'parse_mes', 'read_table', 'table_paths',
-           'table_items', 'read_items']
+           'limuc_items', 'drop_unreadable', 'check_duplicates', 'limuc_summary', 'png_header', 'parse_mes',
+           'read_table', 'table_paths', 'table_items', 'read_items']
 
 # %% ../nbs/02_data.ipynb #c095f80d
 LIMUC_FOLDERS = ('patient_based_classified_images', 'train_and_validation_sets', 'test_set')
@@ -166,7 +166,7 @@ def limuc_items(path,  # the LIMUC root, one of its folders, or any folder of cl
                                 f"{path}/patient_based_classified_images/<patient>/Mayo 0/*.bmp")
     items = pd.DataFrame(rows, columns=ITEM_COLUMNS)
     _warn_no_patient(items, f"under {path}", "neither a patient folder nor a 'UC_patient_<id>_<n>' file name")
-    if check: items = drop_unreadable(items, skip_bad)
+    if check: items = check_duplicates(drop_unreadable(items, skip_bad), skip_bad)
     return items.reset_index(drop=True)
 
 # %% ../nbs/02_data.ipynb #b7843fa0
@@ -189,6 +189,35 @@ def drop_unreadable(items: pd.DataFrame,  # images (`path`)
     if not skip_bad: raise UserError(msg + "Replace them, or pass skip_bad=True (CLI: --skip-bad) to leave them out.")
     warnings.warn(msg + "They are left out.")
     return items[~bad]
+
+# %% ../nbs/02_data.ipynb #db7066ea
+def _digest(path) -> str:
+    with open(path, 'rb') as f: return hashlib.file_digest(f, 'sha256').hexdigest()
+
+def check_duplicates(items: pd.DataFrame,  # images (`path`, `mes`, `patient`)
+                     skip_bad: bool = False,  # leave copies under two scores out with a warning (else: refuse)
+                     names: pd.Series | None = None,  # how the messages name each image (default: its path)
+                    ) -> pd.DataFrame:
+    "`items` with no image (same bytes) under two Mayo scores (refused, or left out: `skip_bad`); two patients warned."
+    names = items.path if names is None else names[items.index]
+    digest = items.path.map(_digest)
+    copies = items.groupby(digest)
+    def listing(bad: pd.Series) -> str:
+        groups = list(items.index[bad].groupby(digest[bad]).values())
+        lines = [' = '.join(f"{names[i]} (MES {items.mes[i]}, patient {items.patient[i]})" for i in g) for g in groups]
+        return '\n  '.join(lines[:20]) + ('\n  ...' if len(lines) > 20 else '')
+    if (scores := copies.mes.transform('nunique') > 1).any():
+        msg = f"{scores.sum()} images are copies of one image under different Mayo scores:\n  {listing(scores)}\n"
+        if not skip_bad:
+            raise UserError(msg + "Keep one copy with its right score, or pass skip_bad=True (CLI: --skip-bad) to "
+                                  "leave every copy out.")
+        warnings.warn(msg + "Every copy is left out.")
+        items, digest = items[~scores], digest[~scores]
+    if (patients := items.groupby(digest).patient.transform('nunique') > 1).any():
+        warnings.warn(f"{patients.sum()} images are copies of one image in different patients:\n  "
+                      f"{listing(patients)}\nA patient-grouped split can put one copy in training and another in "
+                      f"the test set: keep each image in one patient.")
+    return items
 
 # %% ../nbs/02_data.ipynb #aa98d8e3
 def limuc_summary(items: pd.DataFrame) -> pd.DataFrame:
@@ -309,7 +338,7 @@ def table_items(fname,  # a CSV/TSV table: path, mes, optional patient, exam, ot
     items = items.join(t[extra])
     _warn_no_patient(items, f"of {fname}", "no patient column or an empty cell")
     rows = 'row ' + items.index.to_series().astype(str) + ': ' + items.path  # how the messages name the images
-    if check: items = drop_unreadable(items, skip_bad, names=rows)
+    if check: items = check_duplicates(drop_unreadable(items, skip_bad, names=rows), skip_bad, names=rows)
     return items.reset_index(drop=True)
 
 # %% ../nbs/02_data.ipynb #a8982002

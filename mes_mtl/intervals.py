@@ -117,7 +117,10 @@ def summary_line(report: dict, digits: int = 3) -> str:
     "The figures of `SUMMARY_FIGURES` of `report`, each with its interval where the report has a `ci` block."
     ci = report.get('ci')
     text = lambda b, k: ci_text(report[b][k], ci[b][k], digits) if ci else f"{report[b][k]:.{digits}f}"
-    return ' | '.join(f"{name} {text(*path)}" for path, name in SUMMARY_FIGURES.items())
+    absent = report['mes'].get('no_support', [])
+    note = (f" (no image of MES {', '.join(absent)} here: macro F1 averages MES 0-3, an F1 of 0 for each class "
+            f"without images)" if absent else '')
+    return ' | '.join(f"{name} {text(*path)}" for path, name in SUMMARY_FIGURES.items()) + note
 
 FEW_CLUSTERS = 20  # fewer patients (or images) than this: the bootstrap's intervals are rough, and tend to be narrow
 

@@ -20,7 +20,7 @@ from .metrics import markdown_table
 from .errors import UserError
 
 # %% auto #0
-__all__ = ['METHOD_COLUMNS', 'PATIENT_METHOD_COLUMNS', 'HELDOUT_METRICS', 'method_scores', 'compare_methods',
+__all__ = ['METHOD_COLUMNS', 'PATIENT_METHOD_COLUMNS', 'HELDOUT_METRICS', 'check_distinct', 'method_scores', 'compare_methods',
            'heldout_differences', 'differences_markdown', 'methods_markdown', 'plot_methods', 'write_method_comparison']
 
 # %% ../nbs/22_methods.ipynb #e9711ee9
@@ -40,9 +40,18 @@ def _common_arch(longs: dict, arch: str | None) -> str:
         raise UserError(f"the studies share the backbones {sorted(common)}: choose one with arch=... (--arch)")
     return common.pop()
 
+def check_distinct(studies: dict):
+    "A `UserError` unless the studies (name -> folder) are at least two and no folder is given twice."
+    if len(studies) < 2: raise UserError(f"comparing methods needs at least two studies; got {list(studies)}")
+    names = {}
+    for name, folder in studies.items(): names.setdefault(Path(folder).resolve(), []).append(name)
+    if twice := [f"{' and '.join(n)} are both {f}" for f, n in names.items() if len(n) > 1]:
+        raise UserError(f"a study compared with itself: {'; '.join(twice)}. Its folds would be tested against "
+                        f"themselves (p = 1 whatever the method does); give each method's own study folder")
+
 def method_scores(studies: dict, arch: str | None = None) -> pd.DataFrame:
     "Per method (name: study folder), validation fold and column of `METHOD_COLUMNS`: the final model's value (`arch`)."
-    if len(studies) < 2: raise UserError(f"comparing methods needs at least two studies; got {list(studies)}")
+    check_distinct(studies)
     longs = {name: study_metrics(out) for name, out in studies.items()}
     arch = _common_arch(longs, arch)
     rows = []
@@ -63,8 +72,9 @@ def compare_methods(scores: pd.DataFrame, reference: str | None = None, test: st
         ref = scores[(scores.method == reference) & (scores.column == col)].sort_values('fold').value.to_numpy()
         mine = g.sort_values('fold').value.to_numpy()
         tested = method != reference
+        tested = tested and min(len(ref), len(mine)) > 1  # one fold: no sd, no test (`p_value`), so no floor either
         p, floor = (p_value(ref, mine, test), min_p(len(ref), len(mine), test)) if tested else (np.nan, np.nan)
-        sd = mine.std(ddof=1) if len(mine) > 1 else 0.
+        sd = mine.std(ddof=1) if len(mine) > 1 else np.nan
         rows.append(dict(method=method, column=col, mean=mine.mean(), sd=sd, n=len(mine), reference=reference, p=p,
                          min_p=floor))
     return with_holm(pd.DataFrame(rows))
@@ -148,9 +158,14 @@ def plot_methods(comparison: pd.DataFrame) -> plt.Figure:
 def _methods_text(comparison: pd.DataFrame, diffs: pd.DataFrame, arch: str, test: str) -> str:
     "`methods.md`: the fold table with its test, and the test-set differences with their intervals."
     reference, kind = comparison.reference.iloc[0], 'paired' if TESTS[test] == 'samples' else 'independent'
-    floor = comparison.min_p.min()
-    reach = (f" With {comparison.n.min()} folds per method no p can fall below {floor:.3g}: the fold tests cannot "
-             f"reach p < 0.05." if floor >= 0.05 else '')
+    floor, folds = comparison.min_p.min(), comparison.n[comparison.n > 1].min()
+    reach = (f" With {folds} folds per method no p can fall below {floor:.3g}: the fold tests cannot reach p < 0.05."
+             if floor >= 0.05 else '')
+    if single := list(dict.fromkeys(comparison.method[comparison.n < 2])):
+        void = 'no method is tested' if reference in single else f"{', '.join(single)} untested (no p, no mark)"
+        reach += (f" {', '.join(single)} {'has' if len(single) == 1 else 'have'} a single finished fold: no sd, and a "
+                  f"permutation test needs at least two folds per method, so {void}. Finish more folds "
+                  f"(--run-folds, --resume) for a test.")
     resampled = f"{diffs.n.iloc[0]} test {diffs.resampled.iloc[0]}" if len(diffs) else 'test images'
     if len(diffs) and diffs.n.iloc[0] < FEW_CLUSTERS:
         resampled += f"; with fewer than {FEW_CLUSTERS} the intervals are rough and too narrow, read them with care"

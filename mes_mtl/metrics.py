@@ -50,7 +50,8 @@ def task_report(y_true, y_pred, labels) -> dict:
                  for c, p, r, f, s, n in zip(labels, prec, rec, f1, spec, support)}
     return {'accuracy': float(acc), 'macro_precision': float(np.mean(prec)), 'macro_recall': float(np.mean(rec)),
             'macro_f1': float(np.mean(f1)), 'macro_specificity': float(np.mean(spec)),
-            'per_class': per_class, 'confusion_matrix': cm.tolist()}
+            'per_class': per_class, 'confusion_matrix': cm.tolist(),
+            'no_support': [str(c) for c, n in zip(labels, support) if n == 0]}  # classes averaged in with an F1 of 0
 
 # %% ../nbs/12_metrics.ipynb #7205147f
 def _kappa(y1, y2, labels, weights: str | None = None) -> float:

@@ -69,8 +69,9 @@ def _at(long: pd.DataFrame, stage: int | None) -> pd.Series:
 
 # %% ../nbs/20_results.ipynb #2466cd38
 def mean_sd(mean, sd, digits: int = 3) -> list[str]:
-    "'mean ± sd' texts of the sequences `mean` and `sd`."
-    return [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean, sd)]
+    "'mean ± sd' texts of the sequences `mean` and `sd` (an sd of NaN, one value: 'mean (one value, no sd)')."
+    return [f"{m:.{digits}f} ± {s:.{digits}f}" if np.isfinite(s) else f"{m:.{digits}f} (one value, no sd)"
+            for m, s in zip(mean, sd)]
 
 def stars(p: float) -> str:
     "Significance mark of a p-value."

@@ -4,6 +4,7 @@
 
 # %% ../nbs/03_splits.ipynb #5ad7ee03
 from __future__ import annotations
+import warnings
 from pathlib import Path
 import numpy as np, pandas as pd
 from fastprogress.fastprogress import progress_bar
@@ -78,7 +79,23 @@ def split_items(items: pd.DataFrame, test_size: float = 0.15, n_folds: int = 10,
                             f"folds; counts: {counts}: {_fewer_folds(least, 'images')}.")
         folds = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(train, train.mes)
     for k, (_, val) in enumerate(folds): items.loc[train.index[val], 'fold'] = k
+    _warn_missing_classes(items)
     return items
+
+def _warn_missing_classes(items: pd.DataFrame):
+    "Warn where a Mayo score of the data has no image in the test set or a validation fold, and where its images are."
+    parts = {'the test set': items[items.is_test],
+             **{f'validation fold {k}': items[items.fold == k] for k in sorted(set(items.fold) - {-1})}}
+    place = items.fold.map(lambda f: 'test set' if f == -1 else f'fold {f}')
+    lines = []
+    for c in sorted(set(items.mes)):
+        if without := [where for where, part in parts.items() if c not in set(part.mes)]:
+            went = place[items.mes == c].value_counts().sort_index()
+            lines.append(f"{', '.join(without)} {'has' if len(without) == 1 else 'have'} no MES {c} (its "
+                         f"{went.sum()} image(s): {', '.join(f'{n} in {p}' for p, n in went.items())})")
+    if lines:
+        warnings.warn(f"{'; '.join(lines)}. The metrics of those sets average an F1 of 0 for each missing class into "
+                      f"the macro F1 (`metrics.json` lists such classes under 'no_support'); add images of them.")
 
 # %% ../nbs/03_splits.ipynb #47529d28
 MANIFEST_COLS = ['key', 'patient', 'mes', 'source', 'is_test', 'fold']

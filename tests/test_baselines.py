@@ -1,4 +1,4 @@
-import json, math
+import json, math, shutil
 import numpy as np
 import pandas as pd
 import pytest
@@ -264,5 +264,6 @@ def test_cli_cv_and_compare_coral(demo_root, tmp_path, capsys):
     p = pd.read_csv(d/'predictions.csv')
     assert np.allclose(p.filter(like='p_mes').sum(axis=1), 1)
     assert (p.mes_pred == mes_decode(*(p[f'p_{t}'] for t in TASKS), rule='median')).all()
-    assert main(['compare', f'coral={out}', f'coral-again={out}', '--out', str(tmp_path/'m')]) == 0
+    shutil.copytree(out, tmp_path/'coral-again')  # a copy: `compare` refuses one folder given twice
+    assert main(['compare', f'coral={out}', f'coral-again={tmp_path/"coral-again"}', '--out', str(tmp_path/'m')]) == 0
     assert set(pd.read_csv(tmp_path/'m'/'methods.csv').method) == {'coral', 'coral-again'} and 'coral' in capsys.readouterr().out

@@ -163,6 +163,10 @@ def test_compare_refuses_other_splits_and_warns_about_other_settings(study, demo
     assert code == 0, err[-3000:]
     assert 'WARNING: the studies differ in more than the method: epochs (mtl: 1, ce: 2)' in err
     assert (tmp_path/'cmp'/'methods.md').is_file()
+    assert 'mtl has a single finished fold: no sd' in stdout and 'so no method is tested' in stdout  # mtl: fold 0
+    assert '± 0.000' not in stdout.split('Held-out')[0] and pd.read_csv(tmp_path/'cmp'/'methods.csv').p.isna().all()
+    code, _, err = run_main(capsys, 'compare', f'mtl={out}', f'again={out}/.', '--out', tmp_path/'self')
+    assert code == 2 and 'a study compared with itself: mtl and again' in err and not (tmp_path/'self').exists()
 
 
 @pytest.fixture
@@ -284,3 +288,16 @@ def test_full_disk_during_a_study_says_what_it_kept(demo_root, capsys, monkeypat
     assert code == 2 and 'Traceback' not in err, err[-2000:]
     assert (f"the disk is full: {out} keeps 0 of 1 fold run(s) finished, and stage 1 of test_resnet fold 0. Free space "
             f"there and resume the study with --resume") in err
+
+
+def test_train_log_without_a_terminal(demo_root, tmp_path):
+    "Standard output to a file or pipe (SLURM, nohup, CI): no carriage returns (bars), one plain line per epoch."
+    r = subprocess.run(['mes_mtl', 'train', '--data', str(demo_root), '--out', str(tmp_path/'run'), '--arch', 'test_resnet',
+                        '--size', '32', '--epochs', '2', '--bs', '16', '--no-pretrained'],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '\r' not in r.stdout and '\r' not in r.stderr
+    lines = r.stdout.splitlines()
+    header, = [i for i, l in enumerate(lines) if l.startswith('epoch ') and 'train_loss' in l]
+    assert [l.split()[0] for l in lines[header + 1:header + 3]] == ['0', '1'] and not lines[header + 3][:1].isdigit()
+    assert all(l[:1].isdigit() for l in lines if 'Better model found' in l)  # fastai's notes end the epoch's line

@@ -1,5 +1,5 @@
 "Reading LIMUC-shaped folders, and every bad input the reader must explain."
-import shutil, warnings
+import json, shutil, warnings
 import pytest
 from PIL import Image
 from mes_mtl.data import limuc_items, limuc_summary
@@ -21,7 +21,8 @@ def test_official_split_layout_and_repeated_names(demo_root, tmp_path):
         to = tmp_path/sub/f'mayo{r.mes}'/r.key.split('/')[-1]          # tolerant folder name: 'mayo0'
         to.parent.mkdir(parents=True, exist_ok=True); shutil.copy(r.path, to)
     twin = tmp_path/'test_set'/'mayo3'/items[items.patient == '1'].key.iloc[0].split('/')[-1]
-    twin.parent.mkdir(exist_ok=True); shutil.copy(items.path[0], twin)   # same name, other class
+    twin.parent.mkdir(exist_ok=True)
+    Image.open(items.path[0]).rotate(90).save(twin)                      # same name, other class, other pixels
     official = limuc_items(tmp_path)
     assert len(official) == 201 and official.key.is_unique
     assert set(official[official.source == 'test_set'].patient) == {'1', '2'}
@@ -79,3 +80,31 @@ def test_non_rgb_images_are_converted(tmp_path):
     items = limuc_items(tmp_path)
     assert len(items) == 4
     assert {PILImage.create(p).mode for p in items.path} == {'RGB'}
+
+
+def test_train_refuses_one_image_under_two_scores(demo_root, tmp_path, capsys):
+    "`mes_mtl train` on data holding one image twice, as MES 0 and MES 3: refused before training, both copies named."
+    from mes_mtl.cli import main
+    data = tmp_path/'LIMUC'
+    shutil.copytree(demo_root, data)
+    zero, three = sorted(data.rglob('Mayo 0/*.bmp'))[0], sorted(data.rglob('Mayo 3/*.bmp'))[0]
+    copy = three.parent/'copy_of_a_mayo_0.bmp'
+    shutil.copy(zero, copy)
+    code = main(['train', '--data', str(data), '--out', str(tmp_path/'run'), '--arch', 'test_resnet', '--size', '32',
+                 '--epochs', '1', '--no-pretrained'])
+    err = capsys.readouterr().err
+    assert code == 2 and 'copies of one image under different Mayo scores' in err
+    assert zero.name in err and copy.name in err and '--skip-bad' in err
+    assert not list(tmp_path.glob('run/**/model.safetensors'))
+
+
+def test_prepare_says_where_a_class_of_one_image_went(demo_root, tmp_path):
+    "One MES 3 image can be in one set only: `mes_mtl prepare` (the split of `train` and `cv`) says which sets lack it."
+    from mes_mtl.cli import main
+    data = tmp_path/'LIMUC'
+    shutil.copytree(demo_root, data)
+    for img in sorted(data.rglob('Mayo 3/*.bmp'))[1:]: img.unlink()
+    with pytest.warns(UserWarning, match=r"no MES 3 \(its 1 image\(s\): 1 in (fold \d|test set)\)") as caught:
+        assert main(['prepare', '--data', str(data), '--out', str(tmp_path/'prep'), '--size', '32', '--folds', '3']) == 0
+    msg, = [str(w.message) for w in caught if 'no MES 3' in str(w.message)]
+    assert "'no_support'" in msg and ('the test set' in msg) == ('1 in test set' not in msg)

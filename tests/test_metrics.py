@@ -12,7 +12,8 @@ from mes_mtl.labels import TASKS, mes_decode, mes_to_tasks
 from mes_mtl.metrics import (mtl_report, report_from_predictions, task_report, report_table, plot_confusion_matrices,
                              mtl_metrics, MTL_METRICS)
 
-BLOCK_KEYS = {'accuracy', 'macro_precision', 'macro_recall', 'macro_f1', 'macro_specificity', 'per_class', 'confusion_matrix'}
+BLOCK_KEYS = {'accuracy', 'macro_precision', 'macro_recall', 'macro_f1', 'macro_specificity', 'per_class', 'confusion_matrix',
+              'no_support'}
 CLASS_KEYS = {'precision', 'recall', 'f1', 'specificity', 'support'}
 
 
