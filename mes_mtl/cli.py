@@ -520,7 +520,7 @@ def main(argv=None) -> int:
 # %% ../nbs/90_cli.ipynb #192c3a7f
 class EpochLines(Callback):
     "Instead of `ProgressCallback`: no bars; the epoch table's header, then a line per epoch with the trackers' notes."
-    order = 70  # after fastai's trackers (orders 60-63: best model, lr, early stopping), whose notes end the line
+    order = 55  # before `CSVLogger` (60), which then writes its file and passes the values on to `_row`
     def before_fit(self):
         self.old_logger, self.show = self.learn.logger, self.create_mbar  # no table for `get_preds`, `validate`
         if self.old_logger is noop: return
@@ -538,7 +538,7 @@ class EpochLines(Callback):
         notes, sys.stdout = ' '.join(sys.stdout.getvalue().split()), self.stdout
         del self.stdout
         print(self.row + (f'  ({notes})' if notes else ''), flush=True)
-    def after_epoch(self): self._flush()
+    def before_epoch(self): self._flush()  # the last epoch's row, with what the trackers (60-63) printed after it
     def after_fit(self):
         self._flush()  # early stopping cancels the fit in the middle of an epoch's end
         self.learn.logger = self.old_logger
