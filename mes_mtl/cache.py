@@ -8,7 +8,7 @@ import hashlib, os
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
-from fastprogress.fastprogress import progress_bar
+from .progress import with_progress
 from .files import atomic_write
 from .data import read_rgb
 
@@ -64,7 +64,7 @@ class ImageCache:
         if fname is not None and fname.is_file(): return cls(np.load(fname, mmap_mode='r'), files[col], fname)
         shape = (len(files), *hw, 3)
         def fill(images):
-            for i, path in enumerate(progress_bar(list(files.path), leave=False) if progress else files.path):
+            for i, path in enumerate(with_progress(list(files.path), show=progress, leave=False)):
                 img = _read_image(path, target)
                 if img.shape[:2] != tuple(hw):
                     raise ValueError(f"{path} is {img.shape[1]}x{img.shape[0]} pixels, the first image "

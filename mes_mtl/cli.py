@@ -31,6 +31,7 @@ from .methods import check_distinct, write_method_comparison
 from .report import heldout_markdown
 from .bench import bench_args, run_bench
 from .extras import require
+from .progress import shows_bars, with_progress
 from .inference import MESPredictor, RUNTIMES, init_settings
 from .evaluate import evaluate
 from .quality import QualityThresholds
@@ -214,10 +215,9 @@ def _image_files(inputs) -> list[Path]:
 
 def _score(pred, files: list[Path], bs: int, progress: bool = False) -> tuple[pd.DataFrame, list[str]]:
     "`pred`'s predictions for the readable `files` (in batches of `bs`), and one message per file that cannot be read."
-    from fastprogress.fastprogress import progress_bar
     parts, bad = [], []
     starts = range(0, len(files), bs)
-    for i in (progress_bar(starts) if progress else starts):
+    for i in with_progress(starts, show=progress):
         good, imgs = [], []
         for f in files[i:i + bs]:
             try: imgs.append(pred.load(f))
@@ -502,7 +502,7 @@ def main(argv=None) -> int:
     try: args = parser().parse_args(argv)
     except SystemExit as e: return e.code  # --help, --version, or an option argparse refused (it printed why)
     try:
-        with plain_progress(not sys.stdout.isatty()): COMMANDS[args.command](args)  # batch jobs: no bars in the log
+        with plain_progress(not shows_bars()): COMMANDS[args.command](args)  # batch jobs: no bars in the log
     except (UserError, DownloadError) as e:
         print(f"mes_mtl {args.command}: error: {e}", file=sys.stderr)
         return 2

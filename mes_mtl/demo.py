@@ -11,7 +11,7 @@ from dataclasses import dataclass, asdict
 import hashlib
 from PIL import Image, ImageDraw, ImageFilter
 from scipy.ndimage import uniform_filter1d
-from fastprogress.fastprogress import progress_bar
+from .progress import with_progress
 from .labels import MES_CLASSES, LIMUC_SIZE, LOCATIONS, check_mes
 from .errors import UserError, UserFileExistsError, UserNotADirectoryError
 from .files import atomic_write, cached_folder
@@ -416,7 +416,7 @@ def make_demo_limuc(dest,  # the folder to write into (LIMUC's root)
     rows = list(zip(layout.patient, layout.number, layout.mes))
     paths = [root/str(p)/f'Mayo {k}'/f'UC_patient_{p}_{n}.bmp' for p, n, k in rows]
     size = LIMUC_SIZE if site is None else site.image_size
-    for i in progress_bar(range(n_images)) if progress else range(n_images):
+    for i in with_progress(range(n_images), show=progress):
         (p, n, k), rng = rows[i], np.random.default_rng([*_seed_key(seed, first), i])
         img = demo_image(k, rng, size) if labels is None else aux_image(k, labels.iloc[i], rng, size)
         if site is not None: img = site_frame(img, site, burnt_text(p, n, seed) if site.text else ())

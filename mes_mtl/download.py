@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 from fastprogress.fastprogress import progress_bar
+from .progress import shows_bars, with_progress
 
 # %% auto #0
 __all__ = ['LIMUC_DOI', 'LIMUC_BASE_URL', 'LIMUC_API_URL', 'LIMUC_LAYOUT', 'LIMUC_ARCHIVES', 'limuc_url', 'DownloadError',
@@ -86,7 +87,7 @@ def download_file(url: str, dest, md5: str | None = None, size: int | None = Non
         with resp, open(part, 'ab' if have else 'wb') as f:
             length = resp.headers.get('Content-Length')
             total = have + int(length) if length is not None else size
-            bar = progress_bar(range(0), total=total or 'noinfer') if progress else None
+            bar = progress_bar(range(0), total=total or 'noinfer') if progress and shows_bars() else None
             if bar: bar.comment = dest.name; bar.update(0)
             got = have
             while block := resp.read(chunk):
@@ -124,7 +125,7 @@ def extract_zip(zip_path, dest, name: str | None = None, progress: bool = True) 
     try:
         with zipfile.ZipFile(zip_path) as z:
             members = [m for m in z.infolist() if not m.filename.startswith('__MACOSX/')]
-            for m in progress_bar(members) if progress else members: z.extract(m, stage)
+            for m in with_progress(members, show=progress): z.extract(m, stage)
     except zipfile.BadZipFile as e:
         shutil.rmtree(stage, ignore_errors=True)
         raise DownloadError(f"{zip_path} is not a valid zip archive ({e}); delete it and download it again") from None

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import NamedTuple
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
-from fastprogress.fastprogress import progress_bar
+from .progress import with_progress
 from .errors import UserError, UserFileNotFoundError
 from .files import write_json, save_figure, writable_dir, Staging
 from .labels import MES_CLASSES
@@ -57,7 +57,7 @@ def model_outputs(predictors: list[MESPredictor],  # the models, all of one inpu
                         f"them one at a time (--model)")
     if bs < 1: raise UserError(f"the batch size must be at least 1; got {bs}")
     parts, starts = [[] for _ in predictors], range(0, len(paths), bs)
-    for i in progress_bar(starts) if progress else starts:
+    for i in with_progress(starts, show=progress):
         u8 = predictors[0].pixels(paths[i:i + bs])
         for part, pred in zip(parts, predictors): part.append(pred.outputs(pred.preprocess(u8)))
     return [(np.concatenate(p), np.concatenate(m), [np.concatenate(h) for h in zip(*hs)],

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 import numpy as np, torch
 import fastai, timm
-from fastprogress.fastprogress import progress_bar
+from .progress import with_progress
 
 # %% auto #0
 __all__ = ['device_sync', 'PeakMemory', 'time_interleaved', 'time_batches', 'machine_info', 'machine_label']
@@ -67,7 +67,7 @@ def time_interleaved(fns: dict[str, Callable], # name -> function to time
     if warmup:
         for f in fns.values(): f()
     times, peaks, names = {k: [] for k in fns}, dict.fromkeys(fns, 0.), list(fns)
-    for r in progress_bar(range(reps), leave=False) if progress else range(reps):
+    for r in with_progress(range(reps), show=progress, leave=False):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             # later rounds keep their memory, as a real loop does

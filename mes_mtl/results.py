@@ -124,7 +124,7 @@ def with_holm(t: pd.DataFrame, by=None) -> pd.DataFrame:
 # %% ../nbs/20_results.ipynb #f3ebf19f
 def _summary(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     g = df.groupby(by, sort=False).value
-    return pd.DataFrame({'mean': g.mean(), 'sd': g.std(ddof=1).fillna(0), 'n': g.size()}).reset_index()
+    return pd.DataFrame({'mean': g.mean(), 'sd': g.std(ddof=1), 'n': g.size()}).reset_index()  # one fold: sd NaN, not 0
 
 TABLE1_COLUMNS = [('primary', 'accuracy'), ('remission', 'accuracy'), ('active', 'accuracy'), ('mes', 'accuracy'),
                   ('mes', 'f1'), ('mes', 'qwk')]  # (block, metric) of Table 1

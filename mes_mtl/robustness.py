@@ -6,7 +6,7 @@
 from __future__ import annotations
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
-from fastprogress.fastprogress import progress_bar
+from .progress import with_progress
 from .data import read_rgb
 from .demo import DEGRADATIONS, degrade
 from .metrics import mes_block
@@ -31,7 +31,7 @@ def degradation_curves(groups,  # (items, {model name: MESPredictor}) pairs: eac
                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Mayo accuracy and macro F1 (95 % intervals) of each model on degraded images; paired differences to the first."
     rows = []
-    for g, (items, models) in enumerate(progress_bar(groups, leave=False) if progress else groups):
+    for g, (items, models) in enumerate(with_progress(groups, show=progress, leave=False)):
         images, truth = _decoded(items.path), items[['mes', 'patient', 'path']].astype({'patient': str})
         truth = truth.rename(columns={'mes': 'mes_true', 'path': 'image'})
         for kind in kinds:

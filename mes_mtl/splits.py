@@ -7,7 +7,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 import numpy as np, pandas as pd
-from fastprogress.fastprogress import progress_bar
+from .progress import with_progress
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 from .errors import UserError, UserFileNotFoundError
 from .files import atomic_write
@@ -166,7 +166,7 @@ def image_sums(items: pd.DataFrame, cache=None, progress: bool = True) -> pd.Dat
     done = pd.read_csv(cache, index_col='key') if cache and cache.is_file() else pd.DataFrame(columns=SUM_COLS)
     todo = items[~items.key.isin(done.index)]
     if len(todo):
-        it = progress_bar(list(todo.path)) if progress else todo.path
+        it = with_progress(list(todo.path), show=progress)
         new = pd.DataFrame([_image_sums(p) for p in it], columns=SUM_COLS, index=pd.Index(todo.key, name='key'))
         done = pd.concat([done, new]) if len(done) else new
         if cache: atomic_write(cache, done.to_csv)  # an interrupted run leaves the old cache, never half a file

@@ -218,8 +218,7 @@ def run_cv(split: pd.DataFrame,  # the split (`split_items`): test set and folds
         todo = [j for j in jobs if not (fold_dir(out, *j)/'metrics.json').is_file()]
         print(f"Study in {out}: {len(cfg.archs)} backbone(s) x {len(folds)} fold(s); "
               f"{len(jobs) - len(todo)} done, {len(todo)} to run")
-        bar = verbose and sys.stdout.isatty()  # a bar is carriage returns in a batch job's log
-        image_sums(split[~split.is_test], cache=out/'image_sums.csv', progress=bar)  # folds at once only read it
+        image_sums(split[~split.is_test], cache=out/'image_sums.csv', progress=verbose)  # folds at once only read it
         if workers > 1 or ray_address: return _run_parallel(split, out, cfg, todo, workers, ray_address, peer)
         times, job = [], None
         try:

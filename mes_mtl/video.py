@@ -9,7 +9,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from fastprogress.fastprogress import progress_bar
+from .progress import with_progress
 from .errors import UserError
 from .files import atomic_write, json_safe, write_json, save_figure
 from .extras import require
@@ -323,7 +323,7 @@ def score_video(path, predictor: MESPredictor,
     "Score the video file `path` with `predictor`: frames, segments and the video's Mayo score (see `VideoResult`)."
     reader = VideoReader(path, every, fps, crop)
     scorer = VideoScorer(predictor, reader.rate, window, min_length, thresholds, bs)
-    frames = progress_bar(reader, total=reader.expected, leave=False) if progress else reader
+    frames = with_progress(reader, show=progress, total=reader.expected, leave=False)
     start = time.perf_counter()
     for n, (i, t, img) in enumerate(frames, 1):
         scorer.push(img, t, i)

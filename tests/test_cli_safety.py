@@ -156,9 +156,11 @@ def test_compare_refuses_other_splits_and_warns_about_other_settings(study, demo
     assert code == 2 and 'not run on the same images and folds' in err and 'ce: 3 folds -> 4' in err
     assert not (tmp_path/'cmp').exists()
     same = tmp_path/'ce'
-    code, _, err = run_main(capsys, 'cv', '--out', same, '--data', demo_root, *CV, '--method', 'ce', '--epochs', 2,
-                            '--run-folds', 0)
+    code, printed, err = run_main(capsys, 'cv', '--out', same, '--data', demo_root, *CV, '--method', 'ce', '--epochs', 2,
+                                  '--run-folds', 0)
     assert code == 0, err[-3000:]
+    table1 = printed.split('Table 1')[1].split('\n\n')[0].split('\n', 1)[1]  # its rows, below the title
+    assert '(one value, no sd)' in table1 and '±' not in table1, table1  # one fold: no sd, not "± 0.000"
     code, stdout, err = run_main(capsys, 'compare', f'mtl={out}', f'ce={same}', '--out', tmp_path/'cmp')
     assert code == 0, err[-3000:]
     assert 'WARNING: the studies differ in more than the method: epochs (mtl: 1, ce: 2)' in err
@@ -302,3 +304,14 @@ def test_train_log_without_a_terminal(demo_root, tmp_path):
     header, = [i for i, l in enumerate(lines) if l.startswith('epoch ') and 'train_loss' in l]
     assert [l.split()[0] for l in lines[header + 1:header + 3]] == ['0', '1'] and not lines[header + 3][:1].isdigit()
     assert all(l[:1].isdigit() for l in lines if 'Better model found' in l)  # fastai's notes end the epoch's line
+
+
+def test_logs_of_other_commands_without_a_terminal(finished, capsys, tmp_path):
+    "demo-data, predict and evaluate with standard output not a terminal (capsys): no bars, no carriage returns."
+    code, out, err = run_main(capsys, 'demo-data', tmp_path/'d', '--n-images', 8, '--patients', 2)
+    assert code == 0 and '\r' not in out + err, (out, err)
+    code, out, err = run_main(capsys, 'predict', tmp_path/'d', '--model', finished)
+    assert code == 0 and '\r' not in out + err and out.count('\n') >= 8, (out, err)
+    code, out, err = run_main(capsys, 'evaluate', '--model', finished, '--data', tmp_path/'d', '--out', tmp_path/'e',
+                              '--resamples', 50)
+    assert code == 0 and '\r' not in out + err, (out, err)

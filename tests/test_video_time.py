@@ -59,3 +59,11 @@ def test_fps_above_the_video_rate(model, tmp_path, capsys):
     summary = json.loads((tmp_path/'o'/'summary.json').read_text())
     assert summary['mes'] == 0 and summary['rate'] == 25 and summary['n_frames'] == 75
     assert abs(summary['segments'][0]['seconds'] - 3) < 0.05
+
+
+def test_video_log_without_a_terminal(model, tmp_path, capsys):
+    "Standard output not a terminal (capsys, as a batch job's log): the frames are decoded without a bar."
+    make_demo_video(tmp_path/'v.mp4', segments=((0, 1.0),), artefacts=(), fps=10, size=(144, 176))
+    assert main(['video', str(tmp_path/'v.mp4'), '--model', str(model), '--out', str(tmp_path/'o')]) == 0
+    out, err = capsys.readouterr()
+    assert '\r' not in out + err and 'Mayo score' in out
