@@ -73,8 +73,8 @@ def _record(res: dict, timed: dict, n: int):
         res['optimised'][f'speedup{suffix}'] = timed['bare']['seconds'] / timed['optimised']['seconds']
 
 def _predict_call(pred: MESPredictor, frames, batch_files: list, n: int) -> Callable:
-    "A call of `pred.predict`: on the next of `frames` at batch size `n` = 1, else on `batch_files`."
-    if n == 1: return lambda: pred.predict([next(frames)])
+    "A call of `pred.predict`: at batch size `n` = 1 on the next decoded frame of `frames`, else on `batch_files`."
+    if n == 1: return lambda: pred.predict(next(frames))
     return lambda: pred.predict(batch_files, bs=n)
 
 def inference_throughput(arch: str, # timm backbone
@@ -96,7 +96,8 @@ def inference_throughput(arch: str, # timm backbone
     pred = MESPredictor(model, config, device=device)
     bare = torch.inference_mode()(pred.model)
     batch_files = [files[i % len(files)] for i in range(bs)]
-    one, batch, frames = pred.preprocess(files[:1]), pred.preprocess(batch_files), itertools.cycle(files)
+    one, batch, paths = pred.preprocess(files[:1]), pred.preprocess(batch_files), itertools.cycle(files)
+    frames = itertools.cycle([pred.load(f) for f in files[:8]])  # decoded, as a live stream hands them over
     res, start = dict(arch=arch, size=list(pred.size), bs=bs), time.perf_counter()
     fast, note, fast_pred = optimised_forward(pred, one, optimise)
     res['optimised'] = dict(method=note, setup_s=time.perf_counter() - start) if fast else dict(skipped=note)
@@ -105,8 +106,9 @@ def inference_throughput(arch: str, # timm backbone
         fns = {'bare': lambda x=x: bare(x), 'predictor': _predict_call(pred, frames, batch_files, n)}
         if fast_pred: fns['predictor_onnx'] = _predict_call(fast_pred, frames, batch_files, n)
         if fast: fns['optimised'] = lambda x=as_input(x): fast(x)
+        if n == 1: fns['read'] = lambda: pred.load(next(paths))  # a file's decoding and resizing, on its own
         _record(res, time_interleaved(fns, calls, device, progress=progress), n)
-    res['predictor_ms_bs1'] = 1e3 / res['predictor_fps_bs1']
+    res['predictor_ms_bs1'], res['read_ms'] = 1e3 / res['predictor_fps_bs1'], 1e3 / res.pop('read_fps_bs1')
     if fast:
         diff = _mes(fast(as_input(batch))) - _mes(bare(batch))
         res['optimised']['max_abs_diff'] = float(np.abs(diff).max())
@@ -359,7 +361,8 @@ def _inference_row(arch: str, r: dict) -> dict:
     "One row of the inference table: `arch`'s results `r` of `inference_throughput`."
     opt = r['optimised']
     return dict(arch=arch, bare_ms_bs1=r['bare_ms_bs1'], predictor_ms_bs1=r['predictor_ms_bs1'],
-                overhead_bs1=r['predictor_overhead_bs1'], predictor_fps_bs1=r['predictor_fps_bs1'],
+                overhead_bs1=r['predictor_overhead_bs1'], read_ms=r.get('read_ms', np.nan),
+                predictor_fps_bs1=r['predictor_fps_bs1'],
                 predictor_onnx_fps_bs1=r.get('predictor_onnx_fps_bs1', np.nan),
                 bare_fps=r['bare_fps'], predictor_fps=r['predictor_fps'], overhead=r['predictor_overhead'],
                 predictor_onnx_fps=r.get('predictor_onnx_fps', np.nan),
@@ -428,7 +431,8 @@ def bench_report(res: dict) -> str:
         f"{t['workers']} workers:\n\n" + markdown_table(tables['train'], 2),
         f"Data loading at {size} with the training transforms (vs_training = images/s of loading / of training; "
         f"the caches are built once per dataset and size):\n\n" + markdown_table(tables['loader'], 2),
-        f"Inference at the native size, batch size 1 and {s['infer_bs']} (overhead = predictor / bare - 1; "
+        f"Inference at the native size, batch size 1 and {s['infer_bs']} (overhead = predictor / bare - 1, at batch "
+        f"size 1 on a decoded frame as a live stream gives it; read_ms: reading and resizing an image file, on top; "
         f"predictor_onnx: `MESPredictor(runtime='onnx')`; optimised: {optimised}):\n\n"
         + markdown_table(tables['inference'], 3),
         f"Full study on this machine ({study['folds']} folds x {study['epochs']} epochs, LIMUC's {study['images']} "

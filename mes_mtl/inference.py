@@ -358,7 +358,7 @@ def _export_bytes(model, x, names, exporter: str) -> tuple[bytes, str]:
                            f"{first}; torch.export-based: {type(e).__name__}: {e}. Use runtime='torch'.") from e
 
 def _session(onnx: bytes | Path, device):
-    "An ONNX Runtime session on `device`, with PyTorch's number of threads."
+    "An ONNX Runtime session on `device`, with PyTorch's number of threads, whose idle threads sleep (no spinning)."
     ort, device = onnx_runtime(), torch.device(device)
     providers = ['CPUExecutionProvider']
     if device.type == 'cuda':
@@ -372,6 +372,7 @@ def _session(onnx: bytes | Path, device):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = torch.get_num_threads(), 1
     opts.log_severity_level = 3  # errors only
+    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')  # idle threads leave the cores to others
     return ort.InferenceSession(onnx if isinstance(onnx, bytes) else str(onnx), opts, providers=providers)
 
 class OnnxModel:
