@@ -4,7 +4,7 @@
 
 # %% ../nbs/32_bench.ipynb #f3888359
 from __future__ import annotations
-import argparse, itertools, tempfile, time
+import argparse, itertools, tempfile, time, warnings
 from pathlib import Path
 from typing import Callable
 import numpy as np, pandas as pd, torch
@@ -20,7 +20,7 @@ from .dataloaders import Preprocessing, default_workers
 from .method import make_method
 from .model import create_mtl_model, check_arch, default_size
 from .config import COUNT, INDEX, PIXELS, image_size
-from .inference import MESPredictor, model_config, onnx_runtime
+from .inference import MESPredictor, RUNTIMES, model_config, onnx_runtime
 from .metrics import markdown_table
 from .cache import ImageCache
 from .video import VideoReader, score_video
@@ -28,9 +28,10 @@ from .profiling import time_interleaved, machine_info, machine_label
 from .reference import bench_items, train_throughput, loader_cases, loader_throughput
 
 # %% auto #0
-__all__ = ['LIMUC_IMAGES', 'DEFAULT_ARCHS', 'BENCH_DEFAULTS', 'QUICK_DEFAULTS', 'optimised_forward', 'inference_throughput',
-           'study_estimate', 'video_throughput', 'video_runtimes', 'video_bench', 'video_bench_table', 'bench_args',
-           'bench_settings', 'run_bench', 'bench_tables', 'bench_targets', 'bench_report', 'plot_bench']
+__all__ = ['CALIB_FRAMES', 'LIMUC_IMAGES', 'DEFAULT_ARCHS', 'BENCH_DEFAULTS', 'QUICK_DEFAULTS', 'bench_predictor',
+           'optimised_forward', 'inference_throughput', 'study_estimate', 'video_throughput', 'video_runtimes',
+           'video_bench', 'video_bench_table', 'bench_args', 'bench_settings', 'run_bench', 'bench_tables',
+           'bench_targets', 'bench_report', 'plot_bench']
 
 # %% ../nbs/32_bench.ipynb #b5008b5d
 def _mes(outputs) -> np.ndarray:
@@ -46,6 +47,14 @@ def _compiled(model: torch.nn.Module, example: torch.Tensor) -> tuple[Callable |
         first = str(e).splitlines()[0][:200]
         return None, f"torch.compile failed: {type(e).__name__}: {first}"
     return torch.inference_mode()(compiled), f"torch.compile (inductor), torch {torch.__version__}"
+
+CALIB_FRAMES = 32  # images that calibrate the INT8 models of the bench (their speed does not depend on them)
+
+def bench_predictor(model, config: dict, device, runtime: str, calib=None) -> MESPredictor:
+    "`MESPredictor` of `model`; 'onnx-int8' calibrated on `calib`, its agreement not warned about (random weights)."
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='the INT8 model gives')
+        return MESPredictor(model, config, device=device, runtime=runtime, calib=calib)
 
 def optimised_forward(pred: MESPredictor, # the eager predictor
                       example: torch.Tensor, # a preprocessed batch
@@ -102,9 +111,11 @@ def inference_throughput(arch: str, # timm backbone
     fast, note, fast_pred = optimised_forward(pred, one, optimise)
     res['optimised'] = dict(method=note, setup_s=time.perf_counter() - start) if fast else dict(skipped=note)
     as_input = (lambda x: x.contiguous()) if fast_pred else (lambda x: x)  # ONNX Runtime takes NCHW memory as it is
+    int8 = bench_predictor(model, config, device, 'onnx-int8', files[:CALIB_FRAMES]) if fast_pred else None
     for n, x, calls in ((1, one, reps), (bs, batch, batch_reps)):
         fns = {'bare': lambda x=x: bare(x), 'predictor': _predict_call(pred, frames, batch_files, n)}
         if fast_pred: fns['predictor_onnx'] = _predict_call(fast_pred, frames, batch_files, n)
+        if int8: fns['predictor_int8'] = _predict_call(int8, frames, batch_files, n)
         if fast: fns['optimised'] = lambda x=as_input(x): fast(x)
         if n == 1: fns['read'] = lambda: pred.load(next(paths))  # a file's decoding and resizing, on its own
         _record(res, time_interleaved(fns, calls, device, progress=progress), n)
@@ -141,7 +152,7 @@ def study_estimate(train_images_per_s: dict[str, float], # arch -> training imag
 
 # %% ../nbs/32_bench.ipynb #a329b6dd
 def video_throughput(arch: str, # timm backbone (random weights)
-                     runtime: str = 'torch', # `MESPredictor`'s runtime: 'torch' or 'onnx'
+                     runtime: str = 'torch', # `MESPredictor`'s runtime (`RUNTIMES`)
                      seconds: float = 4.0, # length of the demo video at 25 frames/s
                      bs: int = 16, # frames per model call
                      rounds: int = 3, # rounds in which the video path and the bare forward take turns
@@ -155,13 +166,14 @@ def video_throughput(arch: str, # timm backbone (random weights)
     mean, std = stats or ([0.5] * 3, [0.25] * 3)
     model = create_mtl_model(arch, pretrained=False)
     config = model_config(model, arch, make_method('mtl'), Preprocessing(default_size(arch), mean, std))
-    pred = MESPredictor(model, config, device=device, runtime=runtime)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         video = Path(tmp)/'video.mp4'
         make_demo_video(video, segments=((0, seconds / 2), (2, seconds / 2)), artefacts=(), seed=seed)
         reader = VideoReader(video)
         first = [f for _, (_, _, f) in zip(range(4 * bs), reader)]  # up to 4 batches for the bare forward
         reader.close()
+        calib = first[:CALIB_FRAMES] if runtime == 'onnx-int8' else None
+        pred = bench_predictor(model, config, device, runtime, calib)
         batches = [pred.preprocess(first[i:i + bs]) for i in range(0, len(first), bs)]
         def bare() -> float:
             t0 = time.perf_counter()
@@ -182,10 +194,10 @@ def video_throughput(arch: str, # timm backbone (random weights)
                 **stage_ms, device=str(pred.device), threads=torch.get_num_threads())
 
 def video_runtimes() -> list[str]:
-    "The runtimes `MESPredictor` offers here: torch, and onnx where ONNX Runtime (the `onnx` extra) is installed."
+    "The runtimes `MESPredictor` offers here: torch, and onnx, onnx-int8 where ONNX Runtime (the `onnx` extra) is."
     try: onnx_runtime()
     except UserError: return ['torch']
-    return ['torch', 'onnx']
+    return list(RUNTIMES)
 
 def video_bench(archs, # timm backbones
                 runtimes=None, # `MESPredictor` runtimes (default: `video_runtimes()`)
@@ -364,8 +376,9 @@ def _inference_row(arch: str, r: dict) -> dict:
                 overhead_bs1=r['predictor_overhead_bs1'], read_ms=r.get('read_ms', np.nan),
                 predictor_fps_bs1=r['predictor_fps_bs1'],
                 predictor_onnx_fps_bs1=r.get('predictor_onnx_fps_bs1', np.nan),
+                predictor_int8_fps_bs1=r.get('predictor_int8_fps_bs1', np.nan),
                 bare_fps=r['bare_fps'], predictor_fps=r['predictor_fps'], overhead=r['predictor_overhead'],
-                predictor_onnx_fps=r.get('predictor_onnx_fps', np.nan),
+                predictor_onnx_fps=r.get('predictor_onnx_fps', np.nan), predictor_int8_fps=r.get('predictor_int8_fps', np.nan),
                 optimised_ms_bs1=opt.get('ms_bs1', np.nan), speedup_bs1=opt.get('speedup_bs1', np.nan),
                 optimised_fps=opt.get('fps', np.nan), speedup=opt.get('speedup', np.nan),
                 max_abs_diff=opt.get('max_abs_diff', np.nan),
@@ -406,6 +419,10 @@ def bench_targets(res: dict) -> pd.DataFrame:
         v = res['video'][_MOBILENET]
         target = f"{_MOBILENET}: a 25 frames/s video in real time end to end ({v['runtime']})"
         rows.append((target, v['fps'], v['fps'] >= 25))
+    if 'densenet121' in res.get('video', {}):  # the paper's best backbone: a goal
+        v = res['video']['densenet121']
+        rows.append((f"densenet121 (goal): a 25 frames/s video in real time end to end ({v['runtime']})", v['fps'],
+                     v['fps'] >= 25))
     return pd.DataFrame(rows, columns=['target', 'measured', 'met'])
 
 # %% ../nbs/32_bench.ipynb #5f946e43
@@ -433,7 +450,8 @@ def bench_report(res: dict) -> str:
         f"the caches are built once per dataset and size):\n\n" + markdown_table(tables['loader'], 2),
         f"Inference at the native size, batch size 1 and {s['infer_bs']} (overhead = predictor / bare - 1, at batch "
         f"size 1 on a decoded frame as a live stream gives it; read_ms: reading and resizing an image file, on top; "
-        f"predictor_onnx: `MESPredictor(runtime='onnx')`; optimised: {optimised}):\n\n"
+        f"predictor_onnx, predictor_int8: `MESPredictor(runtime='onnx')`, `(runtime='onnx-int8')` (calibrated on "
+        f"{CALIB_FRAMES} images); optimised: {optimised}):\n\n"
         + markdown_table(tables['inference'], 3),
         f"Full study on this machine ({study['folds']} folds x {study['epochs']} epochs, LIMUC's {study['images']} "
         f"images; training speed scaled from {size} to each backbone's size by pixels):\n\n"
@@ -449,11 +467,12 @@ def bench_report(res: dict) -> str:
 def _plot_inference(ax, inf: pd.DataFrame):
     "Frames/s at batch size 1 of each backbone (rows of `inf`) and path, against the 50 frames/s target."
     fps = np.stack([1e3 / inf.bare_ms_bs1, inf.predictor_fps_bs1, inf.predictor_onnx_fps_bs1,
-                    1e3 / inf.optimised_ms_bs1], 1)
-    labels = ('bare forward', 'MESPredictor', "MESPredictor (runtime='onnx')", 'optimised forward')
-    colors = ('tab:gray', 'tab:blue', 'tab:green', 'tab:orange')
+                    inf.predictor_int8_fps_bs1, 1e3 / inf.optimised_ms_bs1], 1)
+    labels = ('bare forward', 'MESPredictor', "MESPredictor (runtime='onnx')", "MESPredictor (runtime='onnx-int8')",
+              'optimised forward')
+    colors = ('tab:gray', 'tab:blue', 'tab:green', 'tab:purple', 'tab:orange')
     for j, (label, color) in enumerate(zip(labels, colors)):
-        ax.bar(np.arange(len(inf)) + (j - 1.5) * 0.2, fps[:, j], 0.2, label=label, color=color)
+        ax.bar(np.arange(len(inf)) + (j - 2) * 0.16, fps[:, j], 0.16, label=label, color=color)
     ax.axhline(50, color='k', ls=':', label='50 frames/s')
     ax.set_xticks(np.arange(len(inf)), inf.arch, rotation=15, ha='right')
     ax.set(ylabel='frames/s', title='inference at batch size 1')

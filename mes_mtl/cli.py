@@ -43,8 +43,8 @@ from .intervals import summary_line, ci_note
 
 # %% auto #0
 __all__ = ['METHOD_SETTINGS', 'COMMANDS', 'add_config_options', 'config_from_args', 'prepare', 'print_summary', 'train', 'cv',
-           'check_comparable', 'compare_studies', 'predict', 'evaluate_command', 'parser', 'video_args',
-           'load_predictor', 'run_video', 'main', 'EpochLines', 'plain_progress']
+           'check_comparable', 'compare_studies', 'predict', 'evaluate_command', 'add_runtime_options', 'parser',
+           'video_args', 'load_predictor', 'run_video', 'main', 'EpochLines', 'plain_progress']
 
 # %% ../nbs/90_cli.ipynb #27800a9e
 def _path(text: str) -> Path:
@@ -236,11 +236,10 @@ def _input_table(inputs) -> pd.DataFrame | None:
 
 def predict(args):
     "`mes_mtl predict`: Mayo scores and probabilities for images, as CSV or JSON (see above for unreadable images)."
-    from mes_mtl.inference import MESPredictor
     output = writable_file(args.output) if args.output else None
     table = _input_table(args.images)  # its other columns go with the scores
     files = _image_files(args.images) if table is None else list(table.path)
-    predictor = MESPredictor.from_folder(args.model, runtime=args.runtime)
+    predictor = load_predictor(args.model, args.runtime, calib=args.calib)
     df, bad = _score(predictor, files, args.bs, progress=output is not None)
     if table is not None and len(df): df = df.merge(table.rename(columns={'path': 'image'}), on='image', how='left')
     listing = '\n  '.join(bad)
@@ -259,11 +258,22 @@ def predict(args):
 # %% ../nbs/90_cli.ipynb #f9deb72d
 def evaluate_command(args):
     "`mes_mtl evaluate`: a model (or a study's fold ensemble) on labelled data; metrics with 95 % intervals, report."
-    r = evaluate(args.data, args.out, args.model, args.study, args.arch, args.runtime, args.bs, args.skip_bad,
+    r = evaluate(args.data, args.out, args.model, args.study, args.arch, args.runtime, args.calib, args.bs, args.skip_bad,
                  args.between_grades, args.resamples, args.seed, args.overwrite, log=lambda s: print(s, flush=True))
     print(f"\n{(r.out/'report.md').read_text()}\nResults in {r.out}: report.md, metrics.json, predictions.csv, "
           f"{'patients.csv, ' * ('patient' in r.metrics)}calibration.csv, confusion_matrices.png, reliability.png")
     return r.metrics
+
+# %% ../nbs/90_cli.ipynb #a1af3e86
+def add_runtime_options(p: argparse.ArgumentParser):
+    "`--runtime` and `--calib`: what runs the model in `predict`, `evaluate` and `video`."
+    p.add_argument('--runtime', choices=RUNTIMES, default='torch',
+                   help="'onnx': ONNX Runtime, several times faster on a CPU (pip install mes_mtl[onnx]; the export is "
+                        "cached in the model folder); 'onnx-int8': the same quantised to 8 bits, faster again "
+                        "(calibrated once with --calib)")
+    p.add_argument('--calib', type=_path, metavar='DATA',
+                   help="'onnx-int8': a folder or table of a few hundred images like those to score, to calibrate "
+                        "it (needed once per model: the INT8 model is cached beside the weights)")
 
 # %% ../nbs/90_cli.ipynb #dddff1a0
 def _add_run_options(p, command: str):
@@ -343,7 +353,7 @@ def parser() -> argparse.ArgumentParser:
                    help='labelled images: a folder (LIMUC layout) or a CSV/TSV table with path, mes (patient, exam, '
                         'other columns)')
     p.add_argument('--out', type=_path, required=True, help='output folder')
-    p.add_argument('--runtime', choices=RUNTIMES, default='torch', help="'onnx': ONNX Runtime (mes_mtl[onnx])")
+    add_runtime_options(p)
     p.add_argument('--bs', type=COUNT, default=32, help='batch size')
     p.add_argument('--skip-bad', action='store_true', help='leave unreadable images and bad table rows out, warned')
     p.add_argument('--between-grades', choices=('lower', 'upper', 'skip'),
@@ -364,9 +374,7 @@ def parser() -> argparse.ArgumentParser:
     bad.add_argument('--strict', dest='strict', action='store_true',
                      help='refuse with exit code 2, listing every unreadable image, if any image cannot be read')
     p.set_defaults(strict=False)
-    p.add_argument('--runtime', choices=('torch', 'onnx'), default='torch',
-                   help="'onnx': ONNX Runtime, several times faster on a CPU (pip install mes_mtl[onnx]; "
-                        "the export is cached in the model folder)")
+    add_runtime_options(p)
     return ap
 
 # %% ../nbs/90_cli.ipynb #5786fa89
@@ -401,7 +409,7 @@ def video_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--crop', type=INDEX, nargs=4, metavar=('X', 'Y', 'W', 'H'),
                    help='score only this area of the frames (pixels)')
     p.add_argument('--bs', type=COUNT, default=16, help='frames per model call (default 16)')
-    p.add_argument('--runtime', choices=('torch', 'onnx'), default='torch', help='inference runtime (default torch)')
+    add_runtime_options(p)
     p.add_argument('--device', help='torch device (default: cuda when there is a GPU)')
     p.add_argument('--threads', type=COUNT, help='CPU threads for the model (default: one per core)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -418,12 +426,12 @@ def _out_dirs(videos: list[Path], out: Path) -> list[Path]:
         dirs.append(out/name)
     return dirs
 
-def load_predictor(model, runtime: str = 'torch', device=None) -> MESPredictor:
-    "`MESPredictor.from_folder(model)` with `runtime`, its errors as `UserError`s naming the folder."
+def load_predictor(model, runtime: str = 'torch', device=None, calib=None) -> MESPredictor:
+    "`MESPredictor.from_folder(model)` with `runtime` (and `calib`), its errors as `UserError`s naming the folder."
     if not Path(model).is_dir():
         raise UserError(f"--model {model}: no such folder; "
                         "give the run folder of `mes_mtl train` (OUT) or its model folder (OUT/model)")
-    try: return MESPredictor.from_folder(model, device=device, runtime=runtime)
+    try: return MESPredictor.from_folder(model, device=device, runtime=runtime, calib=calib)
     except (FileNotFoundError, ValueError) as e: raise UserError(f"--model: {e}") from None
 
 def run_video(args) -> list[VideoResult]:
@@ -435,7 +443,7 @@ def run_video(args) -> list[VideoResult]:
     threads = torch.get_num_threads()
     if args.threads: torch.set_num_threads(args.threads)
     try:
-        pred = load_predictor(args.model, args.runtime, args.device)
+        pred = load_predictor(args.model, args.runtime, args.device, args.calib)
         outs = [writable_dir(out) for out in _out_dirs(args.videos, args.out)]  # before any frame is decoded
         results = []
         try:

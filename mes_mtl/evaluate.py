@@ -184,11 +184,11 @@ def labelled_aux(tasks,  # the model's auxiliary tasks, with their classes (`Aux
         else: log(f"Auxiliary task {t.name}: the column {t.name!r} of {source} is empty; the task is not evaluated")
     return tuple(found)
 
-def _record(model, study, arch, data, runtime: str, n_resamples: int, seed: int) -> dict:
+def _record(model, study, arch, data, runtime: str, calib, n_resamples: int, seed: int) -> dict:
     "The evaluation's config.json: what was evaluated, on what, how."
     path = lambda p: str(Path(p).expanduser().absolute()) if p is not None else None
     return dict(command='evaluate', model=path(model), study=path(study), arch=arch, data=path(data), runtime=runtime,
-                n_resamples=n_resamples, seed=seed)
+                **({'calib': path(calib)} if calib is not None else {}), n_resamples=n_resamples, seed=seed)
 
 # %% ../nbs/23b_evaluate.ipynb #424c1329
 def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV: path, mes, ...)
@@ -196,7 +196,8 @@ def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV
              model=None,  # a model folder (`mes_mtl train`, `save_mtl_model`) ...
              study=None,  # ... or a study folder: its fold ensemble
              arch: str | None = None,  # the study's backbone; None: its best by CV MES macro F1
-             runtime: str = 'torch',  # 'torch' or 'onnx' (ONNX Runtime)
+             runtime: str = 'torch',  # 'torch', 'onnx' or 'onnx-int8' (ONNX Runtime, FP32 or INT8)
+             calib=None,  # 'onnx-int8': a folder or table of calibration images; None: the models' cached INT8 ones
              bs: int = 32,  # images per batch
              skip_bad: bool = False,  # leave unreadable images (and bad table rows) out with a warning
              between_grades: str | None = None,  # folders of in-between grades: see `read_items`
@@ -212,7 +213,7 @@ def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV
     if arch is not None and study is None: raise UserError("--arch chooses the backbone of a study: give --study")
     folders, arch = ([Path(model)], None) if model is not None else study_models(study, arch)
     configs = [read_model_config(f) for f in folders]  # every model folder checked before any work
-    record, out = _record(model, study, arch, data, runtime, n_resamples, seed), Path(out).expanduser().absolute()
+    record, out = _record(model, study, arch, data, runtime, calib, n_resamples, seed), Path(out).expanduser().absolute()
     if (old := read_config(out).get('command')) not in (None, 'evaluate'):
         raise UserError(f"--out {out} holds a `{old}` run: write the evaluation into another folder")
     check_folder(out, record, overwrite=overwrite, may_change=(), log=log)
@@ -222,7 +223,7 @@ def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV
     out = writable_dir(out)  # made only now: bad input leaves no empty folder behind
     patients = items.patient.nunique() if 'patient' in items else 0
     log(f"Data {data}: {len(items)} images, {patients} patients; {len(folders)} model(s), runtime {runtime}")
-    predictors = [MESPredictor.from_folder(f, runtime=runtime) for f in folders]
+    predictors = [MESPredictor.from_folder(f, runtime=runtime, calib=calib) for f in folders]
     outputs = model_outputs(predictors, items.path.tolist(), bs, progress)
     decode_rule = RunConfig.from_folder(study).new_method().decode_rule if study is not None else None
     report, preds = _predictions(items, predictors, outputs, decode_rule, labelled)

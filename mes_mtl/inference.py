@@ -4,13 +4,14 @@
 
 # %% ../nbs/16_inference.ipynb #80aba0dd
 from __future__ import annotations
-import hashlib, io, json, logging, warnings
+import hashlib, io, json, logging, tempfile, warnings
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_model, load_model
+from sklearn.metrics import cohen_kappa_score
 import mes_mtl
 from .labels import TASKS, LABEL_TABLE
 from .model import create_mtl_model, MTLModel
@@ -20,16 +21,17 @@ from .aux_heads import AuxHeads, aux_columns
 from .dataloaders import Preprocessing
 from .config import config_changes
 import mes_mtl.baselines  # registers the single-task methods, so that every saved model loads
-from .data import read_rgb, to_rgb
+from .data import read_rgb, to_rgb, read_items, IMAGE_EXTS
 from .errors import UserError, UserFileNotFoundError
 from .extras import require
 from .files import atomic_write, write_json, read_json
 
 # %% auto #0
 __all__ = ['MODEL_FILES', 'MODEL_FORMAT', 'CONFIG_KEY', 'FORMAT1_KEYS', 'RUNTIMES', 'SMALL_IMAGE', 'ONNX_FILE', 'ONNX_RECORD',
-           'ONNX_ATOL', 'ONNX_RTOL', 'EXPORTERS', 'model_config', 'learner_config', 'save_mtl_model', 'model_folder',
-           'read_model_config', 'model_method', 'load_mtl_model', 'init_settings', 'check_init', 'init_weights',
-           'MESPredictor', 'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model']
+           'ONNX_ATOL', 'ONNX_RTOL', 'EXPORTERS', 'INT8_FILE', 'INT8_RECORD', 'INT8_MIN_AGREEMENT', 'CALIB_IMAGES',
+           'model_config', 'learner_config', 'save_mtl_model', 'model_folder', 'read_model_config', 'model_method',
+           'load_mtl_model', 'init_settings', 'check_init', 'init_weights', 'MESPredictor', 'onnx_runtime', 'OnnxModel',
+           'export_onnx', 'onnx_model', 'calibration_images', 'int8_model']
 
 # %% ../nbs/16_inference.ipynb #05c8c150
 MODEL_FILES = ('model.safetensors', 'config.json')
@@ -170,7 +172,7 @@ def init_weights(learn, path) -> dict:
     return config
 
 # %% ../nbs/16_inference.ipynb #422ef505
-RUNTIMES = ('torch', 'onnx')  # what runs the model: eager PyTorch or ONNX Runtime (below)
+RUNTIMES = ('torch', 'onnx', 'onnx-int8')  # what runs the model: eager PyTorch, ONNX Runtime in FP32 or INT8 (below)
 
 SMALL_IMAGE = 1 / 4  # an image whose side is below this fraction of the model's input side is warned about
 
@@ -197,8 +199,9 @@ class MESPredictor:
                  model: MTLModel,  # the trained model (three heads, or a baseline's one)
                  config: dict,  # its `model_config`: method, preprocessing (size, statistics)
                  device=None,  # None: the GPU if there is one, else the CPU
-                 runtime: str = 'torch',  # 'torch' (eager PyTorch) or 'onnx' (ONNX Runtime)
-                 folder=None):  # the model folder, where an ONNX export is cached; None: exported in memory
+                 runtime: str = 'torch',  # 'torch' (eager PyTorch), 'onnx' or 'onnx-int8' (ONNX Runtime, FP32 or INT8)
+                 folder=None,  # the model folder, where ONNX exports are cached; None: exported in memory
+                 calib=None):  # 'onnx-int8': images that calibrate it (`calibration_images`); None: the cached one
         "A predictor of `model` with the preprocessing of `config`, run by `runtime` on `device`."
         if runtime not in RUNTIMES: raise UserError(f"runtime must be one of {RUNTIMES}; got {runtime!r}")
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -214,16 +217,17 @@ class MESPredictor:
         self.channels_last = runtime == 'torch' and self.device.type == 'cpu'
         self.method = model_method(config)  # the method's activation and decoding of the outputs
         self.forward = self.model if runtime == 'torch' else onnx_model(self.model, config, folder, self.device)
+        if runtime == 'onnx-int8': self.forward = int8_model(self, folder, calib)
 
     @classmethod
-    def from_folder(cls, path, device=None, runtime: str = 'torch'):
-        "The predictor of the model saved in folder `path` (`save_mtl_model`); `runtime='onnx'` caches its export."
-        return cls(*load_mtl_model(path), device=device, runtime=runtime, folder=model_folder(path))
+    def from_folder(cls, path, device=None, runtime: str = 'torch', calib=None):
+        "The predictor of the model saved in folder `path` (`save_mtl_model`); ONNX runtimes cache their exports."
+        return cls(*load_mtl_model(path), device=device, runtime=runtime, folder=model_folder(path), calib=calib)
 
     @classmethod
-    def from_learner(cls, learn, device=None, runtime: str = 'torch'):
-        "The predictor of `learn`'s model and validation pipeline (`runtime='onnx'`: exported in memory)."
-        return cls(learn.model, learner_config(learn), device=device, runtime=runtime)
+    def from_learner(cls, learn, device=None, runtime: str = 'torch', calib=None):
+        "The predictor of `learn`'s model and validation pipeline (ONNX runtimes: exported in memory)."
+        return cls(learn.model, learner_config(learn), device=device, runtime=runtime, calib=calib)
 
     def load(self, img) -> np.ndarray:
         "An image (path, PIL image of any mode, HxWx3 or HxW uint8 array) as a uint8 array of the model's input size."
@@ -264,7 +268,10 @@ class MESPredictor:
     @torch.inference_mode()
     def outputs(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
         "MES probabilities (n, 4), Mayo scores (n,), heads' (3 x (n, 2)) and auxiliary tasks' probabilities of `x`."
-        out = self.forward(x)
+        return self.decode(self.forward(x))
+
+    def decode(self, out) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        "What `outputs` gives, from the model's outputs `out` (of this predictor's model or another runtime of it)."
         out = out.cpu() if isinstance(out, torch.Tensor) else tuple(o.cpu() for o in out)
         act = self.method.activation(out)
         return (*self.method.predictions(act), self.method.aux_probs(act))
@@ -379,7 +386,7 @@ class OnnxModel:
     "A model exported to ONNX and run by ONNX Runtime, called like the PyTorch model: a batch (n, 3, h, w) -> outputs."
     def __init__(self, onnx: bytes | Path, record: dict, device='cpu'):
         "`onnx`: the model (bytes or file); `record`: `export_onnx`'s record of it."
-        self.record, self.device = record, torch.device(device)
+        self.record, self.device, self.source = record, torch.device(device), onnx
         self.session = _session(onnx, self.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -473,3 +480,102 @@ def onnx_model(model: torch.nn.Module, config: dict, folder=None, device='cpu') 
                       "and is made again "
                       "at every load; copy the model folder somewhere writable to keep it")
     return fast
+
+# %% ../nbs/16_inference.ipynb #5f6a05dc
+INT8_FILE, INT8_RECORD = 'model.int8.onnx', 'model.int8.onnx.json'  # the cached INT8 model and its record
+INT8_MIN_AGREEMENT = 0.95  # share of calibration images whose INT8 Mayo score is FP32's, below which it is warned about
+CALIB_IMAGES = 200  # calibration images at most (spread evenly over those given)
+
+def calibration_images(calib,  # a labelled folder or table (`read_items`), a folder of images, or a list of images
+                       n: int = CALIB_IMAGES,  # images at most, spread evenly over `calib`
+                      ) -> tuple[list, np.ndarray | None, str]:
+    "Up to `n` images of `calib`, their Mayo scores (None: unlabelled) and where they came from."
+    if isinstance(calib, (str, Path)):
+        path = Path(calib).expanduser()
+        if not path.exists(): raise UserFileNotFoundError(f"--calib {path}: no such folder or table")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')  # e.g. images without a patient: they calibrate all the same
+                items = read_items(path, check=False)
+            images, labels = list(items.path), items.mes.to_numpy()
+        except UserError:
+            if not path.is_dir(): raise
+            images, labels = sorted(str(f) for f in path.rglob('*') if f.suffix.lower() in IMAGE_EXTS), None
+        source = str(path)
+    else: images, labels, source = list(_as_images(calib)), None, 'images given'
+    if not images: raise UserError(f"--calib {source}: no images ({', '.join(IMAGE_EXTS)}) to calibrate with")
+    pick = np.unique(np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int))
+    return [images[i] for i in pick], None if labels is None else labels[pick], source
+
+# %% ../nbs/16_inference.ipynb #0489d632
+def _quantise(fp32: OnnxModel, batches: list[np.ndarray]) -> bytes:
+    "ONNX Runtime's static INT8 quantisation (QDQ; int8 weights per channel, uint8 activations) of `fp32` on `batches`."
+    onnx_runtime()
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
+                                          quantize_static)
+    class Batches(CalibrationDataReader):
+        def __init__(self): self.left = iter(batches)
+        def get_next(self): return next(({'image': b} for b in self.left), None)
+    with tempfile.TemporaryDirectory() as d:
+        src, pre, out = Path(d)/'fp32.onnx', Path(d)/'pre.onnx', Path(d)/'int8.onnx'
+        src.write_bytes(fp32.source if isinstance(fp32.source, bytes) else Path(fp32.source).read_bytes())
+        logging.disable(logging.WARNING)  # the quantiser logs a line for every layer it leaves in float
+        try:
+            quant_pre_process(str(src), str(pre))  # shape inference and graph optimisation, as ONNX Runtime advises
+            quantize_static(str(pre), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        finally: logging.disable(logging.NOTSET)
+        return out.read_bytes()
+
+def _agreement(pred: MESPredictor, fp32: OnnxModel, int8: OnnxModel, batches: list, labels) -> dict:
+    "How `int8` agrees with `fp32` on the preprocessed `batches`: Mayo scores, probabilities, QWK on `labels`."
+    (p32, m32), (p8, m8) = ([np.concatenate(a) for a in zip(*(pred.decode(f(x))[:2] for x in batches))]
+                            for f in (fp32, int8))
+    rec = dict(n=len(m32), agreement=float((m32 == m8).mean()), max_prob_diff=float(np.abs(p32 - p8).max()))
+    if labels is not None and len(np.unique(labels)) > 1:
+        rec.update(qwk_fp32=float(cohen_kappa_score(labels, m32, weights='quadratic')),
+                   qwk_int8=float(cohen_kappa_score(labels, m8, weights='quadratic')))
+    return rec
+
+def _cached_int8(folder: Path, fp32: OnnxModel, source: str | None) -> dict | None:
+    "The record of the INT8 model cached in `folder` if it is one of `fp32`'s weights (and of `source`), else None."
+    import onnxruntime
+    try: rec = json.loads((folder/INT8_RECORD).read_text())
+    except (OSError, json.JSONDecodeError): return None
+    same = (rec.get('weights', {}).get('sha256') == fp32.record['weights']['sha256']
+            and rec.get('graph') == fp32.record['graph'] and rec.get('onnxruntime') == onnxruntime.__version__
+            and (folder/INT8_FILE).is_file() and (source is None or rec['int8']['calib'] == source))
+    return rec if same else None
+
+def int8_model(pred: MESPredictor,  # its predictor with the FP32 ONNX model (`runtime='onnx-int8'` makes it)
+               folder=None,  # the model folder: the INT8 model is cached there
+               calib=None,  # calibration images (`calibration_images`); None: the cached INT8 model
+              ) -> OnnxModel:
+    "`pred`'s model in INT8, calibrated on `calib` and cached in `folder`, its agreement with FP32 recorded."
+    fp32, folder = pred.forward, None if folder is None else Path(folder)
+    source = None if calib is None or not isinstance(calib, (str, Path)) else str(Path(calib).expanduser())
+    rec = None if folder is None or (calib is not None and source is None) else _cached_int8(folder, fp32, source)
+    if rec is not None: int8 = OnnxModel(folder/INT8_FILE, rec, pred.device)
+    else:
+        if calib is None:
+            where = f"{folder} has no INT8 model of these weights yet" if folder else "a model in memory"
+            raise UserError(f"runtime 'onnx-int8': {where}; give calibration images once (--calib DATA, calib=: a "
+                            f"folder or table of a few hundred images like those you will score)"
+                            + (f", and it is kept in {folder/INT8_FILE}" if folder else ''))
+        images, labels, source = calibration_images(calib)
+        batches = [pred.preprocess(images[i:i + 16]) for i in range(0, len(images), 16)]
+        data = _quantise(fp32, [b.numpy() for b in batches])
+        import onnxruntime
+        rec = {**fp32.record, 'onnxruntime': onnxruntime.__version__, 'onnx_bytes': len(data)}
+        int8 = OnnxModel(data, rec, pred.device)
+        rec['int8'] = dict(calib=source, threshold=INT8_MIN_AGREEMENT, **_agreement(pred, fp32, int8, batches, labels),
+                           made=datetime.now(timezone.utc).isoformat(timespec='seconds'))
+        if folder is not None:
+            try: atomic_write(folder/INT8_FILE, data); write_json(rec, folder/INT8_RECORD)
+            except OSError as e: warnings.warn(f"{folder} is not writable ({e.strerror or e}): the INT8 model stays "
+                                               "in memory; copy the model folder somewhere writable to keep it")
+    a = rec['int8']
+    if a['agreement'] < INT8_MIN_AGREEMENT:
+        warnings.warn(f"the INT8 model gives FP32's Mayo score for {a['agreement']:.1%} of its {a['n']} calibration "
+                      f"images, below {INT8_MIN_AGREEMENT:.0%}: use the FP32 runtime (--runtime onnx)")
+    return int8

@@ -158,6 +158,29 @@ def test_cli_predict_onnx(models, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)[0]['image'] == str(files[0])
 
 
+
+def test_cli_int8(models, demo_root, tmp_path, capsys):
+    "predict --runtime onnx-int8: calibrated once with --calib (labelled data: kappas recorded), then from the cache."
+    from mes_mtl.inference import INT8_FILE, INT8_RECORD
+    folder, files = _copy(models, 'mtl', tmp_path), models[1]
+    assert main(['predict', '--model', str(folder), *map(str, files), '--runtime', 'onnx-int8']) == 2
+    err = capsys.readouterr().err
+    assert 'has no INT8 model of these weights yet; give calibration images once (--calib DATA' in err, err
+    assert 'Traceback' not in err and not (folder/INT8_FILE).exists()
+    out = tmp_path/'int8.csv'
+    assert main(['predict', '--model', str(folder), *map(str, files), '--runtime', 'onnx-int8', '--calib', str(demo_root),
+                 '--output', str(out)]) == 0
+    rec = json.loads((folder/INT8_RECORD).read_text())['int8']
+    assert rec['calib'] == str(demo_root) and rec['n'] == 200 and {'agreement', 'max_prob_diff', 'qwk_int8'} <= set(rec)
+    made = (folder/INT8_FILE).stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(['predict', '--model', str(folder), *map(str, files), '--runtime', 'onnx-int8', '--json']) == 0
+    assert (folder/INT8_FILE).stat().st_mtime_ns == made  # from the cache, without --calib
+    again = pd.DataFrame(json.loads(capsys.readouterr().out))
+    assert (again.mes.to_numpy() == pd.read_csv(out).mes.to_numpy()).all()
+    assert main(['predict', '--model', str(folder), str(files[0]), '--runtime', 'onnx-int8', '--calib', str(tmp_path/'x')]) == 2
+    assert 'no such folder or table' in capsys.readouterr().err
+
 def test_missing_onnxruntime(models, tmp_path, monkeypatch, capsys):
     "Without onnxruntime (as the import system sees it: a None entry in sys.modules), one clear message, before any work."
     folder = _copy(models, 'mtl', tmp_path)
