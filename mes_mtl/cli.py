@@ -258,13 +258,14 @@ def predict(args):
 # %% ../nbs/90_cli.ipynb #f9deb72d
 def evaluate_command(args):
     "`mes_mtl evaluate`: a model (or a study's fold ensemble) on labelled data; metrics with 95 % intervals, report."
-    r = evaluate(args.data, args.out, args.model, args.study, args.arch, args.runtime, args.calib, args.bs, args.skip_bad,
-                 args.between_grades, args.resamples, args.seed, args.overwrite, log=lambda s: print(s, flush=True))
+    r = evaluate(args.data, args.out, args.model, args.study, args.arch, args.runtime, args.calib, args.bs,
+                 args.skip_bad, args.between_grades, args.resamples, args.seed, args.overwrite,
+                 log=lambda s: print(s, flush=True))
     print(f"\n{(r.out/'report.md').read_text()}\nResults in {r.out}: report.md, metrics.json, predictions.csv, "
           f"{'patients.csv, ' * ('patient' in r.metrics)}calibration.csv, confusion_matrices.png, reliability.png")
     return r.metrics
 
-# %% ../nbs/90_cli.ipynb #a1af3e86
+# %% ../nbs/90_cli.ipynb #9823398d
 def add_runtime_options(p: argparse.ArgumentParser):
     "`--runtime` and `--calib`: what runs the model in `predict`, `evaluate` and `video`."
     p.add_argument('--runtime', choices=RUNTIMES, default='torch',

@@ -213,7 +213,8 @@ def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV
     if arch is not None and study is None: raise UserError("--arch chooses the backbone of a study: give --study")
     folders, arch = ([Path(model)], None) if model is not None else study_models(study, arch)
     configs = [read_model_config(f) for f in folders]  # every model folder checked before any work
-    record, out = _record(model, study, arch, data, runtime, calib, n_resamples, seed), Path(out).expanduser().absolute()
+    record = _record(model, study, arch, data, runtime, calib, n_resamples, seed)
+    out = Path(out).expanduser().absolute()
     if (old := read_config(out).get('command')) not in (None, 'evaluate'):
         raise UserError(f"--out {out} holds a `{old}` run: write the evaluation into another folder")
     check_folder(out, record, overwrite=overwrite, may_change=(), log=log)

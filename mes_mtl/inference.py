@@ -481,7 +481,7 @@ def onnx_model(model: torch.nn.Module, config: dict, folder=None, device='cpu') 
                       "at every load; copy the model folder somewhere writable to keep it")
     return fast
 
-# %% ../nbs/16_inference.ipynb #5f6a05dc
+# %% ../nbs/16_inference.ipynb #b78a1c97
 INT8_FILE, INT8_RECORD = 'model.int8.onnx', 'model.int8.onnx.json'  # the cached INT8 model and its record
 INT8_MIN_AGREEMENT = 0.95  # share of calibration images whose INT8 Mayo score is FP32's, below which it is warned about
 CALIB_IMAGES = 200  # calibration images at most (spread evenly over those given)
@@ -507,7 +507,7 @@ def calibration_images(calib,  # a labelled folder or table (`read_items`), a fo
     pick = np.unique(np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int))
     return [images[i] for i in pick], None if labels is None else labels[pick], source
 
-# %% ../nbs/16_inference.ipynb #0489d632
+# %% ../nbs/16_inference.ipynb #c4778b28
 def _quantise(fp32: OnnxModel, batches: list[np.ndarray]) -> bytes:
     "ONNX Runtime's static INT8 quantisation (QDQ; int8 weights per channel, uint8 activations) of `fp32` on `batches`."
     onnx_runtime()
