@@ -19,7 +19,7 @@ from .aux_heads import aux_columns, aux_prob_columns
 from .intervals import ci_text, ci_note
 from .config import RunConfig, read_config, check_folder
 from .learner import predictions_table
-from .inference import MESPredictor, RUNTIMES, read_model_config
+from .inference import MESPredictor, RUNTIMES, read_model_config, model_source, HUB_PREFIX
 from .aggregate import write_patient_results, image_intervals
 from .train import with_item_columns
 from .results import finished_folds, study_metrics, best_arch, fold_ensemble, aux_figures
@@ -187,13 +187,14 @@ def labelled_aux(tasks,  # the model's auxiliary tasks, with their classes (`Aux
 def _record(model, study, arch, data, runtime: str, n_resamples: int, seed: int) -> dict:
     "The evaluation's config.json: what was evaluated, on what, how."
     path = lambda p: str(Path(p).expanduser().absolute()) if p is not None else None
-    return dict(command='evaluate', model=path(model), study=path(study), arch=arch, data=path(data), runtime=runtime,
-                n_resamples=n_resamples, seed=seed)
+    hub = model is not None and str(model).startswith(HUB_PREFIX)  # a Hub id is recorded as it is
+    return dict(command='evaluate', model=str(model) if hub else path(model), study=path(study), arch=arch,
+                data=path(data), runtime=runtime, n_resamples=n_resamples, seed=seed)
 
 # %% ../nbs/23b_evaluate.ipynb #424c1329
 def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV: path, mes, ...)
              out,  # the output folder
-             model=None,  # a model folder (`mes_mtl train`, `save_mtl_model`) ...
+             model=None,  # a model folder (`mes_mtl train`, `save_mtl_model`) or Hub model 'hf-hub:ORG/NAME' ...
              study=None,  # ... or a study folder: its fold ensemble
              arch: str | None = None,  # the study's backbone; None: its best by CV MES macro F1
              runtime: str = 'torch',  # 'torch' or 'onnx' (ONNX Runtime)
@@ -210,7 +211,7 @@ def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV
     if (model is None) == (study is None): raise UserError("give a model folder (--model) or a study (--study)")
     if runtime not in RUNTIMES: raise UserError(f"runtime must be one of {RUNTIMES}; got {runtime!r}")
     if arch is not None and study is None: raise UserError("--arch chooses the backbone of a study: give --study")
-    folders, arch = ([Path(model)], None) if model is not None else study_models(study, arch)
+    folders, arch = ([model_source(model)], None) if model is not None else study_models(study, arch)
     configs = [read_model_config(f) for f in folders]  # every model folder checked before any work
     record, out = _record(model, study, arch, data, runtime, n_resamples, seed), Path(out).expanduser().absolute()
     if (old := read_config(out).get('command')) not in (None, 'evaluate'):
