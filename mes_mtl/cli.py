@@ -270,7 +270,8 @@ def predict(args):
 def evaluate_command(args):
     "`mes_mtl evaluate`: a model (or a study's fold ensemble) on labelled data; metrics with 95 % intervals, report."
     r = evaluate(args.data, args.out, args.model, args.study, args.arch, args.runtime, args.bs, args.skip_bad,
-                 args.between_grades, args.resamples, args.seed, args.overwrite, log=lambda s: print(s, flush=True))
+                 args.between_grades, args.resamples, args.seed, args.overwrite, log=lambda s: print(s, flush=True),
+                 add_to_card=args.add_to_card)
     print(f"\n{(r.out/'report.md').read_text()}\nResults in {r.out}: report.md, metrics.json, predictions.csv, "
           f"{'patients.csv, ' * ('patient' in r.metrics)}calibration.csv, confusion_matrices.png, reliability.png")
     return r.metrics
@@ -380,6 +381,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--resamples', type=COUNT, default=1000, help='bootstrap resamples of the 95 %% intervals')
     p.add_argument('--seed', type=INDEX, default=0, help="the bootstrap's seed")
     p.add_argument('--overwrite', action='store_true', help='replace an evaluation of another model or data in --out')
+    p.add_argument('--add-to-card', action='store_true',
+                   help="add the result to the model's card (README.md of the --model folder; replaces one on the same "
+                        "data)")
     p = sub.add_parser('predict', help='Mayo scores for images with a saved model')
     p.add_argument('--model', type=_model, required=True, help=MODEL_HELP)
     p.add_argument('images', nargs='+', help='image files or folders, or one table (CSV/TSV with a path column; '

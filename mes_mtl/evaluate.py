@@ -24,6 +24,7 @@ from .aggregate import write_patient_results, image_intervals
 from .train import with_item_columns
 from .results import finished_folds, study_metrics, best_arch, fold_ensemble, aux_figures
 from .calibration import calibration_table, plot_reliability
+from .model_card import card_file, add_evaluation
 
 # %% auto #0
 __all__ = ['EVALUATION_ROWS', 'study_models', 'model_outputs', 'evaluation_table', 'evaluation_markdown', 'Evaluation',
@@ -184,6 +185,15 @@ def labelled_aux(tasks,  # the model's auxiliary tasks, with their classes (`Aux
         else: log(f"Auxiliary task {t.name}: the column {t.name!r} of {source} is empty; the task is not evaluated")
     return tuple(found)
 
+def _card_to_add_to(model) -> Path:
+    "The card that `add_to_card` adds to (a local model folder's), or a `UserError` saying why there is none."
+    if model is None:
+        raise UserError("--add-to-card adds to a model's card: give --model (a study's ensemble has no card)")
+    if str(model).startswith(HUB_PREFIX):
+        raise UserError(f"--add-to-card writes into a local model folder, not the Hub's {model}: download it "
+                        f"(`hf download {model.removeprefix(HUB_PREFIX)} --local-dir DIR`) and evaluate DIR")
+    return card_file(model_source(model))
+
 def _record(model, study, arch, data, runtime: str, n_resamples: int, seed: int) -> dict:
     "The evaluation's config.json: what was evaluated, on what, how."
     path = lambda p: str(Path(p).expanduser().absolute()) if p is not None else None
@@ -206,11 +216,13 @@ def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV
              overwrite: bool = False,  # replace an evaluation of something else in `out`
              progress: bool = True,  # show a progress bar while the images are scored
              log=print,  # where the progress lines go
+             add_to_card: bool = False,  # add the result to the model's card (`add_evaluation`): a local model folder
             ) -> Evaluation:
     "Judge a model (or a study's fold ensemble) on labelled `data`: metrics with 95 % intervals, figures, report."
     if (model is None) == (study is None): raise UserError("give a model folder (--model) or a study (--study)")
     if runtime not in RUNTIMES: raise UserError(f"runtime must be one of {RUNTIMES}; got {runtime!r}")
     if arch is not None and study is None: raise UserError("--arch chooses the backbone of a study: give --study")
+    if add_to_card: _card_to_add_to(model)
     folders, arch = ([model_source(model)], None) if model is not None else study_models(study, arch)
     configs = [read_model_config(f) for f in folders]  # every model folder checked before any work
     record, out = _record(model, study, arch, data, runtime, n_resamples, seed), Path(out).expanduser().absolute()
@@ -241,6 +253,7 @@ def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV
         write_json(record, st.tmp/'config.json')
         write_json(metrics, st.tmp/'metrics.json')
         st.commit()
+    if add_to_card: log(f"Added the result to the model card {add_evaluation(folders[0], metrics, record['data'])}")
     return Evaluation(out, metrics, preds)
 
 # %% ../nbs/23b_evaluate.ipynb #635e3ff5

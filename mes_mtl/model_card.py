@@ -4,6 +4,7 @@
 
 # %% ../nbs/20a_model_card.ipynb #cf6800d9
 from __future__ import annotations
+import re
 from pathlib import Path
 from typing import NamedTuple
 import pandas as pd
@@ -16,9 +17,9 @@ from .metrics import markdown_table
 from .inference import read_model_config
 
 # %% auto #0
-__all__ = ['LICENSE', 'TAGS', 'CARD_FILE', 'REPORTED', 'AUGMENTATIONS', 'LEVELS', 'CITATION', 'RunRecord', 'run_record',
-           'dataset_name', 'split_table', 'reported', 'card_data', 'model_name', 'results_frame', 'card_text',
-           'model_card', 'write_model_card']
+__all__ = ['LICENSE', 'TAGS', 'CARD_FILE', 'REPORTED', 'AUGMENTATIONS', 'LEVELS', 'CITATION', 'EXTERNAL', 'RunRecord',
+           'run_record', 'dataset_name', 'split_table', 'reported', 'card_data', 'model_name', 'results_frame',
+           'card_text', 'model_card', 'write_model_card', 'card_file', 'add_evaluation']
 
 # %% ../nbs/20a_model_card.ipynb #7bae32c3
 LICENSE = 'apache-2.0'  # the project's licence (settings.ini: apache2) as the Hub names it
@@ -100,15 +101,15 @@ def reported(report: dict) -> list[tuple]:
 # %% ../nbs/20a_model_card.ipynb #e78a32f5
 LEVELS = {'images': 'Mayo endoscopic score of each image', 'patients': 'Mayo endoscopic score of each patient'}
 
-def _eval_results(report: dict, level: str, dataset: str) -> list[EvalResult]:
-    "The Hub's `EvalResult`s of `report` (of the test set's `level`), with its 95 % intervals as `metric_args`."
+def _eval_results(report: dict, level: str, dataset: str, split: str = 'test') -> list[EvalResult]:
+    "The Hub's `EvalResult`s of `report` (of the `split`'s `level`), with its 95 % intervals as `metric_args`."
     ci = report.get('ci', {})
     def bounds(interval):
         if interval is None: return {}
         return dict(metric_args=dict(ci_level=ci['level'], ci_low=round(interval[0], 4), ci_high=round(interval[1], 4),
                                      resampled=ci['resampled']))
     return [EvalResult(task_type='image-classification', task_name=LEVELS[level], dataset_type=dataset,
-                       dataset_name=dataset, dataset_config=level, dataset_split='test', metric_type=kind,
+                       dataset_name=dataset, dataset_config=level, dataset_split=split, metric_type=kind,
                        metric_name=name, metric_value=round(value, 4), **bounds(interval))
             for _, _, kind, name, value, interval in reported(report)]
 
@@ -262,4 +263,46 @@ def write_model_card(model) -> Path:
     "Write `model_card(model)` as `README.md` in the model folder `model`; returns the file."
     fn = Path(model)/CARD_FILE
     atomic_write(fn, str(model_card(model)))
+    return fn
+
+# %% ../nbs/20a_model_card.ipynb #a1a6f497
+EXTERNAL = 'external'  # the dataset split of an external evaluation on a card
+
+def _section_marks(name: str) -> tuple[str, str]:
+    return f"<!-- mes_mtl evaluation: {name} -->", f"<!-- mes_mtl evaluation end: {name} -->"
+
+def _external_section(metrics: dict, data: str) -> str:
+    "The card's section of an external evaluation on `data`: its images' (and patients') results with intervals."
+    name, n = Path(data).name, sum(c['support'] for c in metrics['mes']['per_class'].values())
+    start, end = _section_marks(name)
+    parts = [f"{start}\n## External evaluation: {name}\n\n`mes_mtl evaluate` on `{data}` ({n} images):\n",
+             markdown_table(results_frame(metrics)), '', _intervals_note(metrics)]
+    if metrics.get('patient'):
+        parts += ['', f"Patients ({metrics['patient']['aggregation']['patients']}):\n",
+                  markdown_table(results_frame(metrics['patient'])), '', _intervals_note(metrics['patient'])]
+    return '\n'.join(parts) + f"\n{end}\n\n"
+
+def card_file(model) -> Path:
+    "The card of model folder `model`; a `UserFileNotFoundError` where it has none (a folder saved by an older run)."
+    fn = Path(model)/CARD_FILE
+    if not fn.is_file():
+        raise UserFileNotFoundError(f"{fn} not found: model {model} has no card to add an evaluation to; write one "
+                                    f"with `mes_mtl.model_card.write_model_card` where the run's files are")
+    return fn
+
+def add_evaluation(model,  # the model folder, with its card (`write_model_card`)
+                   metrics: dict,  # the evaluation's metrics.json (`evaluate`)
+                   data,  # the data it was judged on (a folder or a table)
+                  ) -> Path:
+    "Add the external evaluation `metrics` on `data` to the card of `model` (replacing one on the same data)."
+    fn, name = card_file(model), Path(data).name
+    card = ModelCard.load(fn)
+    same = lambda e: e.dataset_split == EXTERNAL and e.dataset_name == name
+    results = _eval_results(metrics, 'images', name, EXTERNAL) + (
+        _eval_results(metrics['patient'], 'patients', name, EXTERNAL) if metrics.get('patient') else [])
+    card.data.eval_results = [e for e in card.data.eval_results or [] if not same(e)] + results
+    start, end = _section_marks(name)
+    text = re.sub(re.escape(start) + '.*?' + re.escape(end) + '\n\n', '', card.text, flags=re.S)
+    text = text.replace('## Limitations', _external_section(metrics, data) + '## Limitations', 1)
+    atomic_write(fn, str(ModelCard(f"---\n{card.data.to_yaml()}\n---\n{text}")))
     return fn

@@ -107,3 +107,23 @@ def test_push_refuses_without_a_network(run, tmp_path, monkeypatch, capsys):
     assert main(['push', str(run), 'mes-mtl/tiny']) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and 'hf auth login' in err and 'HF_TOKEN' in err
+
+
+def test_evaluate_adds_its_result_to_the_card(run, demo_root, tmp_path, capsys):
+    "`evaluate --add-to-card`: the evaluation's figures join the card's model-index and prose; run again, replaced."
+    model = shutil.copytree(run/'model', tmp_path/'model')  # the run's own card stays as it is for the other tests
+    args = ['evaluate', '--model', model, '--data', demo_root, '--out', tmp_path/'eval', '--resamples', 50,
+            '--add-to-card', '--overwrite']
+    for _ in range(2): assert main([str(a) for a in args]) == 0
+    metrics, name = json.loads((tmp_path/'eval'/'metrics.json').read_text()), Path(demo_root).name
+    card = ModelCard.load(model/'README.md')
+    external = [e for e in card.data.eval_results if e.dataset_split == 'external']
+    assert [(e.dataset_name, e.dataset_config) for e in external][::5] == [(name, 'images'), (name, 'patients')]
+    assert [e.metric_value for e in external[:5]] == [round(metrics[k][m], 4) for k, m, *_ in REPORTED]
+    section = card.text.split(f'## External evaluation: {name}')
+    lo, hi = metrics['ci']['mes']['macro_f1']
+    assert len(section) == 2 and f"| MES macro F1 | {metrics['mes']['macro_f1']:.3f} | {lo:.3f}–{hi:.3f} |" in section[1]
+    capsys.readouterr()
+    assert main(['evaluate', '--model', 'hf-hub:mes-mtl/tiny', '--data', str(demo_root), '--out', str(tmp_path/'e2'),
+                 '--add-to-card']) == 2  # refused before any download
+    assert 'writes into a local model folder' in capsys.readouterr().err
