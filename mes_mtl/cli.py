@@ -259,6 +259,7 @@ def predict(args):
         raise UserError(f"{len(bad)} of {len(files)} images cannot be read:\n  {listing}\n{todo}")
     if bad: print(f"mes_mtl predict: warning: {len(bad)} of {len(files)} images cannot be read and are left out "
                   f"(--strict refuses them):\n  {listing}", file=sys.stderr)
+    if args.json: df = df.assign(**predictor.provenance)  # each record says which model scored it
     text = df.to_json(orient='records', indent=2) if args.json else df.to_csv(index=False)
     if not output: sys.stdout.write(text)
     else:

@@ -235,7 +235,7 @@ def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV
     out = writable_dir(out)  # made only now: bad input leaves no empty folder behind
     patients = items.patient.nunique() if 'patient' in items else 0
     log(f"Data {data}: {len(items)} images, {patients} patients; {len(folders)} model(s), runtime {runtime}")
-    predictors = [MESPredictor.from_folder(f, runtime=runtime) for f in folders]
+    predictors = [MESPredictor.from_pretrained(m, runtime=runtime) for m in ([model] if model else folders)]
     outputs = model_outputs(predictors, items.path.tolist(), bs, progress)
     decode_rule = RunConfig.from_folder(study).new_method().decode_rule if study is not None else None
     report, preds = _predictions(items, predictors, outputs, decode_rule, labelled)
@@ -243,6 +243,7 @@ def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV
     with Staging(out) as st:
         patient = write_patient_results(preds, items, st.tmp, log=log, n_resamples=n_resamples, seed=seed)
         metrics = {**report, **({'patient': patient} if patient else {})}
+        metrics['provenance'] = [p.provenance for p in predictors]  # the models that scored: ids, weights' sha256
         calibration = calibration_table(preds)
         preds.to_csv(st.tmp/'predictions.csv', index=False)
         calibration.to_csv(st.tmp/'calibration.csv', index=False)

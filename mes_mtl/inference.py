@@ -26,11 +26,11 @@ from .extras import require
 from .files import atomic_write, write_json, read_json
 
 # %% auto #0
-__all__ = ['MODEL_FILES', 'MODEL_FORMAT', 'CONFIG_KEY', 'FORMAT1_KEYS', 'RUNTIMES', 'SMALL_IMAGE', 'HUB_PREFIX', 'ONNX_FILE',
-           'ONNX_RECORD', 'ONNX_ATOL', 'ONNX_RTOL', 'EXPORTERS', 'model_config', 'pretrained_weights', 'learner_config',
+__all__ = ['MODEL_FILES', 'MODEL_FORMAT', 'CONFIG_KEY', 'FORMAT1_KEYS', 'RUNTIMES', 'SMALL_IMAGE', 'ONNX_FILE', 'ONNX_RECORD',
+           'ONNX_ATOL', 'ONNX_RTOL', 'EXPORTERS', 'HUB_PREFIX', 'model_config', 'pretrained_weights', 'learner_config',
            'save_mtl_model', 'model_folder', 'read_model_config', 'model_method', 'load_mtl_model', 'init_settings',
-           'check_init', 'init_weights', 'MESPredictor', 'hub_model', 'check_local', 'model_source', 'onnx_runtime',
-           'OnnxModel', 'export_onnx', 'onnx_model']
+           'check_init', 'init_weights', 'MESPredictor', 'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model',
+           'hub_model', 'check_local', 'model_source']
 
 # %% ../nbs/16_inference.ipynb #05c8c150
 MODEL_FILES = ('model.safetensors', 'config.json')
@@ -306,46 +306,6 @@ class MESPredictor:
                              **{f'p_{t}': h[:, 1] for t, h in zip(TASKS, heads)},
                              **aux_columns(self.method.aux_tasks, aux)})
 
-# %% ../nbs/16_inference.ipynb #388b4e22
-from fastcore.basics import patch
-
-HUB_PREFIX = 'hf-hub:'  # a model on the Hugging Face Hub: hf-hub:ORG/NAME, or hf-hub:ORG/NAME@REVISION
-
-def hub_model(name: str) -> Path:
-    "The local folder of Hub model `name` ('hf-hub:ORG/NAME[@REVISION]'): huggingface_hub's cached snapshot."
-    from huggingface_hub import snapshot_download, constants
-    from huggingface_hub.errors import LocalEntryNotFoundError, HFValidationError, HfHubHTTPError
-    repo_id, _, revision = name.removeprefix(HUB_PREFIX).partition('@')
-    try: return Path(snapshot_download(repo_id, revision=revision or None))
-    except LocalEntryNotFoundError:
-        raise UserError(f"{name} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be "
-                        f"reached (HF_HUB_OFFLINE=1, or no network): download it once where there is a network "
-                        f"(`hf download {repo_id}`, or any `mes_mtl predict --model {name}`) and copy that cache "
-                        f"here (HF_HOME), or give a local model folder") from None
-    except (HFValidationError, HfHubHTTPError) as e:  # a malformed id, a repository or revision not found, no access
-        raise UserError(f"{name}: {str(e).splitlines()[0][:300]} (a Hub model is hf-hub:ORG/NAME[@REVISION]; a "
-                        f"private one needs `hf auth login` or HF_TOKEN)") from None
-
-def check_local(model) -> Path:
-    "`model` as a local path; a `UserFileNotFoundError` where it names nothing here but reads like a Hub id, ORG/NAME."
-    path = Path(model)
-    if not path.expanduser().exists() and len(path.parts) == 2 and not path.is_absolute():
-        raise UserFileNotFoundError(f"{model}: no such model folder (a model on the Hugging Face Hub is named "
-                                    f"{HUB_PREFIX}{model})")
-    return path.expanduser()
-
-def model_source(model) -> Path:
-    "The model folder of `model`: `hf-hub:ORG/NAME[@REVISION]` through the Hub's cache, else a local model/run folder."
-    return hub_model(str(model)) if str(model).startswith(HUB_PREFIX) else model_folder(check_local(model))
-
-@patch(cls_method=True)
-def from_pretrained(cls: MESPredictor,
-                    name,  # a model folder or run folder, or a Hub model 'hf-hub:ORG/NAME[@REVISION]'
-                    device=None,  # None: the GPU if there is one, else the CPU
-                    runtime: str = 'torch'):  # 'torch' or 'onnx'
-    "The predictor of model `name`: a local folder (`from_folder`) or a Hub model, downloaded once into its cache."
-    return cls.from_folder(model_source(name), device=device, runtime=runtime)
-
 # %% ../nbs/16_inference.ipynb #d9b23142
 ONNX_FILE, ONNX_RECORD = 'model.onnx', 'model.onnx.json'  # the cached export and what it was made from
 ONNX_ATOL = ONNX_RTOL = 1e-3  # outputs (logits) of ONNX Runtime must equal PyTorch's within atol + rtol * |PyTorch's|
@@ -520,3 +480,53 @@ def onnx_model(model: torch.nn.Module, config: dict, folder=None, device='cpu') 
                       "and is made again "
                       "at every load; copy the model folder somewhere writable to keep it")
     return fast
+
+# %% ../nbs/16_inference.ipynb #388b4e22
+from fastcore.basics import patch
+
+HUB_PREFIX = 'hf-hub:'  # a model on the Hugging Face Hub: hf-hub:ORG/NAME, or hf-hub:ORG/NAME@REVISION
+
+def hub_model(name: str) -> Path:
+    "The local folder of Hub model `name` ('hf-hub:ORG/NAME[@REVISION]'): huggingface_hub's cached snapshot."
+    from huggingface_hub import snapshot_download, constants
+    from huggingface_hub.errors import LocalEntryNotFoundError, HFValidationError, HfHubHTTPError
+    repo_id, _, revision = name.removeprefix(HUB_PREFIX).partition('@')
+    try: return Path(snapshot_download(repo_id, revision=revision or None))
+    except LocalEntryNotFoundError:
+        raise UserError(f"{name} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be "
+                        f"reached (HF_HUB_OFFLINE=1, or no network): download it once where there is a network "
+                        f"(`hf download {repo_id}`, or any `mes_mtl predict --model {name}`) and copy that cache "
+                        f"here (HF_HOME), or give a local model folder") from None
+    except (HFValidationError, HfHubHTTPError) as e:  # a malformed id, a repository or revision not found, no access
+        raise UserError(f"{name}: {str(e).splitlines()[0][:300]} (a Hub model is hf-hub:ORG/NAME[@REVISION]; a "
+                        f"private one needs `hf auth login` or HF_TOKEN)") from None
+
+def check_local(model) -> Path:
+    "`model` as a local path; a `UserFileNotFoundError` where it names nothing here but reads like a Hub id, ORG/NAME."
+    path = Path(model)
+    if not path.expanduser().exists() and len(path.parts) == 2 and not path.is_absolute():
+        raise UserFileNotFoundError(f"{model}: no such model folder (a model on the Hugging Face Hub is named "
+                                    f"{HUB_PREFIX}{model})")
+    return path.expanduser()
+
+def model_source(model) -> Path:
+    "The model folder of `model`: `hf-hub:ORG/NAME[@REVISION]` through the Hub's cache, else a local model/run folder."
+    return hub_model(str(model)) if str(model).startswith(HUB_PREFIX) else model_folder(check_local(model))
+
+@patch(cls_method=True)
+def from_pretrained(cls: MESPredictor,
+                    name,  # a model folder or run folder, or a Hub model 'hf-hub:ORG/NAME[@REVISION]'
+                    device=None,  # None: the GPU if there is one, else the CPU
+                    runtime: str = 'torch'):  # 'torch' or 'onnx'
+    "The predictor of model `name`: a local folder (`from_folder`) or a Hub model, downloaded once into its cache."
+    folder, hub = model_source(name), str(name).startswith(HUB_PREFIX)
+    predictor = cls.from_folder(folder, device=device, runtime=runtime)
+    predictor._provenance = dict(model=str(name) if hub else str(folder.absolute()),
+                                 **({'revision': folder.name} if hub else {}),  # the snapshot's commit
+                                 weights_sha256=_sha256(folder/'model.safetensors'), mes_mtl_version=mes_mtl.__version__)
+    return predictor
+
+@patch(as_prop=True)
+def provenance(self: MESPredictor) -> dict:
+    "Where the scores come from (`from_pretrained`): the model's Hub id or folder, its weights' sha256, mes_mtl's version."
+    return getattr(self, '_provenance', {})  # {}: a predictor of a Learner or made by hand

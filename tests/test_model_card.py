@@ -1,6 +1,6 @@
 """A trained model folder carries a model card whose numbers are the run's; it loads from a Hugging Face cache offline
 (`hf-hub:ORG/NAME`), and `mes_mtl push` refuses, without a network, what it cannot upload."""
-import io, json, os, shutil, subprocess
+import hashlib, io, json, os, shutil, subprocess
 from pathlib import Path
 import pandas as pd
 import pytest
@@ -94,7 +94,10 @@ def test_hub_model_with_the_environment_variables(run, tmp_path, demo_root):
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     folder = MESPredictor.from_folder(run/'model', device='cpu').predict([image])
-    assert json.loads(p.stdout)[0]['mes'] == folder.mes[0]
+    record = json.loads(p.stdout)[0]
+    assert record['mes'] == folder.mes[0]
+    sha = hashlib.sha256((run/'model'/'model.safetensors').read_bytes()).hexdigest()
+    assert (record['model'], record['revision'], record['weights_sha256']) == ('hf-hub:mes-mtl/tiny', COMMIT, sha)
 
 
 def test_push_refuses_without_a_network(run, tmp_path, monkeypatch, capsys):
@@ -122,6 +125,8 @@ def test_evaluate_adds_its_result_to_the_card(run, demo_root, tmp_path, capsys):
     assert [e.metric_value for e in external[:5]] == [round(metrics[k][m], 4) for k, m, *_ in REPORTED]
     section = card.text.split(f'## External evaluation: {name}')
     lo, hi = metrics['ci']['mes']['macro_f1']
+    sha = hashlib.sha256((model/'model.safetensors').read_bytes()).hexdigest()
+    assert [(p['model'], p['weights_sha256']) for p in metrics['provenance']] == [(str(model), sha)]
     assert len(section) == 2 and f"| MES macro F1 | {metrics['mes']['macro_f1']:.3f} | {lo:.3f}–{hi:.3f} |" in section[1]
     capsys.readouterr()
     assert main(['evaluate', '--model', 'hf-hub:mes-mtl/tiny', '--data', str(demo_root), '--out', str(tmp_path/'e2'),
