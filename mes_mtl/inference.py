@@ -523,10 +523,11 @@ def from_pretrained(cls: MESPredictor,
     predictor = cls.from_folder(folder, device=device, runtime=runtime)
     predictor._provenance = dict(model=str(name) if hub else str(folder.absolute()),
                                  **({'revision': folder.name} if hub else {}),  # the snapshot's commit
-                                 weights_sha256=_sha256(folder/'model.safetensors'), mes_mtl_version=mes_mtl.__version__)
+                                 weights_sha256=_sha256(folder/'model.safetensors'),
+                                 mes_mtl_version=mes_mtl.__version__)
     return predictor
 
 @patch(as_prop=True)
 def provenance(self: MESPredictor) -> dict:
-    "Where the scores come from (`from_pretrained`): the model's Hub id or folder, its weights' sha256, mes_mtl's version."
+    "Where the scores come from (`from_pretrained`): the model's Hub id or folder, its weights' sha256, the version."
     return getattr(self, '_provenance', {})  # {}: a predictor of a Learner or made by hand
