@@ -489,7 +489,7 @@ HUB_PREFIX = 'hf-hub:'  # a model on the Hugging Face Hub: hf-hub:ORG/NAME, or h
 def hub_model(name: str) -> Path:
     "The local folder of Hub model `name` ('hf-hub:ORG/NAME[@REVISION]'): huggingface_hub's cached snapshot."
     from huggingface_hub import snapshot_download, constants
-    from huggingface_hub.errors import LocalEntryNotFoundError, HFValidationError, HfHubHTTPError
+    from huggingface_hub.utils import LocalEntryNotFoundError, HFValidationError, HfHubHTTPError  # old and new
     repo_id, _, revision = name.removeprefix(HUB_PREFIX).partition('@')
     try: return Path(snapshot_download(repo_id, revision=revision or None))
     except LocalEntryNotFoundError:
