@@ -32,7 +32,7 @@ from .report import heldout_markdown
 from .bench import bench_args, run_bench
 from .extras import require
 from .progress import shows_bars, with_progress
-from .inference import MESPredictor, RUNTIMES, init_settings
+from .inference import MESPredictor, RUNTIMES, init_settings, HUB_PREFIX, check_local
 from .evaluate import evaluate
 from .quality import QualityThresholds
 from .video import VideoReader, VideoResult, score_video, save_video_result
@@ -42,14 +42,25 @@ from .metrics import report_table, markdown_table
 from .intervals import summary_line, ci_note
 
 # %% auto #0
-__all__ = ['METHOD_SETTINGS', 'COMMANDS', 'add_config_options', 'config_from_args', 'prepare', 'print_summary', 'train', 'cv',
-           'check_comparable', 'compare_studies', 'predict', 'evaluate_command', 'add_runtime_options', 'parser',
-           'video_args', 'load_predictor', 'run_video', 'main', 'EpochLines', 'plain_progress']
+__all__ = ['MODEL_HELP', 'METHOD_SETTINGS', 'COMMANDS', 'add_config_options', 'config_from_args', 'prepare', 'print_summary',
+           'train', 'cv', 'check_comparable', 'compare_studies', 'predict', 'evaluate_command', 'push',
+           'add_runtime_options', 'parser', 'video_args', 'load_predictor', 'run_video', 'main', 'EpochLines',
+           'plain_progress']
 
 # %% ../nbs/90_cli.ipynb #27800a9e
 def _path(text: str) -> Path:
     "A path option: `~` expanded, made absolute (so that a config.json never depends on the working directory)."
     return Path(text).expanduser().absolute()
+
+MODEL_HELP = ("model folder (the OUT of `mes_mtl train`, or OUT/model), or a model on the Hugging Face Hub: "
+              "hf-hub:ORG/NAME[@REVISION] (downloaded once into its cache)")
+
+def _model(text: str) -> Path | str:
+    "A `--model`: a Hub model `hf-hub:ORG/NAME[@REVISION]` as it is, else a path (`_path`), never a Hub id unprefixed."
+    if text.startswith(HUB_PREFIX): return text
+    try: check_local(text)  # ORG/NAME that is no folder here: the prefix is missing (no download is tried)
+    except UserError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    return _path(text)
 
 def _shown(value) -> str:
     "A default as `--help` shows it: lists spaced ('none' if empty), numbers to four significant digits."
@@ -236,10 +247,11 @@ def _input_table(inputs) -> pd.DataFrame | None:
 
 def predict(args):
     "`mes_mtl predict`: Mayo scores and probabilities for images, as CSV or JSON (see above for unreadable images)."
+    from mes_mtl.inference import MESPredictor
     output = writable_file(args.output) if args.output else None
     table = _input_table(args.images)  # its other columns go with the scores
     files = _image_files(args.images) if table is None else list(table.path)
-    predictor = load_predictor(args.model, args.runtime, calib=args.calib)
+    predictor = MESPredictor.from_pretrained(args.model, runtime=args.runtime, calib=args.calib)
     df, bad = _score(predictor, files, args.bs, progress=output is not None)
     if table is not None and len(df): df = df.merge(table.rename(columns={'path': 'image'}), on='image', how='left')
     listing = '\n  '.join(bad)
@@ -248,6 +260,7 @@ def predict(args):
         raise UserError(f"{len(bad)} of {len(files)} images cannot be read:\n  {listing}\n{todo}")
     if bad: print(f"mes_mtl predict: warning: {len(bad)} of {len(files)} images cannot be read and are left out "
                   f"(--strict refuses them):\n  {listing}", file=sys.stderr)
+    if args.json: df = df.assign(**predictor.provenance)  # each record says which model scored it
     text = df.to_json(orient='records', indent=2) if args.json else df.to_csv(index=False)
     if not output: sys.stdout.write(text)
     else:
@@ -260,10 +273,29 @@ def evaluate_command(args):
     "`mes_mtl evaluate`: a model (or a study's fold ensemble) on labelled data; metrics with 95 % intervals, report."
     r = evaluate(args.data, args.out, args.model, args.study, args.arch, args.runtime, args.calib, args.bs,
                  args.skip_bad, args.between_grades, args.resamples, args.seed, args.overwrite,
-                 log=lambda s: print(s, flush=True))
+                 log=lambda s: print(s, flush=True), add_to_card=args.add_to_card)
     print(f"\n{(r.out/'report.md').read_text()}\nResults in {r.out}: report.md, metrics.json, predictions.csv, "
           f"{'patients.csv, ' * ('patient' in r.metrics)}calibration.csv, confusion_matrices.png, reliability.png")
     return r.metrics
+
+# %% ../nbs/90_cli.ipynb #50beedf2
+def push(args):
+    "`mes_mtl push`: upload model folder `args.model` to the Hub repository `args.repo_id` (created if missing)."
+    from huggingface_hub import HfApi, get_token
+    from mes_mtl.inference import model_folder, read_model_config, ONNX_FILE, ONNX_RECORD
+    folder = model_folder(args.model)
+    read_model_config(folder)  # a model folder, or an error naming what is missing
+    if not get_token():
+        raise UserError("no Hugging Face token: run `hf auth login` (older huggingface_hub: `huggingface-cli login`) "
+                        "or set HF_TOKEN, then push again")
+    if not (folder/'README.md').is_file():
+        print(f"mes_mtl push: warning: {folder} has no model card (README.md); write one with "
+              f"`mes_mtl.model_card.write_model_card` where the run's files are", file=sys.stderr)
+    api = HfApi()
+    url = api.create_repo(args.repo_id, private=args.private, exist_ok=True)
+    api.upload_folder(repo_id=args.repo_id, folder_path=folder, ignore_patterns=[ONNX_FILE, ONNX_RECORD],
+                      commit_message=f"mes_mtl {mes_mtl.__version__}: upload model {folder.name}")
+    print(f"Uploaded {folder} to {url}; load it with --model {HUB_PREFIX}{args.repo_id}")
 
 # %% ../nbs/90_cli.ipynb #9823398d
 def add_runtime_options(p: argparse.ArgumentParser):
@@ -347,7 +379,7 @@ def parser() -> argparse.ArgumentParser:
                        description='External validation: a model folder (--model) or the fold ensemble of a study '
                                    '(--study) on labelled images (a folder or a table), without training.')
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument('--model', type=_path, help='model folder (the OUT of `mes_mtl train`, or OUT/model)')
+    which.add_argument('--model', type=_model, help=MODEL_HELP)
     which.add_argument('--study', type=_path, help='study folder (`mes_mtl cv`): the fold ensemble of --arch')
     p.add_argument('--arch', help="the study's backbone (default: its best by cross-validation MES macro F1)")
     p.add_argument('--data', type=_path, required=True,
@@ -362,8 +394,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--resamples', type=COUNT, default=1000, help='bootstrap resamples of the 95 %% intervals')
     p.add_argument('--seed', type=INDEX, default=0, help="the bootstrap's seed")
     p.add_argument('--overwrite', action='store_true', help='replace an evaluation of another model or data in --out')
+    p.add_argument('--add-to-card', action='store_true',
+                   help="add the result to the model's card (README.md of the --model folder; replaces one on the same "
+                        "data)")
     p = sub.add_parser('predict', help='Mayo scores for images with a saved model')
-    p.add_argument('--model', type=_path, required=True, help='model folder (the OUT of `mes_mtl train`, or OUT/model)')
+    p.add_argument('--model', type=_model, required=True, help=MODEL_HELP)
     p.add_argument('images', nargs='+', help='image files or folders, or one table (CSV/TSV with a path column; '
                                          'its other columns are kept in the output)')
     p.add_argument('--json', action='store_true', help='JSON instead of CSV')
@@ -376,6 +411,10 @@ def parser() -> argparse.ArgumentParser:
                      help='refuse with exit code 2, listing every unreadable image, if any image cannot be read')
     p.set_defaults(strict=False)
     add_runtime_options(p)
+    p = sub.add_parser('push', help='upload a model folder (weights, config, model card) to the Hugging Face Hub')
+    p.add_argument('model', type=_path, metavar='MODEL', help='model folder (the OUT of `mes_mtl train`, or OUT/model)')
+    p.add_argument('repo_id', metavar='REPO_ID', help='the Hub repository, ORG/NAME (created if it does not exist)')
+    p.add_argument('--private', action='store_true', help='create the repository as private')
     return ap
 
 # %% ../nbs/90_cli.ipynb #5786fa89
@@ -395,7 +434,7 @@ def video_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add the arguments of `mes_mtl video` to the parser `p`."
     p.add_argument('videos', nargs='+', type=Path, metavar='VIDEO',
                    help='video files (anything FFmpeg reads: MP4, AVI, MKV, WebM, ...)')
-    p.add_argument('--model', type=Path, required=True, help='model folder (the OUT of `mes_mtl train`, or OUT/model)')
+    p.add_argument('--model', type=_model, required=True, help=MODEL_HELP)
     p.add_argument('--out', type=Path, required=True,
                    help='output folder (one subfolder per video when there are several)')
     g = p.add_mutually_exclusive_group()
@@ -428,11 +467,11 @@ def _out_dirs(videos: list[Path], out: Path) -> list[Path]:
     return dirs
 
 def load_predictor(model, runtime: str = 'torch', device=None, calib=None) -> MESPredictor:
-    "`MESPredictor.from_folder(model)` with `runtime` (and `calib`), its errors as `UserError`s naming the folder."
-    if not Path(model).is_dir():
+    "`MESPredictor.from_pretrained(model)` with `runtime` (and `calib`), its errors as `UserError`s naming the folder."
+    if not str(model).startswith(HUB_PREFIX) and not Path(model).is_dir():
         raise UserError(f"--model {model}: no such folder; "
                         "give the run folder of `mes_mtl train` (OUT) or its model folder (OUT/model)")
-    try: return MESPredictor.from_folder(model, device=device, runtime=runtime, calib=calib)
+    try: return MESPredictor.from_pretrained(model, device=device, runtime=runtime, calib=calib)
     except (FileNotFoundError, ValueError) as e: raise UserError(f"--model: {e}") from None
 
 def run_video(args) -> list[VideoResult]:
@@ -498,7 +537,7 @@ def _download(args):
 
 COMMANDS = {'demo-data': _demo_data, 'download': _download, 'prepare': prepare, 'train': train, 'cv': cv,
             'compare': compare_studies, 'evaluate': evaluate_command, 'predict': predict, 'bench': run_bench,
-            'video': run_video}
+            'video': run_video, 'push': push}
 
 def _again(command: str, argv: list[str]) -> str:
     "The command line that continues an interrupted `command`: `cv` resumes (never --overwrite), others start again."

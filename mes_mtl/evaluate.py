@@ -19,11 +19,12 @@ from .aux_heads import aux_columns, aux_prob_columns
 from .intervals import ci_text, ci_note
 from .config import RunConfig, read_config, check_folder
 from .learner import predictions_table
-from .inference import MESPredictor, RUNTIMES, read_model_config
+from .inference import MESPredictor, RUNTIMES, read_model_config, model_source, HUB_PREFIX
 from .aggregate import write_patient_results, image_intervals
 from .train import with_item_columns
 from .results import finished_folds, study_metrics, best_arch, fold_ensemble, aux_figures
 from .calibration import calibration_table, plot_reliability
+from .model_card import card_file, add_evaluation
 
 # %% auto #0
 __all__ = ['EVALUATION_ROWS', 'study_models', 'model_outputs', 'evaluation_table', 'evaluation_markdown', 'Evaluation',
@@ -184,16 +185,27 @@ def labelled_aux(tasks,  # the model's auxiliary tasks, with their classes (`Aux
         else: log(f"Auxiliary task {t.name}: the column {t.name!r} of {source} is empty; the task is not evaluated")
     return tuple(found)
 
+def _card_to_add_to(model) -> Path:
+    "The card that `add_to_card` adds to (a local model folder's), or a `UserError` saying why there is none."
+    if model is None:
+        raise UserError("--add-to-card adds to a model's card: give --model (a study's ensemble has no card)")
+    if str(model).startswith(HUB_PREFIX):
+        raise UserError(f"--add-to-card writes into a local model folder, not the Hub's {model}: download it "
+                        f"(`hf download {model.removeprefix(HUB_PREFIX)} --local-dir DIR`) and evaluate DIR")
+    return card_file(model_source(model))
+
 def _record(model, study, arch, data, runtime: str, calib, n_resamples: int, seed: int) -> dict:
     "The evaluation's config.json: what was evaluated, on what, how."
     path = lambda p: str(Path(p).expanduser().absolute()) if p is not None else None
-    return dict(command='evaluate', model=path(model), study=path(study), arch=arch, data=path(data), runtime=runtime,
-                **({'calib': path(calib)} if calib is not None else {}), n_resamples=n_resamples, seed=seed)
+    hub = model is not None and str(model).startswith(HUB_PREFIX)  # a Hub id is recorded as it is
+    return dict(command='evaluate', model=str(model) if hub else path(model), study=path(study), arch=arch,
+                data=path(data), runtime=runtime, **({'calib': path(calib)} if calib is not None else {}),
+                n_resamples=n_resamples, seed=seed)
 
 # %% ../nbs/23b_evaluate.ipynb #424c1329
 def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV: path, mes, ...)
              out,  # the output folder
-             model=None,  # a model folder (`mes_mtl train`, `save_mtl_model`) ...
+             model=None,  # a model folder (`mes_mtl train`, `save_mtl_model`) or Hub model 'hf-hub:ORG/NAME' ...
              study=None,  # ... or a study folder: its fold ensemble
              arch: str | None = None,  # the study's backbone; None: its best by CV MES macro F1
              runtime: str = 'torch',  # 'torch', 'onnx' or 'onnx-int8' (ONNX Runtime, FP32 or INT8)
@@ -206,12 +218,14 @@ def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV
              overwrite: bool = False,  # replace an evaluation of something else in `out`
              progress: bool = True,  # show a progress bar while the images are scored
              log=print,  # where the progress lines go
+             add_to_card: bool = False,  # add the result to the model's card (`add_evaluation`): a local model folder
             ) -> Evaluation:
     "Judge a model (or a study's fold ensemble) on labelled `data`: metrics with 95 % intervals, figures, report."
     if (model is None) == (study is None): raise UserError("give a model folder (--model) or a study (--study)")
     if runtime not in RUNTIMES: raise UserError(f"runtime must be one of {RUNTIMES}; got {runtime!r}")
     if arch is not None and study is None: raise UserError("--arch chooses the backbone of a study: give --study")
-    folders, arch = ([Path(model)], None) if model is not None else study_models(study, arch)
+    if add_to_card: _card_to_add_to(model)
+    folders, arch = ([model_source(model)], None) if model is not None else study_models(study, arch)
     configs = [read_model_config(f) for f in folders]  # every model folder checked before any work
     record = _record(model, study, arch, data, runtime, calib, n_resamples, seed)
     out = Path(out).expanduser().absolute()
@@ -224,7 +238,8 @@ def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV
     out = writable_dir(out)  # made only now: bad input leaves no empty folder behind
     patients = items.patient.nunique() if 'patient' in items else 0
     log(f"Data {data}: {len(items)} images, {patients} patients; {len(folders)} model(s), runtime {runtime}")
-    predictors = [MESPredictor.from_folder(f, runtime=runtime, calib=calib) for f in folders]
+    predictors = [MESPredictor.from_pretrained(m, runtime=runtime, calib=calib)
+                  for m in ([model] if model else folders)]
     outputs = model_outputs(predictors, items.path.tolist(), bs, progress)
     decode_rule = RunConfig.from_folder(study).new_method().decode_rule if study is not None else None
     report, preds = _predictions(items, predictors, outputs, decode_rule, labelled)
@@ -232,6 +247,7 @@ def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV
     with Staging(out) as st:
         patient = write_patient_results(preds, items, st.tmp, log=log, n_resamples=n_resamples, seed=seed)
         metrics = {**report, **({'patient': patient} if patient else {})}
+        metrics['provenance'] = [p.provenance for p in predictors]  # the models that scored: ids, weights' sha256
         calibration = calibration_table(preds)
         preds.to_csv(st.tmp/'predictions.csv', index=False)
         calibration.to_csv(st.tmp/'calibration.csv', index=False)
@@ -242,6 +258,7 @@ def evaluate(data,  # labelled data: a folder (LIMUC layout) or a table (CSV/TSV
         write_json(record, st.tmp/'config.json')
         write_json(metrics, st.tmp/'metrics.json')
         st.commit()
+    if add_to_card: log(f"Added the result to the model card {add_evaluation(folders[0], metrics, record['data'])}")
     return Evaluation(out, metrics, preds)
 
 # %% ../nbs/23b_evaluate.ipynb #635e3ff5

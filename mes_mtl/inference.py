@@ -28,10 +28,11 @@ from .files import atomic_write, write_json, read_json
 
 # %% auto #0
 __all__ = ['MODEL_FILES', 'MODEL_FORMAT', 'CONFIG_KEY', 'FORMAT1_KEYS', 'RUNTIMES', 'SMALL_IMAGE', 'ONNX_FILE', 'ONNX_RECORD',
-           'ONNX_ATOL', 'ONNX_RTOL', 'EXPORTERS', 'INT8_FILE', 'INT8_RECORD', 'INT8_MIN_AGREEMENT', 'CALIB_IMAGES',
-           'model_config', 'learner_config', 'save_mtl_model', 'model_folder', 'read_model_config', 'model_method',
-           'load_mtl_model', 'init_settings', 'check_init', 'init_weights', 'MESPredictor', 'onnx_runtime', 'OnnxModel',
-           'export_onnx', 'onnx_model', 'calibration_images', 'int8_model']
+           'ONNX_ATOL', 'ONNX_RTOL', 'EXPORTERS', 'HUB_PREFIX', 'INT8_FILE', 'INT8_RECORD', 'INT8_MIN_AGREEMENT',
+           'CALIB_IMAGES', 'model_config', 'pretrained_weights', 'learner_config', 'save_mtl_model', 'model_folder',
+           'read_model_config', 'model_method', 'load_mtl_model', 'init_settings', 'check_init', 'init_weights',
+           'MESPredictor', 'onnx_runtime', 'OnnxModel', 'export_onnx', 'onnx_model', 'hub_model', 'check_local',
+           'model_source', 'calibration_images', 'int8_model']
 
 # %% ../nbs/16_inference.ipynb #05c8c150
 MODEL_FILES = ('model.safetensors', 'config.json')
@@ -42,17 +43,24 @@ def model_config(model: MTLModel,  # the model
                  arch: str,  # its timm backbone
                  method,  # its method (an `MESMethod`, e.g. the Learner's `loss_func`)
                  preprocessing: Preprocessing,  # how its input images are made (`dls.preprocessing`)
+                 pretrained: str | None = None,  # the timm weights it started from ('resnet18.a1_in1k'); None: none
                 ) -> dict:
     "The model folder's config: format, backbone, method and its settings, heads, preprocessing, labels (JSON-ready)."
     aux = {'aux': [t.to_dict() for t in method.aux_tasks]} if method.aux_tasks else {}  # the auxiliary tasks, if any
     return json.loads(json.dumps(dict(
-        format=MODEL_FORMAT, mes_mtl_version=mes_mtl.__version__, arch=arch,
+        format=MODEL_FORMAT, mes_mtl_version=mes_mtl.__version__, arch=arch, pretrained=pretrained,
         method=dict(name=method.name, **method.settings()), n_out=model.n_out, n_features=model.n_features,
         preprocessing=preprocessing.to_dict(), tasks=list(TASKS), label_table=LABEL_TABLE.tolist(), **aux)))
 
+def pretrained_weights(body: torch.nn.Module) -> str:
+    "timm's name of the weights backbone `body` was created with: architecture and tag ('resnet18.a1_in1k')."
+    cfg = body.pretrained_cfg
+    return f"{cfg['architecture']}.{cfg['tag']}" if cfg.get('tag') else cfg['architecture']
+
 def learner_config(learn) -> dict:
-    "The model folder's config of a Learner of `mtl_learner`: its model, backbone, method and preprocessing."
-    return model_config(learn.model, learn.config.arch, learn.loss_func, learn.dls.preprocessing)
+    "The model folder's config of a Learner of `mtl_learner`: its model, backbone, start, method and preprocessing."
+    start = pretrained_weights(learn.model.body) if learn.config.pretrained else None  # ImageNet weights, or none
+    return model_config(learn.model, learn.config.arch, learn.loss_func, learn.dls.preprocessing, start)
 
 def save_mtl_model(learn, path) -> Path:
     "Save `learn`'s model to folder `path`: `model.safetensors` (with the config bound into it) and `config.json`."
@@ -480,6 +488,58 @@ def onnx_model(model: torch.nn.Module, config: dict, folder=None, device='cpu') 
                       "and is made again "
                       "at every load; copy the model folder somewhere writable to keep it")
     return fast
+
+# %% ../nbs/16_inference.ipynb #388b4e22
+from fastcore.basics import patch
+
+HUB_PREFIX = 'hf-hub:'  # a model on the Hugging Face Hub: hf-hub:ORG/NAME, or hf-hub:ORG/NAME@REVISION
+
+def hub_model(name: str) -> Path:
+    "The local folder of Hub model `name` ('hf-hub:ORG/NAME[@REVISION]'): huggingface_hub's cached snapshot."
+    from huggingface_hub import snapshot_download, constants
+    from huggingface_hub.utils import LocalEntryNotFoundError, HFValidationError, HfHubHTTPError  # old and new
+    repo_id, _, revision = name.removeprefix(HUB_PREFIX).partition('@')
+    try: return Path(snapshot_download(repo_id, revision=revision or None))
+    except LocalEntryNotFoundError:
+        raise UserError(f"{name} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be "
+                        f"reached (HF_HUB_OFFLINE=1, or no network): download it once where there is a network "
+                        f"(`hf download {repo_id}`, or any `mes_mtl predict --model {name}`) and copy that cache "
+                        f"here (HF_HOME), or give a local model folder") from None
+    except (HFValidationError, HfHubHTTPError) as e:  # a malformed id, a repository or revision not found, no access
+        raise UserError(f"{name}: {str(e).splitlines()[0][:300]} (a Hub model is hf-hub:ORG/NAME[@REVISION]; a "
+                        f"private one needs `hf auth login` or HF_TOKEN)") from None
+
+def check_local(model) -> Path:
+    "`model` as a local path; a `UserFileNotFoundError` where it names nothing here but reads like a Hub id, ORG/NAME."
+    path = Path(model)
+    if not path.expanduser().exists() and len(path.parts) == 2 and not path.is_absolute():
+        raise UserFileNotFoundError(f"{model}: no such model folder (a model on the Hugging Face Hub is named "
+                                    f"{HUB_PREFIX}{model})")
+    return path.expanduser()
+
+def model_source(model) -> Path:
+    "The model folder of `model`: `hf-hub:ORG/NAME[@REVISION]` through the Hub's cache, else a local model/run folder."
+    return hub_model(str(model)) if str(model).startswith(HUB_PREFIX) else model_folder(check_local(model))
+
+@patch(cls_method=True)
+def from_pretrained(cls: MESPredictor,
+                    name,  # a model folder or run folder, or a Hub model 'hf-hub:ORG/NAME[@REVISION]'
+                    device=None,  # None: the GPU if there is one, else the CPU
+                    runtime: str = 'torch',  # 'torch', 'onnx' or 'onnx-int8'
+                    calib=None):  # 'onnx-int8': calibration images (`calibration_images`); None: the cached model
+    "The predictor of model `name`: a local folder (`from_folder`) or a Hub model, downloaded once into its cache."
+    folder, hub = model_source(name), str(name).startswith(HUB_PREFIX)
+    predictor = cls.from_folder(folder, device=device, runtime=runtime, calib=calib)
+    predictor._provenance = dict(model=str(name) if hub else str(folder.absolute()),
+                                 **({'revision': folder.name} if hub else {}),  # the snapshot's commit
+                                 weights_sha256=_sha256(folder/'model.safetensors'),
+                                 mes_mtl_version=mes_mtl.__version__)
+    return predictor
+
+@patch(as_prop=True)
+def provenance(self: MESPredictor) -> dict:
+    "Where the scores come from (`from_pretrained`): the model's Hub id or folder, its weights' sha256, the version."
+    return getattr(self, '_provenance', {})  # {}: a predictor of a Learner or made by hand
 
 # %% ../nbs/16_inference.ipynb #b78a1c97
 INT8_FILE, INT8_RECORD = 'model.int8.onnx', 'model.int8.onnx.json'  # the cached INT8 model and its record

@@ -23,6 +23,7 @@ from .inference import save_mtl_model
 from .distributed import data_parallel, num_distrib
 from .results import finished_folds
 from .report import collect_results
+from .model_card import write_model_card
 
 # %% auto #0
 __all__ = ['fold_dir', 'run_fold', 'check_folds', 'Interrupted', 'run_cv']
@@ -137,6 +138,7 @@ def run_fold(split: pd.DataFrame,  # the split (`split_items`): test set and fol
     write_json(compute, d/'compute.json')
     metrics = {'arch': arch, 'fold': fold, 'method': cfg.method, **reports, **extra}
     write_json(metrics, d/'metrics.json')
+    write_model_card(d/'model')  # from the fold's files and the study's: README.md beside the weights
     for f in (s1, s1_preds): f.unlink()
     shutil.rmtree(d/'models')
     return metrics

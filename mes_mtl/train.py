@@ -24,6 +24,7 @@ from .inference import save_mtl_model, read_model_config, check_init, init_weigh
 from .aggregate import write_patient_results, image_intervals
 from .distributed import init_distributed, rank_folder_first, data_parallel
 from .study import Interrupted, check_folds
+from .model_card import write_model_card
 
 # %% auto #0
 __all__ = ['DEMO_IMAGES', 'data_root', 'table_columns', 'with_item_columns', 'prepare_data', 'run_dataloaders', 'TrainResult',
@@ -151,6 +152,7 @@ def _train(out: Path, split: pd.DataFrame, config: RunConfig, overwrite: bool, l
             write_json(config.record('train'), st.tmp/'config.json')
             save_split(split, st.tmp/'split.csv')
             write_json({**report, **({'patient': patient} if patient else {})}, st.tmp/'metrics.json')
+            write_model_card(st.tmp/'model')  # from the run's files just written: README.md beside the weights
             st.commit()
     except KeyboardInterrupt:
         raise Interrupted(f"nothing of this run was saved; {before}") from None

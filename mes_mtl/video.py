@@ -338,7 +338,7 @@ def score_video(path, predictor: MESPredictor,
     speed = dict(wall_s=wall, frames_per_s=scorer.n_frames / wall, realtime_factor=seen / wall, decode_s=decode_s,
                  **stages)
     p = predictor
-    model = dict(arch=p.config['arch'], size=list(p.size), method=p.method.name)
+    model = dict(arch=p.config['arch'], size=list(p.size), method=p.method.name, **p.provenance)  # and where from
     settings = dict(every=every, fps=fps, window=window, min_length=min_length, bs=bs, crop=crop,
                     thresholds=scorer.thresholds.to_dict(), model=model, runtime=getattr(p, 'runtime', 'torch'),
                     device=str(p.device), torch_threads=torch.get_num_threads())
