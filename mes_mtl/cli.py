@@ -136,7 +136,7 @@ def train(args):
     cfg = config_from_args(args, 'train')
     if args.data is None:
         print(f"Demo run: {', '.join(f'{k}={_shown(v)}' for k, v in DEMO_PRESETS['train'].items())} unless given")
-    r = run_train(cfg, args.out, args.overwrite, args.skip_bad, log=lambda s: print(s, flush=True))
+    r = run_train(cfg, args.out, args.overwrite, args.skip_bad, log=lambda s: print(s, flush=True), int8=args.int8)
     print_summary(r.report, f"Held-out test set ({len(r.predictions)} images), {cfg.arch} ({cfg.method}), "
                             f"fold {cfg.fold} as validation")
     print(f"\nResults in {r.out}: metrics.json, predictions.csv, {'patients.csv, ' * bool(r.patient)}"
@@ -344,6 +344,9 @@ def parser() -> argparse.ArgumentParser:
     _add_run_options(sub.add_parser('prepare', help='read, split and load the data; report a batch'), 'prepare')
     p = sub.add_parser('train', help='train on one fold, evaluate on the held-out test set (the main job)')
     _add_run_options(p, 'train')
+    p.add_argument('--int8', action='store_true',
+                   help="also build the INT8 model (--runtime onnx-int8 of predict, video, evaluate), calibrated on up "
+                        "to 200 of the run's training images (needs mes_mtl[onnx])")
     p = sub.add_parser('cv', help='the cross-validation study: backbones x folds, F1 optimisation, tables and figures',
                        description='The study of the paper: every backbone on every fold, stage 1 and F1-weighted '
                                    'stage 2, evaluated on the validation folds and the held-out test set; resumable.')

@@ -546,7 +546,7 @@ INT8_FILE, INT8_RECORD = 'model.int8.onnx', 'model.int8.onnx.json'  # the cached
 INT8_MIN_AGREEMENT = 0.95  # share of calibration images whose INT8 Mayo score is FP32's, below which it is warned about
 CALIB_IMAGES = 200  # calibration images at most (spread evenly over those given)
 
-def calibration_images(calib,  # a labelled folder or table (`read_items`), a folder of images, or a list of images
+def calibration_images(calib,  # a labelled folder or table file, a folder or list of images, or a DataFrame (path, mes)
                        n: int = CALIB_IMAGES,  # images at most, spread evenly over `calib`
                       ) -> tuple[list, np.ndarray | None, str]:
     "Up to `n` images of `calib`, their Mayo scores (None: unlabelled) and where they came from."
@@ -562,6 +562,9 @@ def calibration_images(calib,  # a labelled folder or table (`read_items`), a fo
             if not path.is_dir(): raise
             images, labels = sorted(str(f) for f in path.rglob('*') if f.suffix.lower() in IMAGE_EXTS), None
         source = str(path)
+    elif isinstance(calib, pd.DataFrame):  # e.g. a run's training images (`train --int8`)
+        images, labels = calib.path.tolist(), calib.mes.to_numpy() if 'mes' in calib else None
+        source = f"a table of {len(calib)} images"
     else: images, labels, source = list(_as_images(calib)), None, 'images given'
     if not images: raise UserError(f"--calib {source}: no images ({', '.join(IMAGE_EXTS)}) to calibrate with")
     pick = np.unique(np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int))

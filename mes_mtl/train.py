@@ -4,7 +4,7 @@
 
 # %% ../nbs/20d_train.ipynb #38613f49
 from __future__ import annotations
-import errno, shutil
+import errno, json, shutil
 from contextlib import ExitStack
 from pathlib import Path
 from typing import NamedTuple
@@ -20,7 +20,8 @@ from .aux_tasks import resolve_aux, aux_codes
 from .metrics import plot_confusion_matrices
 from .config import RunConfig, check_folder
 from .learner import config_learner, evaluate_learner
-from .inference import save_mtl_model, read_model_config, check_init, init_weights
+from .inference import (save_mtl_model, read_model_config, check_init, init_weights, onnx_runtime, MESPredictor,
+                               INT8_RECORD)
 from .aggregate import write_patient_results, image_intervals
 from .distributed import init_distributed, rank_folder_first, data_parallel
 from .study import Interrupted, check_folds
@@ -118,16 +119,18 @@ def run_train(config: RunConfig,  # the run's settings: data (None: the demo dat
               overwrite: bool = False,  # replace a run of other settings (or on changed data) in `out`, at the end
               skip_bad: bool = False,  # leave unreadable images out with a warning (else: refuse)
               log=print,  # where the progress lines go
+              int8: bool = False,  # also the INT8 model (`runtime='onnx-int8'`), calibrated on the training images
              ) -> TrainResult:
     "Train `config.arch` on fold `config.fold`, evaluate on the held-out test set; results and model in `out`."
     config.arch  # one backbone, checked before anything is done
+    if int8: onnx_runtime()  # the onnx extra: said before any work
     init_distributed()  # one of several processes of `accelerate launch`: join them (alone: nothing to do)
     with ExitStack() as held:  # the first process holds `out`, the others of a data-parallel run their copies
         out, split = rank_folder_first(out, lambda folder, first: _setup(folder, config, overwrite and first, skip_bad,
                                                                          held, log))
-        return _train(out, split, config, overwrite, log)
+        return _train(out, split, config, overwrite, log, int8)
 
-def _train(out: Path, split: pd.DataFrame, config: RunConfig, overwrite: bool, log) -> TrainResult:
+def _train(out: Path, split: pd.DataFrame, config: RunConfig, overwrite: bool, log, int8: bool) -> TrainResult:
     "`run_train`'s work in the held folder `out`: train, evaluate and commit the results together."
     finished = (out/'metrics.json').is_file()
     before = f"the previous results in {out} are intact" if finished else f"{out} holds no finished run"
@@ -153,6 +156,10 @@ def _train(out: Path, split: pd.DataFrame, config: RunConfig, overwrite: bool, l
             save_split(split, st.tmp/'split.csv')
             write_json({**report, **({'patient': patient} if patient else {})}, st.tmp/'metrics.json')
             write_model_card(st.tmp/'model')  # from the run's files just written: README.md beside the weights
+            if int8:  # quantised and checked against FP32 on (up to 200 of) the images it was trained on
+                training = split[~split.is_test & (split.fold != config.fold)]
+                MESPredictor.from_folder(st.tmp/'model', runtime='onnx-int8', calib=training)
+                log(f"INT8 model: {json.loads((st.tmp/'model'/INT8_RECORD).read_text())['int8']}")
             st.commit()
     except KeyboardInterrupt:
         raise Interrupted(f"nothing of this run was saved; {before}") from None

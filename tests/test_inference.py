@@ -181,6 +181,18 @@ def test_cli_int8(models, demo_root, tmp_path, capsys):
     assert main(['predict', '--model', str(folder), str(files[0]), '--runtime', 'onnx-int8', '--calib', str(tmp_path/'x')]) == 2
     assert 'no such folder or table' in capsys.readouterr().err
 
+
+def test_train_int8(demo_root, tmp_path, capsys):
+    "train --int8: the run's model folder holds the INT8 model, calibrated on (and checked against FP32 on) its training images."
+    from mes_mtl.inference import INT8_FILE, INT8_RECORD
+    assert main(['train', '--out', str(tmp_path/'run'), '--data', str(demo_root), '--arch', 'test_resnet', '--size', '32',
+                 '--epochs', '1', '--bs', '16', '--no-pretrained', '--int8']) == 0
+    rec = json.loads((tmp_path/'run'/'model'/INT8_RECORD).read_text())['int8']
+    split = pd.read_csv(tmp_path/'run'/'split.csv')
+    n_train = (~split.is_test & (split.fold != 0)).sum()
+    assert rec['calib'] == f'a table of {n_train} images' and rec['n'] == min(200, n_train) and 'qwk_int8' in rec
+    assert (tmp_path/'run'/'model'/INT8_FILE).is_file() and 'INT8 model:' in capsys.readouterr().out
+
 def test_missing_onnxruntime(models, tmp_path, monkeypatch, capsys):
     "Without onnxruntime (as the import system sees it: a None entry in sys.modules), one clear message, before any work."
     folder = _copy(models, 'mtl', tmp_path)
