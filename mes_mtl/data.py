@@ -192,15 +192,17 @@ def drop_unreadable(items: pd.DataFrame,  # images (`path`)
 
 # %% ../nbs/02_data.ipynb #db7066ea
 def _digest(path) -> str:
-    with open(path, 'rb') as f: return hashlib.file_digest(f, 'sha256').hexdigest()
+    "SHA-256 of an image's pixels as read (RGB) and its size: the same picture in another file format is one image."
+    pixels = np.asarray(read_rgb(path))
+    return hashlib.sha256(str(pixels.shape).encode() + pixels.tobytes()).hexdigest()
 
 def check_duplicates(items: pd.DataFrame,  # images (`path`, `mes`, `patient`)
                      skip_bad: bool = False,  # leave copies under two scores out with a warning (else: refuse)
                      names: pd.Series | None = None,  # how the messages name each image (default: its path)
                     ) -> pd.DataFrame:
-    "`items` with no image (same bytes) under two Mayo scores (refused, or left out: `skip_bad`); two patients warned."
+    "`items` with no image (same pixels) under two Mayo scores (refused, or left out: `skip_bad`); two patients warned."
     names = items.path if names is None else names[items.index]
-    digest = items.path.map(_digest)
+    digest = pd.Series(list(parallel(_digest, list(items.path))), items.index)
     copies = items.groupby(digest)
     def listing(bad: pd.Series) -> str:
         groups = list(items.index[bad].groupby(digest[bad]).values())
