@@ -28,10 +28,10 @@ from .profiling import time_interleaved, machine_info, machine_label
 from .reference import bench_items, train_throughput, loader_cases, loader_throughput
 
 # %% auto #0
-__all__ = ['CALIB_FRAMES', 'LIMUC_IMAGES', 'DEFAULT_ARCHS', 'BENCH_DEFAULTS', 'QUICK_DEFAULTS', 'bench_predictor',
-           'optimised_forward', 'inference_throughput', 'study_estimate', 'video_throughput', 'video_runtimes',
-           'video_bench', 'video_bench_table', 'bench_args', 'bench_settings', 'run_bench', 'bench_tables',
-           'bench_targets', 'bench_report', 'plot_bench']
+__all__ = ['CALIB_FRAMES', 'LIMUC_IMAGES', 'DEFAULT_ARCHS', 'BENCH_DEFAULTS', 'QUICK_DEFAULTS', 'RUNTIME_COLUMNS', 'REALTIME_FPS',
+           'bench_predictor', 'optimised_forward', 'inference_throughput', 'study_estimate', 'video_throughput',
+           'video_runtimes', 'video_bench', 'video_bench_table', 'bench_args', 'bench_settings', 'run_bench',
+           'bench_tables', 'bench_targets', 'bench_report', 'plot_bench', 'runtime_table', 'plot_runtimes']
 
 # %% ../nbs/32_bench.ipynb #b5008b5d
 def _mes(outputs) -> np.ndarray:
@@ -495,4 +495,34 @@ def plot_bench(res: dict) -> plt.Figure:
     _plot_inference(axes[2], tables['inference'])
     threads = res['machine']['torch_threads']
     fig.suptitle(f"{machine_label(res['machine'])}; {threads} PyTorch thread{'s' * (threads > 1)}", fontsize=9)
+    return fig
+
+# %% ../nbs/32_bench.ipynb #08690a84
+RUNTIME_COLUMNS = {'torch': 'predictor_fps_bs1', 'onnx': 'predictor_onnx_fps_bs1', 'onnx-int8': 'predictor_int8_fps_bs1'}
+REALTIME_FPS = 25  # a colonoscopy video's frame rate
+
+def runtime_table(runs: dict) -> pd.DataFrame:
+    "Per backbone, runtime and bench run of `runs` (name -> `run_bench` results): frames/s at batch size 1 and video."
+    rows = []
+    for name, res in runs.items():
+        for arch, r in res['inference'].items():
+            video = res.get('video', {}).get(arch, {}).get('runtimes', {})
+            for rt, col in RUNTIME_COLUMNS.items():
+                if col not in r: continue
+                fps = video.get(rt, {}).get('fps', np.nan)
+                rows.append(dict(run=name, arch=arch, runtime=rt, predictor_fps_bs1=r[col], video_fps=fps,
+                                 realtime=fps >= REALTIME_FPS if np.isfinite(fps) else None))
+    return pd.DataFrame(rows)
+
+def plot_runtimes(runs: dict) -> plt.Figure:
+    "Video frames/s end to end per backbone and runtime (one panel per run of `runs`), against real time."
+    t = runtime_table(runs)
+    fig, axes = plt.subplots(1, len(runs), figsize=(6.5 * len(runs), 4), layout='constrained', squeeze=False)
+    for ax, (name, d) in zip(axes[0], t.groupby('run', sort=False)):
+        wide = d.pivot(index='arch', columns='runtime', values='video_fps').reindex(index=d.arch.unique(),
+                                                                                   columns=list(RUNTIME_COLUMNS))
+        wide.plot.bar(ax=ax, rot=15, color=['tab:blue', 'tab:green', 'tab:purple'])
+        ax.axhline(REALTIME_FPS, color='k', ls=':', label=f'{REALTIME_FPS} frames/s (real time)')
+        ax.set(title=f'video end to end: {name}', ylabel='frames/s', xlabel='')
+        ax.legend(fontsize=8)
     return fig
