@@ -7,7 +7,8 @@ import pytest
 
 HOW = ("pip install 'mes_mtl[app]' selenium (the extra and the browser driver's client), and the browser: "
        "apt-get install -y chromium chromium-driver")
-BROWSER, DRIVER = shutil.which('chromium') or shutil.which('chromium-browser'), shutil.which('chromedriver')
+BROWSER = next(filter(None, map(shutil.which, ('chromium', 'chromium-browser', 'google-chrome'))), None)  # GitHub's: Chrome
+DRIVER = shutil.which('chromedriver')
 missing = [m for m in ('gradio', 'selenium', 'av') if importlib.util.find_spec(m) is None]
 missing += [] if BROWSER and DRIVER else ['chromium and chromedriver']
 if missing: pytest.skip(f"the browser test needs {', '.join(missing)}: {HOW}", allow_module_level=True)
