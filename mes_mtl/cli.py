@@ -298,7 +298,7 @@ def push(args):
                       commit_message=f"mes_mtl {mes_mtl.__version__}: upload model {folder.name}")
     print(f"Uploaded {folder} to {url}; load it with --model {HUB_PREFIX}{args.repo_id}")
 
-# %% ../nbs/90_cli.ipynb #7e0ceb16
+# %% ../nbs/90_cli.ipynb #e5ea1d14
 def serve_app(args):
     "`mes_mtl app`: serve the demo page (`make_app`) for model `args.model` until stopped."
     for module in ('gradio', 'av'): require(module, 'app')  # the page, and the video tab's decoding
