@@ -4,14 +4,14 @@
 
 # %% ../nbs/26_app.ipynb #5fe2cd0d
 from __future__ import annotations
-import base64, io, os, tempfile, warnings
+import base64, io, os, tempfile
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
 import matplotlib.pyplot as plt
 from .errors import UserError
 from .extras import require
-from .files import cached_folder, write_json
+from .files import cached_folder, read_json, write_json
 from .labels import TASKS, TASK_CLASSES, MES_CLASSES, MES_COLUMNS
 from .data import read_items, read_rgb
 from .demo import demo_image, cache_root
@@ -47,14 +47,17 @@ def risk_coverage(probs,  # MES probabilities (n, 4)
     accuracy = np.cumsum(correct)[last] / n
     return pd.DataFrame(dict(threshold=top[last], coverage=n / len(top), accuracy=accuracy, risk=1 - accuracy))
 
+def _check_target(target: float) -> float:
+    if not 0 < target <= 1: raise UserError(f"the target accuracy must be in (0, 1]; got {target}")
+    return target
+
 def second_opinion_threshold(probs,  # MES probabilities (n, 4) of labelled validation images
                              labels,  # their true Mayo scores (n,)
                              target: float = 0.9,  # accuracy the cases answered alone should reach
                             ) -> float:
     "The lowest threshold on the top MES probability whose cases at or above it reach `target` accuracy."
-    if not 0 < target <= 1: raise UserError(f"the target accuracy must be in (0, 1]; got {target}")
     rc = risk_coverage(probs, labels)
-    reached = rc[rc.accuracy >= target]
+    reached = rc[rc.accuracy >= _check_target(target)]
     if not len(reached):
         raise UserError(f"no threshold reaches {target:.0%} accuracy on these {len(labels)} images (the most confident "
                         f"case alone: {rc.accuracy.iloc[0]:.0%}): lower the target or give more validation images")
@@ -68,6 +71,7 @@ def fit_second_opinion(predictor: MESPredictor,  # the model
                        target: float = 0.9,  # accuracy the cases answered alone should reach
                       ) -> dict:
     "The second-opinion threshold of `predictor` on `data` and what it gives there: coverage, accuracy, images."
+    _check_target(target)  # before the images are read and scored
     items = data if isinstance(data, pd.DataFrame) else read_items(data, check=False)
     probs = predictor.mes_probs(list(items.path))
     threshold = second_opinion_threshold(probs, items.mes.to_numpy(), target)
@@ -83,9 +87,8 @@ def save_second_opinion(record: dict, folder) -> Path:
 
 def load_second_opinion(folder) -> dict | None:
     "The second-opinion record in the model `folder`, or None where it has none."
-    import json
     f = Path(folder)/SECOND_OPINION_FILE
-    return json.loads(f.read_text()) if f.is_file() else None
+    return read_json(f) if f.is_file() else None
 
 # %% ../nbs/26_app.ipynb #babcad6c
 def score_images(predictor: MESPredictor,  # the model
