@@ -32,10 +32,11 @@ from .report import heldout_markdown
 from .bench import bench_args, run_bench
 from .extras import require
 from .progress import shows_bars, with_progress
-from .inference import MESPredictor, RUNTIMES, init_settings, HUB_PREFIX, check_local
+from .inference import MESPredictor, RUNTIMES, init_settings, HUB_PREFIX, check_local, model_source
 from .evaluate import evaluate
 from .quality import QualityThresholds
 from .video import VideoReader, VideoResult, score_video, save_video_result
+from .app import make_app, launch_app, demo_examples, fit_second_opinion, load_second_opinion, SECOND_OPINION_FILE
 from .parallel import import_ray, JobsFailed
 from .distributed import init_distributed, rank_folder_first
 from .metrics import report_table, markdown_table
@@ -43,7 +44,7 @@ from .intervals import summary_line, ci_note
 
 # %% auto #0
 __all__ = ['MODEL_HELP', 'METHOD_SETTINGS', 'COMMANDS', 'add_config_options', 'config_from_args', 'prepare', 'print_summary',
-           'train', 'cv', 'check_comparable', 'compare_studies', 'predict', 'evaluate_command', 'push',
+           'train', 'cv', 'check_comparable', 'compare_studies', 'predict', 'evaluate_command', 'push', 'serve_app',
            'add_runtime_options', 'parser', 'video_args', 'load_predictor', 'run_video', 'main', 'EpochLines',
            'plain_progress']
 
@@ -297,6 +298,21 @@ def push(args):
                       commit_message=f"mes_mtl {mes_mtl.__version__}: upload model {folder.name}")
     print(f"Uploaded {folder} to {url}; load it with --model {HUB_PREFIX}{args.repo_id}")
 
+# %% ../nbs/90_cli.ipynb #e5ea1d14
+def serve_app(args):
+    "`mes_mtl app`: serve the demo page (`make_app`) for model `args.model` until stopped."
+    for module in ('gradio', 'av'): require(module, 'app')  # the page, and the video tab's decoding
+    pred = load_predictor(args.model, args.runtime, args.device, args.calib)
+    if args.calib_data: second = fit_second_opinion(pred, args.calib_data, args.target_accuracy)
+    else: second = load_second_opinion(model_source(args.model))
+    if second is None:
+        print(f"mes_mtl app: note: no second-opinion threshold (give --calib-data, or save {SECOND_OPINION_FILE} "
+              f"into the model folder): no image is flagged", file=sys.stderr)
+    examples = demo_examples()
+    page = make_app(pred, second, examples)
+    print(f"Serving {args.model} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    launch_app(page, args.port, args.host, allowed_paths=[examples[1].parent])
+
 # %% ../nbs/90_cli.ipynb #9823398d
 def add_runtime_options(p: argparse.ArgumentParser):
     "`--runtime` and `--calib`: what runs the model in `predict`, `evaluate` and `video`."
@@ -418,6 +434,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('model', type=_path, metavar='MODEL', help='model folder (the OUT of `mes_mtl train`, or OUT/model)')
     p.add_argument('repo_id', metavar='REPO_ID', help='the Hub repository, ORG/NAME (created if it does not exist)')
     p.add_argument('--private', action='store_true', help='create the repository as private')
+    p = sub.add_parser('app', help='serve a demo page for a model in the browser: images with Grad-CAM, videos '
+                                   '(needs mes_mtl[app])')
+    p.add_argument('--model', type=_model, required=True, help=MODEL_HELP)
+    p.add_argument('--port', type=COUNT, default=7860, help='port to serve on (default 7860)')
+    p.add_argument('--host', default='127.0.0.1',
+                   help='address to serve on (default 127.0.0.1: this machine only; 0.0.0.0: the network)')
+    p.add_argument('--calib-data', type=_path, metavar='DATA',
+                   help='labelled validation images (folder or table) that set the second-opinion threshold '
+                        f'(default: the model folder\'s {SECOND_OPINION_FILE}, else no flag)')
+    p.add_argument('--target-accuracy', type=POSITIVE, default=0.9, metavar='A',
+                   help='accuracy the images answered without a second opinion should reach on --calib-data '
+                        '(default 0.9)')
+    add_runtime_options(p)
+    p.add_argument('--device', help='torch device (default: cuda when there is a GPU)')
     return ap
 
 # %% ../nbs/90_cli.ipynb #5786fa89
@@ -540,7 +570,7 @@ def _download(args):
 
 COMMANDS = {'demo-data': _demo_data, 'download': _download, 'prepare': prepare, 'train': train, 'cv': cv,
             'compare': compare_studies, 'evaluate': evaluate_command, 'predict': predict, 'bench': run_bench,
-            'video': run_video, 'push': push}
+            'video': run_video, 'push': push, 'app': serve_app}
 
 def _again(command: str, argv: list[str]) -> str:
     "The command line that continues an interrupted `command`: `cv` resumes (never --overwrite), others start again."

@@ -13,7 +13,8 @@ __all__ = ['EXTRAS', 'require']
 # %% ../nbs/00_extras.ipynb #3031216a
 EXTRAS = {'video': 'reading and writing video',
           'onnx': "running a model with ONNX Runtime (runtime='onnx')",
-          'scale': 'running jobs in parallel (--workers, --ray-address)'}  # what each optional extra is for
+          'scale': 'running jobs in parallel (--workers, --ray-address)',
+          'app': 'the demo in the browser (mes_mtl app)'}  # what each optional extra is for
 
 def require(module: str,  # the package to import, e.g. 'av'
             extra: str,  # the optional extra of mes_mtl that installs it, a key of `EXTRAS`, e.g. 'video'
