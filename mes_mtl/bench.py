@@ -497,7 +497,7 @@ def plot_bench(res: dict) -> plt.Figure:
     fig.suptitle(f"{machine_label(res['machine'])}; {threads} PyTorch thread{'s' * (threads > 1)}", fontsize=9)
     return fig
 
-# %% ../nbs/32_bench.ipynb #08690a84
+# %% ../nbs/32_bench.ipynb #602e117b
 RUNTIME_COLUMNS = {'torch': 'predictor_fps_bs1', 'onnx': 'predictor_onnx_fps_bs1', 'onnx-int8': 'predictor_int8_fps_bs1'}
 REALTIME_FPS = 25  # a colonoscopy video's frame rate
 
