@@ -193,7 +193,7 @@ def make_demo_video(dest, # the video file, e.g. `demo_video.mp4`
     files[2].write_text(json.dumps(info, indent=2))
     return info
 
-# %% ../nbs/06_demo_video.ipynb #00a7737c
-DEMO_WITHDRAWAL = ((0, 2.5, 'caecum'), (0, 2.5, 'ascending'), (1, 2.5, 'transverse'), (1, 2.5, 'descending'),
-                   (2, 2.5, 'sigmoid'), (3, 2.5, 'rectum'))  # (Mayo score, seconds, location): caecum to rectum
-DEMO_WITHDRAWAL_ARTEFACTS = (('blur', 1.0, 0.6), ('dark', 6.0, 0.6), ('flush', 9.6, 0.8), ('glare', 13.4, 0.5))
+# %% ../nbs/06_demo_video.ipynb #1fc7ac64
+DEMO_WITHDRAWAL = ((0, 3.0, 'caecum'), (0, 3.0, 'ascending'), (1, 3.0, 'transverse'), (1, 3.0, 'descending'),
+                   (2, 3.0, 'sigmoid'), (3, 3.0, 'rectum'))  # (Mayo score, seconds, location): caecum to rectum
+DEMO_WITHDRAWAL_ARTEFACTS = (('blur', 1.2, 0.6), ('dark', 7.2, 0.6), ('flush', 11.6, 0.8), ('glare', 16.1, 0.5))

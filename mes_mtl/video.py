@@ -193,7 +193,7 @@ def video_score(segments: pd.DataFrame, min_length: float = 2.0) -> tuple[int | 
     top = int(held.mes.max())
     return top, held.loc[held.mes == top, ['start', 'end']].round(3).values.tolist()
 
-# %% ../nbs/25_video.ipynb #d8880518
+# %% ../nbs/25_video.ipynb #3fa99368
 EXTENTS = {'E1': 'proctitis', 'E2': 'left-sided colitis', 'E3': 'extensive colitis'}  # the Montreal classification
 EXTENT_OF = {'rectum': 'E1', 'sigmoid': 'E2', 'descending': 'E2',  # E2: up to the splenic flexure
              'transverse': 'E3', 'ascending': 'E3', 'caecum': 'E3'}  # E3: beyond it
@@ -266,7 +266,7 @@ def montreal_extent(scores: pd.DataFrame,  # `location_scores`' table (location,
     beyond = [n for n in unscored if clear < LOCATIONS.index(n) < i and EXTENT_OF[n] > extent]
     return {**out, 'extent': extent, 'name': EXTENTS[extent], 'most_proximal': top, 'at_least': bool(beyond)}
 
-# %% ../nbs/25_video.ipynb #5b73adc2
+# %% ../nbs/25_video.ipynb #adde6635
 QUALITY_FILTERS = ('rules', 'learned')  # `VideoScorer`'s informative-frame filters (`--quality`)
 QUALITY_TASK = 'informative'  # the auxiliary task of a quality head: binary, its second class the informative frames
 LEARNED_FLAG = 'learned'  # the flag of a frame that the quality head calls uninformative
