@@ -155,7 +155,8 @@ def location_truth(truth: pd.DataFrame) -> list[dict]:
     rows = []
     for r in _runs(truth, 'location', 'location'):
         seen = truth.iloc[r['start_frame']:r['end_frame'] + 1]
-        rows.append({**r, 'mes': int(seen.mes.max()), 'uninformative_share': round(float((~seen.informative).mean()), 4)})
+        share = round(float((~seen.informative).mean()), 4)  # of its frames
+        rows.append({**r, 'mes': int(seen.mes.max()), 'uninformative_share': share})
     return rows
 
 def count_frames(path) -> int:

@@ -459,8 +459,8 @@ def score_video(path, predictor: MESPredictor,
     p = predictor
     model = dict(arch=p.config['arch'], size=list(p.size), method=p.method.name, **p.provenance)  # and where from
     settings = dict(every=every, fps=fps, window=window, min_length=min_length, bs=bs, crop=crop,
-                    thresholds=scorer.thresholds.to_dict(), quality=quality, inflamed_from=inflamed_from, model=model, runtime=getattr(p, 'runtime', 'torch'),
-                    device=str(p.device), torch_threads=torch.get_num_threads())
+                    thresholds=scorer.thresholds.to_dict(), quality=quality, inflamed_from=inflamed_from, model=model,
+                    runtime=getattr(p, 'runtime', 'torch'), device=str(p.device), torch_threads=torch.get_num_threads())
     stream = dict(codec=reader.codec, width=reader.width, height=reader.height, fps=reader.fps,
                   n_frames=reader.n_frames, duration=reader.duration, decoded_frames=reader.decoded,
                   decoded_until=reader.last_time)
