@@ -536,7 +536,9 @@ def video_report(summary: dict) -> str:
                   f"{r['uninformative_share']:.0%} |" for r in by['locations']]
         e = by['extent']
         bound = 'at least ' if e['at_least'] else ''
-        where = f": the most proximal inflamed location is the {e['most_proximal']}" if e['extent'] else ''
+        top = e['most_proximal'] or ''
+        place = top if top in ('caecum', 'rectum') or top not in LOCATIONS else f'{top} colon'
+        where = f": the most proximal inflamed location is the {place}" if e['extent'] else ''
         lines += ['', f"Montreal extent (inflamed: MES >= {e['inflamed_from']}): {bound}{e['extent'] or '-'}, "
                       f"{e['name']}{where}.", '']
     flags = ', '.join(f"{k} {v}" for k, v in s['flags'].items() if v) or 'none'
