@@ -256,8 +256,9 @@ def montreal_extent(scores: pd.DataFrame,  # `location_scores`' table (location,
     scored = set(known.location[known.mes.notna()])
     unscored = [n for n in LOCATIONS if n not in scored]
     inflamed = known[known.mes.fillna(-1) >= inflamed_from]
-    out = dict(extent=None, name='no inflammation seen', most_proximal=None, inflamed_from=inflamed_from,
-               unscored=unscored, at_least=False)
+    name = 'no inflammation seen' if len(known) or not len(scores) else f"no location is one of {', '.join(LOCATIONS)}"
+    out = dict(extent=None, name=name, most_proximal=None, inflamed_from=inflamed_from, unscored=unscored,
+               at_least=False)
     if not len(inflamed): return out
     top = _colon_order(inflamed.location)[0]
     extent = EXTENT_OF[top]
