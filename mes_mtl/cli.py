@@ -35,7 +35,7 @@ from .progress import shows_bars, with_progress
 from .inference import MESPredictor, RUNTIMES, init_settings, HUB_PREFIX, check_local, model_source
 from .evaluate import evaluate
 from .quality import QualityThresholds
-from .video import VideoReader, VideoResult, score_video, save_video_result
+from .video import VideoReader, VideoResult, score_video, save_video_result, quality_task, QUALITY_FILTERS
 from .app import make_app, launch_app, demo_examples, fit_second_opinion, load_second_opinion, SECOND_OPINION_FILE
 from .parallel import import_ray, JobsFailed
 from .distributed import init_distributed, rank_folder_first
@@ -350,6 +350,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the hospital: A (LIMUC-like, the default) or B (another system's frames, other patients)")
     p.add_argument('--video', action='store_true',
                    help='write the demo video (DEST/demo_video.mp4 and its ground truth) instead of the images')
+    p.add_argument('--locations', action='store_true',
+                   help='with --video: a withdrawal from the caecum to the rectum, its locations in the ground truth')
     p.add_argument('--aux', action='store_true',
                    help='also label auxiliary tasks (colon location, UCEIS descriptors, image quality), shown by the '
                         f'images, in the table DEST/{LABELS_FILE}')
@@ -482,6 +484,11 @@ def video_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--crop', type=INDEX, nargs=4, metavar=('X', 'Y', 'W', 'H'),
                    help='score only this area of the frames (pixels)')
     p.add_argument('--bs', type=COUNT, default=16, help='frames per model call (default 16)')
+    p.add_argument('--quality', choices=QUALITY_FILTERS, default='rules',
+                   help="informative frames by the thresholds ('rules', the default) or by the model's quality head "
+                        "('learned': a model trained with --aux informative:binary)")
+    p.add_argument('--inflamed-from', type=int, choices=(1, 2, 3), default=1, metavar='K',
+                   help='the lowest Mayo score that counts as inflamed for the Montreal extent (1-3, default 1)')
     add_runtime_options(p)
     p.add_argument('--device', help='torch device (default: cuda when there is a GPU)')
     p.add_argument('--threads', type=COUNT, help='CPU threads for the model (default: one per core)')
@@ -517,6 +524,7 @@ def run_video(args) -> list[VideoResult]:
     if args.threads: torch.set_num_threads(args.threads)
     try:
         pred = load_predictor(args.model, args.runtime, args.device, args.calib)
+        quality_task(pred, args.quality)  # a learnt filter needs the model's quality head: said before any frame
         outs = [writable_dir(out) for out in _out_dirs(args.videos, args.out)]  # before any frame is decoded
         results = []
         try:
@@ -531,7 +539,7 @@ def run_video(args) -> list[VideoResult]:
 def _score_one(video: Path, out: Path, pred: MESPredictor, thresholds: QualityThresholds, args) -> VideoResult:
     "Score one video of `mes_mtl video`, write its results to `out` and print its Mayo score."
     res = score_video(video, pred, args.every, args.fps, args.window, args.min_length, thresholds, args.bs,
-                      args.crop, progress=not args.no_progress)
+                      args.crop, progress=not args.no_progress, quality=args.quality, inflamed_from=args.inflamed_from)
     save_video_result(res, out)
     warning = res.summary['warning']
     if warning: print(f"mes_mtl video: warning: {video}: {warning}; scored the frames before", file=sys.stderr)
@@ -545,6 +553,7 @@ def _score_one(video: Path, out: Path, pred: MESPredictor, thresholds: QualityTh
 def _demo_data(args):
     if args.video and args.aux: raise UserError("--aux labels the demo images; the demo video (--video) has its own "
                                                 "ground truth: give one of them")
+    if args.locations and not args.video: raise UserError("--locations writes the demo video's withdrawal: add --video")
     if args.video: return _demo_video(args)
     dest = writable_dir(args.dest, 'DEST')
     df = make_demo_limuc(dest, n_images=args.n_images, n_patients=args.patients, seed=args.seed,
@@ -556,9 +565,10 @@ def _demo_data(args):
               f"  mes_mtl train --data {shlex.quote(str(dest/LABELS_FILE))} {tasks} --out OUT")
 
 def _demo_video(args):
-    from mes_mtl.demo_video import make_demo_video
+    from mes_mtl.demo_video import make_demo_video, DEMO_WITHDRAWAL, DEMO_WITHDRAWAL_ARTEFACTS
     dest = writable_dir(args.dest, 'DEST')
-    info = make_demo_video(dest/'demo_video.mp4', seed=args.seed, overwrite=args.overwrite)
+    route = dict(segments=DEMO_WITHDRAWAL, artefacts=DEMO_WITHDRAWAL_ARTEFACTS) if args.locations else {}
+    info = make_demo_video(dest/'demo_video.mp4', seed=args.seed, overwrite=args.overwrite, **route)
     print(f"Wrote {dest/'demo_video.mp4'} ({info['seconds']:g} s, Mayo score {info['mes']}) and its ground truth "
           f"(demo_video_truth.csv, demo_video_truth.json)")
 

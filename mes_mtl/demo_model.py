@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from fastai.torch_core import set_seed
 from .files import cached_folder, write_json
-from .demo import cache_root, demo_limuc
-from .data import limuc_items
+from .demo import cache_root, demo_limuc, LABELS_FILE
+from .data import limuc_items, read_items
 from .splits import split_items, channel_stats
 from .cache import ImageCache
 from .dataloaders import mtl_dataloaders, mtl_test_dl
@@ -27,22 +27,25 @@ def demo_model(arch: str = 'resnet18',  # timm backbone
                epochs: int = 10,        # one-cycle epochs
                lr: float = 3e-3,        # peak learning rate
                seed: int = 0,
-               cache=None) -> Path:     # cache folder (see `cache_root`)
+               cache=None,              # cache folder (see `cache_root`)
+               aux=()) -> Path:         # auxiliary tasks (`--aux NAME:KIND`) on the demo images' labels (`aux=True`)
     "The folder of a model trained on the demo images with these settings: trained once, then reused from the cache."
-    folder = cache_root(cache)/f'demo_model_{arch}_{size}px_{n_images}img_{epochs}ep_lr{lr:g}_seed{seed}_r{DEMO_RECIPE}'
+    tasks = '_aux-' + '-'.join(spec.split(':')[0] for spec in aux) if aux else ''  # no tasks: the name as before
+    name = f'demo_model_{arch}_{size}px_{n_images}img_{epochs}ep_lr{lr:g}_seed{seed}{tasks}_r{DEMO_RECIPE}'
     def complete(f: Path) -> bool: return all((f/name).is_file() for name in (*MODEL_FILES, 'training.json'))
-    def train(dest): _train_demo_model(dest, arch, size, n_images, epochs, lr, seed, cache)
-    return cached_folder(folder, train, complete)
+    def train(dest): _train_demo_model(dest, arch, size, n_images, epochs, lr, seed, cache, list(aux))
+    return cached_folder(cache_root(cache)/name, train, complete)
 
-def _train_demo_model(dest: Path, arch, size, n_images, epochs, lr, seed, cache) -> Path:
+def _train_demo_model(dest: Path, arch, size, n_images, epochs, lr, seed, cache, aux) -> Path:
     "Train the model of `demo_model` and save it, with `training.json`, to the model folder `dest`."
     n_patients = max(4, n_images // 10)
-    items = limuc_items(demo_limuc(n_images, n_patients, seed, cache, progress=False))
+    root = demo_limuc(n_images, n_patients, seed, cache, progress=False, aux=bool(aux))
+    items = read_items(root/LABELS_FILE) if aux else limuc_items(root)  # the labels of the auxiliary tasks
     split = split_items(items, test_size=0.1, n_folds=5, seed=seed)
     stats = channel_stats(split[~split.is_test & (split.fold != 0)], progress=False)
     split = ImageCache.build(split, size=size, progress=False).attach(split)
     set_seed(seed)
-    dls = mtl_dataloaders(split, fold=0, size=size, bs=32, stats=stats, balanced=True, num_workers=0)
+    dls = mtl_dataloaders(split, fold=0, size=size, bs=32, stats=stats, balanced=True, num_workers=0, aux=aux)
     learn = mtl_learner(dls, arch, pretrained=False, path=dest.parent)
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
     with learn.no_bar(): report, _ = evaluate_learner(learn, mtl_test_dl(dls, split))
@@ -51,5 +54,6 @@ def _train_demo_model(dest: Path, arch, size, n_images, epochs, lr, seed, cache)
     record = dict(arch=arch, size=size, n_images=n_images, epochs=epochs, lr=lr, seed=seed, recipe=DEMO_RECIPE,
                   test_images=int(split.is_test.sum()), test_accuracy=mes['accuracy'], test_macro_f1=mes['macro_f1'],
                   test_qwk=mes['qwk'])
+    if aux: record.update(aux=aux, test_aux_accuracy={t: b['accuracy'] for t, b in report['aux'].items()})
     write_json(record, model/'training.json')
     return model

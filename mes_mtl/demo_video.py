@@ -11,14 +11,14 @@ import numpy as np, pandas as pd
 from PIL import Image
 from .errors import UserError, UserFileExistsError
 from .files import atomic_write
-from .labels import check_mes, LIMUC_SIZE
+from .labels import check_mes, LIMUC_SIZE, LOCATIONS
 from .extras import require
 from .demo import ARTEFACTS, mucosa_image, spoil
 
 # %% auto #0
 __all__ = ['DEMO_SEGMENTS', 'DEMO_ARTEFACTS', 'VIEW_SECONDS', 'FADE_SECONDS', 'TEXTURE_SCALE', 'PAN_HZ', 'ZOOM', 'ZOOM_PERIOD',
-           'demo_video_truth', 'camera_path', 'view_frame', 'demo_video_frames', 'video_codec', 'write_video',
-           'count_frames', 'make_demo_video']
+           'DEMO_WITHDRAWAL', 'DEMO_WITHDRAWAL_ARTEFACTS', 'demo_video_truth', 'camera_path', 'view_frame',
+           'demo_video_frames', 'video_codec', 'write_video', 'location_truth', 'count_frames', 'make_demo_video']
 
 # %% ../nbs/06_demo_video.ipynb #7bf1eeaf
 DEMO_SEGMENTS = ((0, 4.0), (1, 4.0), (3, 4.0), (2, 4.0))  # (Mayo score, seconds) of each segment, in order
@@ -30,10 +30,13 @@ FADE_SECONDS = 0.12  # cross-fade between consecutive views
 def demo_video_truth(segments=DEMO_SEGMENTS, artefacts=DEMO_ARTEFACTS, fps: float = 25) -> pd.DataFrame:
     "One row per frame of the demo video: frame, time (s), segment, view, mes, artefact ('' for none), informative."
     if fps <= 0: raise ValueError(f"fps must be positive; got {fps}")
-    if not len(segments) or any(len(s) != 2 or s[1] <= 0 for s in segments):
-        raise ValueError(f"segments must be (Mayo score, seconds > 0) pairs; got {segments}")
-    mes = np.array([int(check_mes(k)) for k, _ in segments])
-    bounds = np.round(np.cumsum([0, *(d for _, d in segments)]) * fps).astype(int)
+    if not len(segments) or any(len(s) not in (2, 3) or s[1] <= 0 for s in segments):
+        raise ValueError(f"segments must be (Mayo score, seconds > 0[, location]); got {segments}")
+    places = [s[2] for s in segments if len(s) == 3]
+    if places and (len(places) < len(segments) or not set(places) <= set(LOCATIONS)):
+        raise ValueError(f"segments: give every segment a location of {LOCATIONS}, or none; got {segments}")
+    mes = np.array([int(check_mes(s[0])) for s in segments])
+    bounds = np.round(np.cumsum([0, *(s[1] for s in segments)]) * fps).astype(int)
     frame = np.arange(bounds[-1])
     time = frame / fps
     segment = np.searchsorted(bounds, frame, side='right') - 1
@@ -46,8 +49,10 @@ def demo_video_truth(segments=DEMO_SEGMENTS, artefacts=DEMO_ARTEFACTS, fps: floa
     for kind, start, dur in artefacts:
         if kind not in ARTEFACTS: raise ValueError(f"unknown artefact {kind!r}; expected one of {ARTEFACTS}")
         art[(time >= start - 1e-9) & (time < start + dur - 1e-9)] = kind
-    return pd.DataFrame(dict(frame=frame, time=time, segment=segment, view=view, mes=mes[segment], artefact=art,
-                             informative=art == ''))
+    truth = pd.DataFrame(dict(frame=frame, time=time, segment=segment, view=view, mes=mes[segment], artefact=art,
+                              informative=art == ''))
+    if places: truth['location'] = np.array(places, dtype=object)[segment]
+    return truth
 
 # %% ../nbs/06_demo_video.ipynb #2fa837b2
 TEXTURE_SCALE = 1.25     # a view's texture is this much larger than a frame: room for the camera to pan
@@ -82,11 +87,12 @@ def demo_video_frames(truth: pd.DataFrame, size=LIMUC_SIZE, seed: int = 0):
     fade = max(1, round(FADE_SECONDS * fps))
     path = camera_path(len(truth), np.random.default_rng([seed, 999_999_937]), fps)
     texture = previous = view = None
-    for (scale, x, y), v, mes, kind in zip(path, truth.view, truth.mes, truth.artefact):
+    places = truth.location if 'location' in truth else [None] * len(truth)  # the lumen and folds of a location
+    for (scale, x, y), v, mes, kind, place in zip(path, truth.view, truth.mes, truth.artefact, places):
         if v != view:  # the next stretch of mucosa
             previous, view, since = texture, v, 0
             texture_size = (round(h * TEXTURE_SCALE), round(w * TEXTURE_SCALE))
-            texture = mucosa_image(float(mes), np.random.default_rng([seed, v]), texture_size)
+            texture = mucosa_image(float(mes), np.random.default_rng([seed, v]), texture_size, location=place)
         frame = view_frame(texture, scale, x, y, size)
         if previous is not None and since < fade:  # cross-fade from the previous view, seen through the same window
             a = (since + 1) / (fade + 1)
@@ -144,6 +150,15 @@ def _runs(truth: pd.DataFrame, key: str, value: str) -> list[dict]:
                      'start_frame': int(g.frame.iloc[0]), 'end_frame': int(g.frame.iloc[-1])})
     return runs
 
+def location_truth(truth: pd.DataFrame) -> list[dict]:
+    "Each colon location of a truth table with locations, in the order passed: its run, Mayo score (the worst seen)."
+    rows = []
+    for r in _runs(truth, 'location', 'location'):
+        seen = truth.iloc[r['start_frame']:r['end_frame'] + 1]
+        share = round(float((~seen.informative).mean()), 4)  # of its frames
+        rows.append({**r, 'mes': int(seen.mes.max()), 'uninformative_share': share})
+    return rows
+
 def count_frames(path) -> int:
     "The number of frames PyAV decodes from the video file `path`."
     av = require('av', 'video')
@@ -175,5 +190,11 @@ def make_demo_video(dest, # the video file, e.g. `demo_video.mp4`
                 artefacts=[r for r in _runs(truth, 'artefact', 'artefact') if r['artefact']], seed=seed,
                 codec=video_codec(codec))
     for s in info['segments']: s['mes'] = int(truth.mes[s['start_frame']])
+    if 'location' in truth: info['locations'] = location_truth(truth)
     files[2].write_text(json.dumps(info, indent=2))
     return info
+
+# %% ../nbs/06_demo_video.ipynb #1fc7ac64
+DEMO_WITHDRAWAL = ((0, 3.0, 'caecum'), (0, 3.0, 'ascending'), (1, 3.0, 'transverse'), (1, 3.0, 'descending'),
+                   (2, 3.0, 'sigmoid'), (3, 3.0, 'rectum'))  # (Mayo score, seconds, location): caecum to rectum
+DEMO_WITHDRAWAL_ARTEFACTS = (('blur', 1.2, 0.6), ('dark', 7.2, 0.6), ('flush', 11.6, 0.8), ('glare', 16.1, 0.5))

@@ -13,16 +13,18 @@ from .progress import with_progress
 from .errors import UserError
 from .files import atomic_write, json_safe, write_json, save_figure
 from .extras import require
-from .labels import MES_CLASSES, MES_COLUMNS
+from .labels import MES_CLASSES, MES_COLUMNS, LOCATIONS
 from .config import COUNT, POSITIVE, NON_NEGATIVE
 from .inference import MESPredictor
 from .aux_heads import aux_columns
 from .quality import QualityThresholds, frame_quality, MEASURES, REASONS
 
 # %% auto #0
-__all__ = ['VIDEO_HINT', 'SEGMENT_COLS', 'FRAME_COLS', 'MES_COLOURS', 'VideoReader', 'frame_durations', 'window_mean',
-           'video_segments', 'video_score', 'VideoResult', 'VideoScorer', 'score_video', 'plot_timeline',
-           'save_video_result', 'score_frames']
+__all__ = ['VIDEO_HINT', 'SEGMENT_COLS', 'EXTENTS', 'EXTENT_OF', 'LOCATION_COLS', 'QUALITY_FILTERS', 'QUALITY_TASK',
+           'LEARNED_FLAG', 'NO_LOCATION', 'FRAME_COLS', 'MES_COLOURS', 'LOCATION_COLOURS', 'VideoReader',
+           'frame_durations', 'window_mean', 'video_segments', 'video_score', 'frame_locations', 'location_scores',
+           'check_inflamed_from', 'montreal_extent', 'quality_task', 'location_report', 'VideoResult', 'VideoScorer',
+           'score_video', 'plot_timeline', 'video_report', 'save_video_result', 'score_frames']
 
 # %% ../nbs/25_video.ipynb #93871d49
 VIDEO_HINT = "give a video file that FFmpeg can read (MP4, AVI, MKV, WebM, ...)"
@@ -191,6 +193,110 @@ def video_score(segments: pd.DataFrame, min_length: float = 2.0) -> tuple[int | 
     top = int(held.mes.max())
     return top, held.loc[held.mes == top, ['start', 'end']].round(3).values.tolist()
 
+# %% ../nbs/25_video.ipynb #3fa99368
+EXTENTS = {'E1': 'proctitis', 'E2': 'left-sided colitis', 'E3': 'extensive colitis'}  # the Montreal classification
+EXTENT_OF = {'rectum': 'E1', 'sigmoid': 'E2', 'descending': 'E2',  # E2: up to the splenic flexure
+             'transverse': 'E3', 'ascending': 'E3', 'caecum': 'E3'}  # E3: beyond it
+LOCATION_COLS = ['location', 'mes', 'seconds', 'n_frames', 'n_uninformative', 'uninformative_share', 'start', 'end']
+
+def _colon_order(names) -> list[str]:
+    "`names` in the colon's order from the caecum to the rectum (`LOCATIONS`), any other names after them."
+    names = list(dict.fromkeys(names))
+    return [n for n in LOCATIONS if n in names] + [n for n in names if n not in LOCATIONS]
+
+def frame_locations(frames: pd.DataFrame,  # a scored frame table: `time`, `informative`, `p_location_{class}`
+                    window: float = 1.0,  # smoothing window (s), centred
+                    min_length: float = 2.0,  # a shorter run of one location is absorbed by its longer neighbour (s)
+                    dt: float = 0.04,  # how long the last frame is shown (s)
+                   ) -> pd.Series:
+    "Each frame's location: the location head's smoothed probabilities, carried over uninformative stretches."
+    cols = [c for c in frames.columns if c.startswith('p_location_')]
+    classes = np.array([c.removeprefix('p_location_') for c in cols], dtype=object)
+    ok, t = frames.informative.astype(bool).to_numpy(), frames.time.to_numpy(float)
+    shown = frame_durations(t, dt)
+    sm = window_mean(t[ok], frames.loc[ok, cols].to_numpy(float), t, window / 2, window / 2, shown[ok])
+    best = pd.Series(np.where(np.isnan(sm).any(1), np.nan, np.nan_to_num(sm).argmax(1))).ffill().bfill()
+    if best.isna().all(): return pd.Series([pd.NA] * len(frames), index=frames.index, dtype=object)
+    k = best.to_numpy(int)
+    cuts = [0, *np.flatnonzero(np.diff(k)) + 1, len(k)]
+    runs = _merge_short([[k[a], a, b] for a, b in zip(cuts[:-1], cuts[1:])], shown, min_length)
+    out = np.empty(len(k), dtype=object)
+    for c, a, b in runs: out[a:b] = classes[c]
+    return pd.Series(out, index=frames.index)
+
+def location_scores(frames: pd.DataFrame,  # a scored frame table: `time`, `informative`, `mes_smoothed`, `location`
+                    dt: float = 0.04,  # how long the last frame is shown (s)
+                    hold: float = 1.0,  # a location's score: the highest smoothed score seen there this long (s)
+                   ) -> pd.DataFrame:
+    "One row per location seen (`LOCATION_COLS`), proximal first: Mayo score, seconds scored, uninformative share."
+    seconds, rows = frame_durations(frames.time, dt), []
+    scored = (frames.informative.astype(bool) & frames.mes_smoothed.notna()).to_numpy()
+    for name in _colon_order(frames.location.dropna()):
+        at = (frames.location == name).to_numpy()
+        ok = at & scored
+        held = pd.Series(seconds[ok]).groupby(frames.mes_smoothed.to_numpy()[ok].astype(int)).sum()  # s per score
+        top = held.index[held >= hold - 1e-9]
+        bad = int((at & ~frames.informative.astype(bool).to_numpy()).sum())
+        rows.append(dict(location=name, mes=int(top.max()) if len(top) else pd.NA, seconds=float(seconds[ok].sum()),
+                         n_frames=int(at.sum()), n_uninformative=bad, uninformative_share=bad / at.sum(),
+                         start=float(frames.time[at].min()), end=float(frames.time[at].max() + seconds[at][-1])))
+    return pd.DataFrame(rows, columns=LOCATION_COLS).astype({'mes': 'Int64'})
+
+def check_inflamed_from(inflamed_from: int) -> int:
+    "`inflamed_from` if it is a Mayo score that can count as inflamed (1, 2 or 3); else a `UserError`."
+    if inflamed_from in (1, 2, 3) and not isinstance(inflamed_from, bool): return int(inflamed_from)
+    raise UserError(f"inflamed_from (--inflamed-from) must be 1, 2 or 3; got {inflamed_from}")
+
+def montreal_extent(scores: pd.DataFrame,  # `location_scores`' table (location, mes)
+                    inflamed_from: int = 1,  # the lowest Mayo score that counts as inflamed (1, 2 or 3)
+                   ) -> dict:
+    "The Montreal extent (E1, E2, E3; None: no inflammation seen) from the most proximal inflamed location."
+    inflamed_from = check_inflamed_from(inflamed_from)
+    known = scores[scores.location.isin(LOCATIONS)]
+    scored = set(known.location[known.mes.notna()])
+    unscored = [n for n in LOCATIONS if n not in scored]
+    inflamed = known[known.mes.fillna(-1) >= inflamed_from]
+    name = 'no inflammation seen' if len(known) or not len(scores) else f"no location is one of {', '.join(LOCATIONS)}"
+    out = dict(extent=None, name=name, most_proximal=None, inflamed_from=inflamed_from, unscored=unscored,
+               at_least=False)
+    if not len(inflamed): return out
+    top = _colon_order(inflamed.location)[0]
+    extent = EXTENT_OF[top]
+    i = LOCATIONS.index(top)  # unscored locations between it and the nearest scored (uninflamed) one beyond it
+    clear = max((LOCATIONS.index(n) for n in scored if LOCATIONS.index(n) < i), default=-1)
+    beyond = [n for n in unscored if clear < LOCATIONS.index(n) < i and EXTENT_OF[n] > extent]
+    return {**out, 'extent': extent, 'name': EXTENTS[extent], 'most_proximal': top, 'at_least': bool(beyond)}
+
+# %% ../nbs/25_video.ipynb #adde6635
+QUALITY_FILTERS = ('rules', 'learned')  # `VideoScorer`'s informative-frame filters (`--quality`)
+QUALITY_TASK = 'informative'  # the auxiliary task of a quality head: binary, its second class the informative frames
+LEARNED_FLAG = 'learned'  # the flag of a frame that the quality head calls uninformative
+NO_LOCATION = ("no scores by location and no extent: the model has no location head "
+               "(train one with --aux location:categorical)")
+
+def quality_task(predictor: MESPredictor, quality: str = 'rules'):
+    "The predictor's quality task (`AuxTask`) for `quality` 'learned', None for 'rules'; a `UserError` without it."
+    if quality not in QUALITY_FILTERS:
+        raise UserError(f"quality (--quality) must be one of {', '.join(QUALITY_FILTERS)}; got {quality!r}")
+    if quality == 'rules': return None
+    tasks = predictor.method.aux_tasks
+    if task := next((t for t in tasks if t.name == QUALITY_TASK and t.kind == 'binary'), None): return task
+    has = f"the auxiliary tasks {', '.join(t.spec for t in tasks)}" if tasks else 'no auxiliary task'
+    raise UserError(f"--quality learned needs a model with the quality task '{QUALITY_TASK}' (binary) and this one has "
+                    f"{has}: train one with --aux {QUALITY_TASK}:binary (e.g. on `mes_mtl demo-data DEST --aux`), "
+                    f"or use --quality rules")
+
+def location_report(frames: pd.DataFrame,  # a scored frame table, with `location` where the model has the head
+                    dt: float,  # how long the last frame is shown (s)
+                    hold: float = 1.0,  # see `location_scores`
+                    inflamed_from: int = 1,  # see `montreal_extent`
+                   ) -> dict:
+    "The summary's `by_location`: each location's scores (`location_scores`) and the extent; a note without them."
+    if 'location' not in frames: return dict(note=NO_LOCATION)
+    scores = location_scores(frames, dt, hold).round(3)
+    rows = scores.astype(object).where(scores.notna(), None).to_dict('records')
+    return dict(locations=rows, extent=montreal_extent(scores, inflamed_from))
+
 # %% ../nbs/25_video.ipynb #fbb6813e
 FRAME_COLS = ['frame', 'time', *MEASURES, 'flag', 'informative', *MES_COLUMNS, 'mes']
 
@@ -208,8 +314,12 @@ class VideoScorer:
                  window: float = 1.0,       # smoothing window (s)
                  min_length: float = 2.0,   # shortest segment (s of informative frames)
                  thresholds: QualityThresholds | None = None,  # informative-frame bounds
-                 bs: int = 16):             # frames scored together
+                 bs: int = 16,              # frames scored together
+                 quality: str = 'rules',    # informative frames by 'rules' (`thresholds`) or 'learned' (quality head)
+                 inflamed_from: int = 1):   # the lowest Mayo score that counts as inflamed (the extent)
         self.predictor, self.thresholds = predictor, thresholds or QualityThresholds()
+        self.quality, self.quality_task = quality, quality_task(predictor, quality)
+        self.inflamed_from = check_inflamed_from(inflamed_from)
         self.fps, self.window = POSITIVE.check('fps', fps), NON_NEGATIVE.check('window', window)
         self.min_length, self.bs = NON_NEGATIVE.check('min_length', min_length), COUNT.check('bs', bs)
         self._queue, self._tables, self._recent = [], [], deque()
@@ -245,6 +355,9 @@ class VideoScorer:
         t2 = time.perf_counter()
         q.insert(0, 'frame', idx)
         q.insert(1, 'time', times)
+        if self.quality_task is not None:  # the model's quality head decides; the rules' measures stay in the table
+            yes = pred[f'p_{QUALITY_TASK}_{self.quality_task.classes[1]}'].to_numpy() >= 0.5
+            q['informative'], q['flag'] = yes, np.where(yes, '', LEARNED_FLAG)
         for c in MES_COLUMNS: q[c] = pred[c].to_numpy()
         q['mes'] = pred.mes.to_numpy()
         q['mes_live'] = [self._live(t, p, ok) for t, p, ok in zip(times, q[MES_COLUMNS].to_numpy(), q.informative)]
@@ -284,16 +397,21 @@ class VideoScorer:
         segs = video_segments(df, 1 / self.fps, self.min_length)
         df['segment'] = pd.array([pd.NA] * len(df), dtype='Int64')
         for s in segs.itertuples(): df.loc[df.frame.between(s.start_frame, s.end_frame), 'segment'] = s.segment
+        if any(t.name == 'location' for t in self.aux_tasks):  # each frame's location, smoothed
+            df['location'] = frame_locations(df, self.window, self.min_length, 1 / self.fps)
         df = df[[c for c in df.columns if c not in self.aux_cols] + self.aux_cols]  # the auxiliary tasks last
         score, ranges = video_score(segs, self.min_length)
         counts = df.flag[df.flag != ''].str.split('+').explode().value_counts()
         informative = df.informative.astype(bool)
         seg_rows = segs[['mes', 'start', 'end', 'seconds']].round(3).to_dict('records')
         aux = {'aux': [t.to_dict() for t in self.aux_tasks]} if self.aux_tasks else {}  # as config.json lists them
+        reasons = REASONS if self.quality_task is None else (LEARNED_FLAG,)
+        by_location = location_report(df, 1 / self.fps, self.window, self.inflamed_from)
         summary = dict(mes=score, mes_ranges=ranges, rate=self.fps, n_frames=len(df),
                        n_informative=int(informative.sum()), n_uninformative=int((~informative).sum()),
-                       flags={r: int(counts.get(r, 0)) for r in REASONS}, n_segments=len(segs), segments=seg_rows,
-                       seconds=dict(self.seconds), **aux, **info)
+                       quality=self.quality, flags={r: int(counts.get(r, 0)) for r in reasons},
+                       n_segments=len(segs), segments=seg_rows, by_location=by_location, seconds=dict(self.seconds),
+                       **aux, **info)
         summary['message'] = _verdict(summary, self.min_length)
         return VideoResult(df, segs, summary)
 
@@ -319,10 +437,12 @@ def score_video(path, predictor: MESPredictor,
                 thresholds: QualityThresholds | None = None,
                 bs: int = 16,              # frames per model call
                 crop=None,                 # (x, y, width, height) of the image area, in pixels
-                progress: bool = True) -> VideoResult:
+                progress: bool = True,
+                quality: str = 'rules',    # informative frames by 'rules' (`thresholds`) or 'learned' (quality head)
+                inflamed_from: int = 1) -> VideoResult:  # the lowest Mayo score that counts as inflamed (the extent)
     "Score the video file `path` with `predictor`: frames, segments and the video's Mayo score (see `VideoResult`)."
     reader = VideoReader(path, every, fps, crop)
-    scorer = VideoScorer(predictor, reader.rate, window, min_length, thresholds, bs)
+    scorer = VideoScorer(predictor, reader.rate, window, min_length, thresholds, bs, quality, inflamed_from)
     frames = with_progress(reader, show=progress, total=reader.expected, leave=False)
     start = time.perf_counter()
     for n, (i, t, img) in enumerate(frames, 1):
@@ -340,8 +460,8 @@ def score_video(path, predictor: MESPredictor,
     p = predictor
     model = dict(arch=p.config['arch'], size=list(p.size), method=p.method.name, **p.provenance)  # and where from
     settings = dict(every=every, fps=fps, window=window, min_length=min_length, bs=bs, crop=crop,
-                    thresholds=scorer.thresholds.to_dict(), model=model, runtime=getattr(p, 'runtime', 'torch'),
-                    device=str(p.device), torch_threads=torch.get_num_threads())
+                    thresholds=scorer.thresholds.to_dict(), quality=quality, inflamed_from=inflamed_from, model=model,
+                    runtime=getattr(p, 'runtime', 'torch'), device=str(p.device), torch_threads=torch.get_num_threads())
     stream = dict(codec=reader.codec, width=reader.width, height=reader.height, fps=reader.fps,
                   n_frames=reader.n_frames, duration=reader.duration, decoded_frames=reader.decoded,
                   decoded_until=reader.last_time)
@@ -356,14 +476,27 @@ def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
     d = np.diff(np.concatenate([[0], mask.astype(int), [0]]))
     return list(zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1))
 
+LOCATION_COLOURS = dict(zip(LOCATIONS, ('#8dd3c7', '#ffffb3', '#bebada', '#80b1d3', '#fdb462', '#fccde5')))
+
+def _location_band(ax, location: pd.Series, edges: np.ndarray):
+    "Each run of one location as a coloured span on `ax`, named; frame k spans `edges[k]` to `edges[k + 1]`."
+    names = location.fillna('').to_numpy(object)
+    cuts = [0, *np.flatnonzero(names[1:] != names[:-1]) + 1, len(names)]
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        ax.axvspan(edges[lo], edges[hi], color=LOCATION_COLOURS.get(names[lo], '0.85'), lw=0)
+        ax.text((edges[lo] + edges[hi]) / 2, 0.5, names[lo] or '?', ha='center', va='center', fontsize=8)
+    ax.set(yticks=[], ylabel='location')
+
 def plot_timeline(res: VideoResult, truth: pd.DataFrame | None = None, title: str | None = None):
     "Smoothed MES probabilities over time (stacked), raw scores, uninformative frames (shaded), segments, `truth`."
     import matplotlib.pyplot as plt
     df, segs, s = res.frames, res.segments, res.summary
     t = df.time.to_numpy(float)
     edges = np.append(t, t[-1] + 1 / s['rate'])  # frame k is shown from edges[k] to edges[k + 1] (its timestamps)
-    fig, (ax, bx) = plt.subplots(2, 1, figsize=(12, 4.6), sharex=True, layout='constrained',
-                                 gridspec_kw=dict(height_ratios=[1.3, 1]))
+    band = 'location' in df and df.location.notna().any()  # a band of locations under the scores
+    fig, axs = plt.subplots(2 + band, 1, figsize=(12, 4.6 + 0.5 * band), sharex=True, layout='constrained',
+                            gridspec_kw=dict(height_ratios=[1.3, 1, 0.25][:2 + band]))
+    ax, bx = axs[:2]
     sm = np.nan_to_num(df[[f'p_mes{k}_smoothed' for k in MES_CLASSES]].to_numpy(float))
     ax.stackplot(edges, np.vstack([sm, sm[-1:]]).T, colors=MES_COLOURS, labels=[f'MES {k}' for k in MES_CLASSES],
                  alpha=0.85, step='post')
@@ -384,20 +517,44 @@ def plot_timeline(res: VideoResult, truth: pd.DataFrame | None = None, title: st
         for x in (ax, bx): x.axvline(seg.start, color='k', lw=0.6, ls=':')
     if truth is not None:
         bx.step(truth.time, truth.mes, where='post', color='k', lw=1, ls='--', label='ground truth')
-    bx.set(xlabel='time (s)', ylabel='Mayo score', yticks=list(MES_CLASSES), ylim=(-0.5, 3.5))
+    bx.set(ylabel='Mayo score', yticks=list(MES_CLASSES), ylim=(-0.5, 3.5))
+    if band: _location_band(axs[2], df.location, edges)
+    axs[-1].set_xlabel('time (s)')
     for x in (ax, bx): x.legend(loc='upper left', bbox_to_anchor=(1.0, 1), fontsize=8)
     score = 'no score' if s['mes'] is None else f"Mayo score {s['mes']}"
     ax.set_title(title or f"{Path(s.get('video', 'video')).name}: {score}", fontsize=10)
     return fig
 
 # %% ../nbs/25_video.ipynb #793b0229
+def video_report(summary: dict) -> str:
+    "A short Markdown report of a scored video's `summary`: its Mayo score, the scores by location, the extent."
+    s, by = summary, summary['by_location']
+    lines = [f"# {Path(s.get('video', 'video')).name}", '', s['message'], '']
+    if 'note' in by: lines += [f"Scores by location: {by['note']}.", '']
+    else:
+        lines += ['| location | Mayo score | seconds scored | uninformative frames |', '|---|---|---|---|']
+        lines += [f"| {r['location']} | {'-' if r['mes'] is None else r['mes']} | {r['seconds']:.1f} | "
+                  f"{r['uninformative_share']:.0%} |" for r in by['locations']]
+        e = by['extent']
+        bound = 'at least ' if e['at_least'] else ''
+        top = e['most_proximal'] or ''
+        place = top if top in ('caecum', 'rectum') or top not in LOCATIONS else f'{top} colon'
+        where = f": the most proximal inflamed location is the {place}" if e['extent'] else ''
+        lines += ['', f"Montreal extent (inflamed: MES >= {e['inflamed_from']}): {bound}{e['extent'] or '-'}, "
+                      f"{e['name']}{where}.", '']
+    flags = ', '.join(f"{k} {v}" for k, v in s['flags'].items() if v) or 'none'
+    lines += [f"Uninformative frames ({s['quality']}): {s['n_uninformative']} of {s['n_frames']} ({flags}).", '',
+              '![timeline](timeline.png)', '']
+    return '\n'.join(lines)
+
 def save_video_result(res: VideoResult, out, truth: pd.DataFrame | None = None) -> Path:
-    "Write `frames.csv`, `segments.csv`, `summary.json` and `timeline.png` of `res` to the folder `out`."
+    "Write `frames.csv`, `segments.csv`, `summary.json`, `timeline.png` and `report.md` of `res` to the folder `out`."
     out = Path(out)
     atomic_write(out/'frames.csv', lambda f: res.frames.to_csv(f, index=False, float_format='%.6g'))
     atomic_write(out/'segments.csv', lambda f: res.segments.to_csv(f, index=False, float_format='%.6g'))
     write_json(json_safe(res.summary), out/'summary.json')
     save_figure(plot_timeline(res, truth), out/'timeline.png')
+    atomic_write(out/'report.md', video_report(res.summary))
     return out
 
 # %% ../nbs/25_video.ipynb #c169b4ac
@@ -406,8 +563,10 @@ def score_frames(frames, predictor: MESPredictor,
                  window: float = 1.0,       # smoothing window (s)
                  min_length: float = 2.0,   # shortest segment (s of informative frames)
                  thresholds: QualityThresholds | None = None,
-                 bs: int = 16) -> VideoResult:
+                 bs: int = 16,
+                 quality: str = 'rules',    # informative frames by 'rules' (`thresholds`) or 'learned' (quality head)
+                 inflamed_from: int = 1) -> VideoResult:  # the lowest Mayo score that counts as inflamed
     "Score an iterable of frames (HxWx3 uint8 RGB, `fps` a second) as `score_video` scores a file (see `VideoResult`)."
-    scorer = VideoScorer(predictor, fps, window, min_length, thresholds, bs)
+    scorer = VideoScorer(predictor, fps, window, min_length, thresholds, bs, quality, inflamed_from)
     for f in frames: scorer.push(f)
     return scorer.result()

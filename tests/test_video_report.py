@@ -1,0 +1,83 @@
+"""The video report by colon location: the demo withdrawal's scores by location and Montreal extent against its
+truth; `mes_mtl video --quality learned` and `--inflamed-from`."""
+import json
+import pandas as pd
+import pytest
+from mes_mtl.cli import main
+from mes_mtl.demo_model import demo_model
+from mes_mtl.inference import MESPredictor
+from mes_mtl.labels import LOCATIONS
+from mes_mtl.video import NO_LOCATION, frame_locations, location_report, score_video
+
+AUX = ('location:categorical', 'informative:binary')  # the demo model with a location and a quality head
+
+
+@pytest.fixture(scope='module')
+def withdrawal(tmp_path_factory):
+    "The demo withdrawal from the caecum to the rectum, written by `mes_mtl demo-data DEST --video --locations`."
+    dest = tmp_path_factory.mktemp('withdrawal')
+    assert main(['demo-data', str(dest), '--video', '--locations']) == 0
+    return dest
+
+
+def test_the_truth_has_the_locations(withdrawal):
+    info = json.loads((withdrawal/'demo_video_truth.json').read_text())
+    assert [r['location'] for r in info['locations']] == list(LOCATIONS)  # caecum to rectum, as a withdrawal runs
+    assert [r['mes'] for r in info['locations']] == [0, 0, 1, 1, 2, 3] and info['mes'] == 3
+    truth = pd.read_csv(withdrawal/'demo_video_truth.csv', keep_default_na=False)
+    assert truth.location.tolist() == [r['location'] for r in info['locations'] for _ in range(75)]
+
+
+def test_scores_by_location_and_extent_match_the_truth(withdrawal):
+    """The demo model's Mayo scores at 10 frames/s, the truth's locations in the location head's place (a 48 px head
+    does not learn them: see `25_video`): each location's score, uninformative share and the extent are the truth's."""
+    truth = pd.read_csv(withdrawal/'demo_video_truth.csv', keep_default_na=False)
+    info = json.loads((withdrawal/'demo_video_truth.json').read_text())
+    res = score_video(withdrawal/'demo_video.mp4', MESPredictor.from_folder(demo_model(), device='cpu'), fps=10,
+                      progress=False)
+    assert res.summary['by_location'] == {'note': NO_LOCATION}  # no location head: said, no error
+    where = truth.location.to_numpy()[res.frames.frame]
+    frames = res.frames.assign(**{f'p_location_{c}': (where == c).astype(float) for c in LOCATIONS})
+    frames['location'] = frame_locations(frames, dt=0.1)
+    changes = [r['start'] for r in info['locations'][1:]]
+    off = frames.time[frames.location != where]  # the smoothing may move a change by a frame or so, never more
+    assert all(min(abs(t - c) for c in changes) < 0.25 for t in off), off
+    for k, extent, proximal in ((1, 'E3', 'transverse'), (2, 'E2', 'sigmoid'), (3, 'E1', 'rectum')):
+        report = location_report(frames, dt=0.1, inflamed_from=k)
+        got = pd.DataFrame(report['locations'])
+        assert got.location.tolist() == list(LOCATIONS)
+        assert got.mes.tolist() == [r['mes'] for r in info['locations']]
+        want = [r['uninformative_share'] for r in info['locations']]
+        assert (got.uninformative_share - want).abs().max() < 0.05, (got, want)
+        assert (report['extent']['extent'], report['extent']['most_proximal']) == (extent, proximal)
+        assert not report['extent']['at_least'] and report['extent']['unscored'] == []
+
+
+def test_learned_quality_and_the_report(withdrawal, tmp_path, mes_mtl):
+    "A model with a location and a quality head: `--quality learned`, the scores by location, `--inflamed-from 2`."
+    out = tmp_path/'out'
+    r = mes_mtl('video', withdrawal/'demo_video.mp4', '--model', demo_model(n_images=300, epochs=5, aux=AUX),
+                '--out', out, '--fps', 5, '--quality', 'learned', '--inflamed-from', 2, '--no-progress')
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out/'summary.json').read_text())
+    assert summary['quality'] == summary['settings']['quality'] == 'learned' and list(summary['flags']) == ['learned']
+    assert summary['by_location']['extent']['inflamed_from'] == summary['settings']['inflamed_from'] == 2
+    assert {r['location'] for r in summary['by_location']['locations']} <= set(LOCATIONS)
+    frames = pd.read_csv(out/'frames.csv', keep_default_na=False)
+    assert set(frames.location) <= set(LOCATIONS) and set(frames.flag) <= {'', 'learned'}
+    report = (out/'report.md').read_text()
+    assert '| location | Mayo score |' in report and 'inflamed: MES >= 2' in report and '(learned)' in report
+
+
+def test_learned_quality_needs_the_head(withdrawal, tmp_path, mes_mtl):
+    "A model without the quality head: exit 2, one line saying which task it needs and how to train it; no output."
+    r = mes_mtl('video', withdrawal/'demo_video.mp4', '--model', demo_model(), '--out', tmp_path/'out',
+                '--quality', 'learned')
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "quality task 'informative'" in r.stderr and '--aux informative:binary' in r.stderr
+    assert not (tmp_path/'out').exists()
+    r = mes_mtl('video', withdrawal/'demo_video.mp4', '--model', demo_model(), '--out', tmp_path/'out',
+                '--inflamed-from', 4)
+    assert r.returncode == 2 and '--inflamed-from' in r.stderr
+    r = mes_mtl('demo-data', tmp_path/'d', '--locations')
+    assert r.returncode == 2 and 'add --video' in r.stderr
