@@ -498,7 +498,8 @@ def plot_bench(res: dict) -> plt.Figure:
     return fig
 
 # %% ../nbs/32_bench.ipynb #602e117b
-RUNTIME_COLUMNS = {'torch': 'predictor_fps_bs1', 'onnx': 'predictor_onnx_fps_bs1',  # the predictor's frames/s per runtime
+# the predictor's frames/s at batch size 1 per runtime, in `inference_throughput`'s results
+RUNTIME_COLUMNS = {'torch': 'predictor_fps_bs1', 'onnx': 'predictor_onnx_fps_bs1',
                    'onnx-int8': 'predictor_int8_fps_bs1'}
 REALTIME_FPS = 25  # a colonoscopy video's frame rate
 
