@@ -283,7 +283,7 @@ def evaluate_command(args):
 def push(args):
     "`mes_mtl push`: upload model folder `args.model` to the Hub repository `args.repo_id` (created if missing)."
     from huggingface_hub import HfApi, get_token
-    from mes_mtl.inference import model_folder, read_model_config, ONNX_FILE, ONNX_RECORD
+    from mes_mtl.inference import model_folder, read_model_config, ONNX_FILE, ONNX_RECORD, INT8_FILE, INT8_RECORD
     folder = model_folder(args.model)
     read_model_config(folder)  # a model folder, or an error naming what is missing
     if not get_token():
@@ -294,7 +294,8 @@ def push(args):
               f"`mes_mtl.model_card.write_model_card` where the run's files are", file=sys.stderr)
     api = HfApi()
     url = api.create_repo(args.repo_id, private=args.private, exist_ok=True)
-    api.upload_folder(repo_id=args.repo_id, folder_path=folder, ignore_patterns=[ONNX_FILE, ONNX_RECORD],
+    local = [ONNX_FILE, ONNX_RECORD, INT8_FILE, INT8_RECORD]  # runtime caches; the INT8 record names local data
+    api.upload_folder(repo_id=args.repo_id, folder_path=folder, ignore_patterns=local,
                       commit_message=f"mes_mtl {mes_mtl.__version__}: upload model {folder.name}")
     print(f"Uploaded {folder} to {url}; load it with --model {HUB_PREFIX}{args.repo_id}")
 
