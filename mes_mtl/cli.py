@@ -316,7 +316,7 @@ def serve_app(args):
 
 # %% ../nbs/90_cli.ipynb #9823398d
 def add_runtime_options(p: argparse.ArgumentParser):
-    "`--runtime` and `--calib`: what runs the model in `predict`, `evaluate` and `video`."
+    "`--runtime` and `--calib`: what runs the model in `predict`, `evaluate`, `video` and `app`."
     p.add_argument('--runtime', choices=RUNTIMES, default='torch',
                    help="'onnx': ONNX Runtime, several times faster on a CPU (pip install mes_mtl[onnx]; the export is "
                         "cached in the model folder); 'onnx-int8': the same quantised to 8 bits, faster again "
