@@ -35,7 +35,7 @@ from .progress import shows_bars, with_progress
 from .inference import MESPredictor, RUNTIMES, init_settings, HUB_PREFIX, check_local, model_source
 from .evaluate import evaluate
 from .quality import QualityThresholds
-from .video import VideoReader, VideoResult, score_video, save_video_result, quality_task, QUALITY_FILTERS
+from .video import VideoReader, VideoResult, score_video, save_video_result, quality_tasks, QUALITY_FILTERS
 from .app import make_app, launch_app, demo_examples, fit_second_opinion, load_second_opinion, SECOND_OPINION_FILE
 from .parallel import import_ray, JobsFailed
 from .distributed import init_distributed, rank_folder_first
@@ -348,7 +348,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=INDEX, default=0)
     p.add_argument('--overwrite', action='store_true')
     p.add_argument('--site', choices=DEMO_SITES, default='A',
-                   help="the hospital: A (LIMUC-like, the default) or B (another system's frames, other patients)")
+                   help="the hospital: A (LIMUC-like, the default) or B (another system's frames, other patients; "
+                        "with --video: the image beside a band of text, as a video processor shows it)")
     p.add_argument('--video', action='store_true',
                    help='write the demo video (DEST/demo_video.mp4 and its ground truth) instead of the images')
     p.add_argument('--locations', action='store_true',
@@ -483,11 +484,12 @@ def video_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--threshold', type=_threshold, action='append', default=[], metavar='NAME=VALUE',
                    help='an informative-frame bound of QualityThresholds, e.g. min_sharpness=10 (repeatable)')
     p.add_argument('--crop', type=INDEX, nargs=4, metavar=('X', 'Y', 'W', 'H'),
-                   help='score only this area of the frames (pixels)')
+                   help='score only this area of the frames (pixels; default: the endoscopic image, found in each '
+                        "video and recorded in summary.json's image_area)")
     p.add_argument('--bs', type=COUNT, default=16, help='frames per model call (default 16)')
     p.add_argument('--quality', choices=QUALITY_FILTERS, default='rules',
                    help="informative frames by the thresholds ('rules', the default) or by the model's quality head "
-                        "('learned': a model trained with --aux informative:binary)")
+                        "('learned': a model trained with --aux informative:binary or artefact:categorical)")
     p.add_argument('--inflamed-from', type=int, choices=(1, 2, 3), default=1, metavar='K',
                    help='the lowest Mayo score that counts as inflamed for the Montreal extent (1-3, default 1)')
     add_runtime_options(p)
@@ -525,7 +527,7 @@ def run_video(args) -> list[VideoResult]:
     if args.threads: torch.set_num_threads(args.threads)
     try:
         pred = load_predictor(args.model, args.runtime, args.device, args.calib)
-        quality_task(pred, args.quality)  # a learnt filter needs the model's quality head: said before any frame
+        quality_tasks(pred, args.quality)  # a learnt filter needs the model's quality head: said before any frame
         outs = [writable_dir(out) for out in _out_dirs(args.videos, args.out)]  # before any frame is decoded
         results = []
         try:
@@ -540,7 +542,8 @@ def run_video(args) -> list[VideoResult]:
 def _score_one(video: Path, out: Path, pred: MESPredictor, thresholds: QualityThresholds, args) -> VideoResult:
     "Score one video of `mes_mtl video`, write its results to `out` and print its Mayo score."
     res = score_video(video, pred, args.every, args.fps, args.window, args.min_length, thresholds, args.bs,
-                      args.crop, progress=not args.no_progress, quality=args.quality, inflamed_from=args.inflamed_from)
+                      args.crop or 'auto', progress=not args.no_progress, quality=args.quality,
+                      inflamed_from=args.inflamed_from)
     save_video_result(res, out)
     warning = res.summary['warning']
     if warning: print(f"mes_mtl video: warning: {video}: {warning}; scored the frames before", file=sys.stderr)
@@ -569,7 +572,8 @@ def _demo_video(args):
     from mes_mtl.demo_video import make_demo_video, DEMO_WITHDRAWAL, DEMO_WITHDRAWAL_ARTEFACTS
     dest = writable_dir(args.dest, 'DEST')
     route = dict(segments=DEMO_WITHDRAWAL, artefacts=DEMO_WITHDRAWAL_ARTEFACTS) if args.locations else {}
-    info = make_demo_video(dest/'demo_video.mp4', seed=args.seed, overwrite=args.overwrite, **route)
+    info = make_demo_video(dest/'demo_video.mp4', seed=args.seed, overwrite=args.overwrite, site=DEMO_SITES[args.site],
+                           **route)
     print(f"Wrote {dest/'demo_video.mp4'} ({info['seconds']:g} s, Mayo score {info['mes']}) and its ground truth "
           f"(demo_video_truth.csv, demo_video_truth.json)")
 

@@ -212,11 +212,15 @@ class SiteShift:
 # %% ../nbs/01_demo.ipynb #041558fd
 SCOPE_TEXT = ('CF-HQ190L', 'Eh:A5 Cv:2')  # burnt in beside every image: the scope model, the processor's settings
 
-def burnt_text(patient: int, number: int, seed: int = 0) -> list[str]:
+def burnt_text(patient: int,  # the patient's number
+               number: int,  # the image's number within the examination
+               seed: int = 0,  # the seed of the examination's date and start time
+               seconds: float = 0,  # seconds after the image was taken: a video's running clock
+              ) -> list[str]:
     "The lines a video processor writes beside image `number` of `patient`: id, examination date and time, scope."
     rng = np.random.default_rng([seed, patient])
     day = np.datetime64('2023-01-02') + int(rng.integers(0, 700))
-    t = int(rng.integers(8 * 3600, 16 * 3600)) + 20 * number  # an image every 20 s
+    t = int(rng.integers(8 * 3600, 16 * 3600)) + 20 * number + int(seconds)  # an image every 20 s
     return [f'ID:{patient:07d}', str(day), f'{t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d}', *SCOPE_TEXT]
 
 def site_frame(img: np.ndarray,  # (h, w, 3) uint8 mucosa image of `site.image_size`

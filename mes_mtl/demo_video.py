@@ -13,7 +13,7 @@ from .errors import UserError, UserFileExistsError
 from .files import atomic_write
 from .labels import check_mes, LIMUC_SIZE, LOCATIONS
 from .extras import require
-from .demo import ARTEFACTS, mucosa_image, spoil
+from .demo import ARTEFACTS, SiteShift, burnt_text, mucosa_image, site_frame, spoil
 
 # %% auto #0
 __all__ = ['DEMO_SEGMENTS', 'DEMO_ARTEFACTS', 'VIEW_SECONDS', 'FADE_SECONDS', 'TEXTURE_SCALE', 'PAN_HZ', 'ZOOM', 'ZOOM_PERIOD',
@@ -80,15 +80,19 @@ def view_frame(texture: np.ndarray, # (th, tw, 3) uint8 image larger than a fram
     return np.asarray(Image.fromarray(texture).resize((w, h), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch)))
 
 # %% ../nbs/06_demo_video.ipynb #f0e7d12a
-def demo_video_frames(truth: pd.DataFrame, size=LIMUC_SIZE, seed: int = 0):
+def demo_video_frames(truth: pd.DataFrame,  # `demo_video_truth`'s table
+                      size=LIMUC_SIZE,  # (h, w) of the frames (with `site`: `site.size`)
+                      seed: int = 0,  # seed of the mucosa textures and the camera path
+                      site: SiteShift | None = None,  # None: the image fills the frame; else as `site` shows it
+                     ):
     "The frames (h, w, 3) uint8 of the demo video that `truth` (`demo_video_truth`) describes, one at a time."
-    h, w = size
+    h, w = size = size if site is None else site.image_size  # of the endoscopic image
     fps = 1 / np.diff(truth.time.to_numpy()[:2])[0] if len(truth) > 1 else 25
     fade = max(1, round(FADE_SECONDS * fps))
     path = camera_path(len(truth), np.random.default_rng([seed, 999_999_937]), fps)
     texture = previous = view = None
     places = truth.location if 'location' in truth else [None] * len(truth)  # the lumen and folds of a location
-    for (scale, x, y), v, mes, kind, place in zip(path, truth.view, truth.mes, truth.artefact, places):
+    for (scale, x, y), v, mes, kind, place, t in zip(path, truth.view, truth.mes, truth.artefact, places, truth.time):
         if v != view:  # the next stretch of mucosa
             previous, view, since = texture, v, 0
             texture_size = (round(h * TEXTURE_SCALE), round(w * TEXTURE_SCALE))
@@ -98,7 +102,10 @@ def demo_video_frames(truth: pd.DataFrame, size=LIMUC_SIZE, seed: int = 0):
             a = (since + 1) / (fade + 1)
             frame = (a * frame + (1 - a) * view_frame(previous, scale, x, y, size)).round().astype(np.uint8)
         since += 1
-        yield spoil(frame, kind) if kind else frame
+        frame = spoil(frame, kind) if kind else frame
+        if site is not None:  # the image area beside the processor's band: patient, date, a running clock, scope
+            frame = site_frame(frame, site, burnt_text(site.first_patient, 0, seed, t))
+        yield frame
 
 # %% ../nbs/06_demo_video.ipynb #782b5379
 def video_codec(codec: str | None = None) -> str:
@@ -172,16 +179,17 @@ def make_demo_video(dest, # the video file, e.g. `demo_video.mp4`
                     seed: int = 0, # seed of the mucosa textures and the camera path
                     codec: str | None = None, # see `video_codec`
                     overwrite: bool = False, # replace an existing video and its truth
+                    site: SiteShift | None = None, # as this site's system shows it (`size`: the site's), e.g. `SITE_B`
                    ) -> dict:
     "Write the demo video to `dest` (e.g. `demo_video.mp4`) and its ground truth beside it; the truth's summary."
-    dest = Path(dest)
+    dest, size = Path(dest), size if site is None else site.size
     truth = demo_video_truth(segments, artefacts, fps)  # checks the arguments before anything is written
     files = [dest, dest.with_name(f'{dest.stem}_truth.csv'), dest.with_name(f'{dest.stem}_truth.json')]
     if (old := [str(f) for f in files if f.exists()]) and not overwrite:
         raise UserFileExistsError(f"{', '.join(old)} exist: "
                                   "pass overwrite=True (CLI: --overwrite) or choose another name")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    write_video(demo_video_frames(truth, size, seed), dest, fps, codec)
+    write_video(demo_video_frames(truth, size, seed, site), dest, fps, codec)
     if (n := count_frames(dest)) != len(truth):
         raise RuntimeError(f"{dest}: {n} frames decode back, {len(truth)} written")
     truth.to_csv(files[1], index=False)
@@ -191,6 +199,9 @@ def make_demo_video(dest, # the video file, e.g. `demo_video.mp4`
                 codec=video_codec(codec))
     for s in info['segments']: s['mes'] = int(truth.mes[s['start_frame']])
     if 'location' in truth: info['locations'] = location_truth(truth)
+    if site is not None:  # where the endoscopic image is in the frame: right of the band, full height
+        (h, w), (_, iw) = site.size, site.image_size
+        info.update(site=site.name, image_area=[w - iw, 0, iw, h])  # x, y, width, height, as `--crop` takes them
     files[2].write_text(json.dumps(info, indent=2))
     return info
 

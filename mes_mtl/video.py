@@ -6,9 +6,10 @@
 from __future__ import annotations
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd, torch
+from scipy import ndimage
 from .progress import with_progress
 from .errors import UserError
 from .files import atomic_write, json_safe, write_json, save_figure
@@ -21,13 +22,22 @@ from .quality import QualityThresholds, frame_quality, MEASURES, REASONS
 
 # %% auto #0
 __all__ = ['VIDEO_HINT', 'SEGMENT_COLS', 'EXTENTS', 'EXTENT_OF', 'LOCATION_COLS', 'QUALITY_FILTERS', 'QUALITY_TASK',
-           'LEARNED_FLAG', 'NO_LOCATION', 'FRAME_COLS', 'MES_COLOURS', 'LOCATION_COLOURS', 'VideoReader',
-           'frame_durations', 'window_mean', 'video_segments', 'video_score', 'frame_locations', 'location_scores',
-           'check_inflamed_from', 'montreal_extent', 'quality_task', 'location_report', 'VideoResult', 'VideoScorer',
-           'score_video', 'plot_timeline', 'video_report', 'save_video_result', 'score_frames']
+           'ARTEFACT_TASK', 'NO_ARTEFACT', 'LEARNED_FLAG', 'NO_LOCATION', 'AREA_WIDTH', 'AREA_SOURCES', 'VIEW_WIDTH',
+           'FRAME_COLS', 'MES_COLOURS', 'LOCATION_COLOURS', 'check_crop', 'VideoReader', 'frame_durations',
+           'window_mean', 'video_segments', 'video_score', 'frame_locations', 'location_scores', 'check_inflamed_from',
+           'montreal_extent', 'quality_tasks', 'learned_flags', 'learned_reasons', 'location_report', 'find_image_area',
+           'ImageArea', 'plot_image_area', 'VideoResult', 'VideoScorer', 'score_video', 'plot_timeline', 'video_report',
+           'save_video_result', 'score_frames']
 
 # %% ../nbs/25_video.ipynb #93871d49
 VIDEO_HINT = "give a video file that FFmpeg can read (MP4, AVI, MKV, WebM, ...)"
+
+def check_crop(crop, width: int, height: int, where) -> tuple[int, int, int, int]:
+    "`crop` (x, y, width, height) as ints if inside `width` x `height` frames (of `where`); else a `UserError`."
+    x, y, w, h = crop = tuple(int(v) for v in crop)
+    if x < 0 or y < 0 or w < 8 or h < 8 or x + w > width or y + h > height:
+        raise UserError(f"crop (--crop) {crop} is not inside the {width}x{height} frames of {where}")
+    return crop
 
 class VideoReader:
     "The frames of a video file as `(index, time in s, (h, w, 3) uint8 RGB)`, decoded one at a time by PyAV."
@@ -61,7 +71,7 @@ class VideoReader:
         self.n_frames = s.frames or (round(self.duration * self.fps) if self.duration else 0)
         self.width, self.height, self.codec = s.codec_context.width, s.codec_context.height, s.codec_context.name
         if self.crop is not None:
-            try: self._check_crop()
+            try: check_crop(self.crop, self.width, self.height, self.path)
             except UserError: self._container.close(); raise
         self.decoded, self.last_time, self.error = 0, None, None
         # sampling only keeps frames that exist: a rate above the video's is answered with every frame, and said so
@@ -72,12 +82,6 @@ class VideoReader:
         except StopIteration:
             raise UserError(f"{path}: no frame could be decoded ({self.error or 'the video stream is empty'}); "
                             f"the file is damaged or empty: copy or export it again") from None
-
-    def _check_crop(self):
-        x, y, w, h = self.crop
-        if x < 0 or y < 0 or w < 8 or h < 8 or x + w > self.width or y + h > self.height:
-            frames = f"the {self.width}x{self.height} frames of {self.path}"
-            raise UserError(f"crop (--crop) {self.crop} is not inside {frames}")
 
     @property
     def rate(self) -> float:
@@ -270,21 +274,39 @@ def montreal_extent(scores: pd.DataFrame,  # `location_scores`' table (location,
 # %% ../nbs/25_video.ipynb #adde6635
 QUALITY_FILTERS = ('rules', 'learned')  # `VideoScorer`'s informative-frame filters (`--quality`)
 QUALITY_TASK = 'informative'  # the auxiliary task of a quality head: binary, its second class the informative frames
-LEARNED_FLAG = 'learned'  # the flag of a frame that the quality head calls uninformative
+ARTEFACT_TASK, NO_ARTEFACT = 'artefact', 'none'  # a categorical task naming what spoils a frame; a good frame's class
+LEARNED_FLAG = 'learned'  # the flag of a frame that the quality head calls uninformative, without a reason
 NO_LOCATION = ("no scores by location and no extent: the model has no location head "
                "(train one with --aux location:categorical)")
 
-def quality_task(predictor: MESPredictor, quality: str = 'rules'):
-    "The predictor's quality task (`AuxTask`) for `quality` 'learned', None for 'rules'; a `UserError` without it."
+def quality_tasks(predictor: MESPredictor, quality: str = 'rules') -> dict:
+    "The heads that judge frames for `quality` 'learned', `{name: AuxTask}` (none for 'rules'); a `UserError` without."
     if quality not in QUALITY_FILTERS:
         raise UserError(f"quality (--quality) must be one of {', '.join(QUALITY_FILTERS)}; got {quality!r}")
-    if quality == 'rules': return None
+    if quality == 'rules': return {}
     tasks = predictor.method.aux_tasks
-    if task := next((t for t in tasks if t.name == QUALITY_TASK and t.kind == 'binary'), None): return task
+    found = {t.name: t for t in tasks if (t.name, t.kind) == (QUALITY_TASK, 'binary')
+             or (t.name, t.kind) == (ARTEFACT_TASK, 'categorical') and NO_ARTEFACT in t.classes}
+    if found: return found
     has = f"the auxiliary tasks {', '.join(t.spec for t in tasks)}" if tasks else 'no auxiliary task'
-    raise UserError(f"--quality learned needs a model with the quality task '{QUALITY_TASK}' (binary) and this one has "
-                    f"{has}: train one with --aux {QUALITY_TASK}:binary (e.g. on `mes_mtl demo-data DEST --aux`), "
-                    f"or use --quality rules")
+    raise UserError(f"--quality learned needs a model with the quality task '{QUALITY_TASK}' (binary) or "
+                    f"'{ARTEFACT_TASK}' (categorical, '{NO_ARTEFACT}' for a good frame) and this one has {has}: train "
+                    f"one with --aux {QUALITY_TASK}:binary (e.g. on `mes_mtl demo-data DEST --aux`), or use --quality rules")
+
+def learned_flags(pred: pd.DataFrame,  # the predictor's table of the frames, with the heads' columns
+                  tasks: dict,  # `quality_tasks`
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    "Each frame's `informative` (the quality head's, else the artefact head's 'none') and `flag` (the artefact named)."
+    art = pred[f'{ARTEFACT_TASK}_pred'].astype(str).to_numpy() if ARTEFACT_TASK in tasks else None
+    if QUALITY_TASK in tasks: ok = pred[f'p_{QUALITY_TASK}_{tasks[QUALITY_TASK].classes[1]}'].to_numpy() >= 0.5
+    else: ok = art == NO_ARTEFACT
+    why = np.full(len(pred), LEARNED_FLAG, object) if art is None else np.where(art == NO_ARTEFACT, LEARNED_FLAG, art)
+    return ok, np.where(ok, '', why).astype(object)
+
+def learned_reasons(tasks: dict) -> tuple[str, ...]:
+    "The flags `learned_flags` gives with `tasks`: the artefact head's classes, and 'learned' for the quality head's."
+    named = tuple(c for c in tasks[ARTEFACT_TASK].classes if c != NO_ARTEFACT) if ARTEFACT_TASK in tasks else ()
+    return (*named, LEARNED_FLAG)
 
 def location_report(frames: pd.DataFrame,  # a scored frame table, with `location` where the model has the head
                     dt: float,  # how long the last frame is shown (s)
@@ -297,6 +319,99 @@ def location_report(frames: pd.DataFrame,  # a scored frame table, with `locatio
     rows = scores.astype(object).where(scores.notna(), None).to_dict('records')
     return dict(locations=rows, extent=montreal_extent(scores, inflamed_from))
 
+# %% ../nbs/25_video.ipynb #5b109d0d
+AREA_WIDTH = 160  # the image area is found on frames subsampled to about this width (px)
+
+def find_image_area(frame: np.ndarray,  # (h, w, 3) uint8 RGB, e.g. the brightest pixels of several frames
+                    level: float = 20.,  # a pixel is lit when one of its channels is above this level (0-255)
+                    min_share: float = 0.1,  # the image covers at least this share of the frame
+                   ) -> tuple[int, int, int, int] | None:
+    "(x, y, width, height) of the endoscopic image in `frame`: the box around its largest lit region; None if none."
+    h, w = frame.shape[:2]
+    k = max(1, round(w / AREA_WIDTH))
+    lit = ndimage.binary_opening(frame[::k, ::k].max(-1) > level, np.ones((3, 3), bool), iterations=2)  # no text
+    regions, n = ndimage.label(lit)
+    if not n: return None
+    sizes = np.bincount(regions.ravel())[1:]
+    if sizes.max() < min_share * lit.size: return None
+    ys, xs = ndimage.find_objects(regions)[int(sizes.argmax())]
+    x0, y0, x1, y1 = xs.start * k, ys.start * k, min(w, xs.stop * k), min(h, ys.stop * k)
+    if x0 <= k and y0 <= k and x1 >= w - k and y1 >= h - k: return 0, 0, w, h  # it fills the frame
+    return x0, y0, x1 - x0, y1 - y0
+
+AREA_SOURCES = {'auto': 'detected', 'crop': 'given (--crop)', None: 'whole frame'}  # `ImageArea.source`
+VIEW_WIDTH = 320  # the frames an area was found on are kept subsampled to about this width (px)
+
+class ImageArea:
+    "Crops each frame to the endoscopic image: found (`find_image_area`), given (`crop`) or the whole frame."
+    def __init__(self,
+                 crop='auto',  # 'auto': found and followed; (x, y, width, height) in px; None: the whole frame
+                 every: float = 1.0,  # with 'auto': seconds between checks of the area
+                 tolerance: float = 0.03):  # an area that moves less than this share of the frame's size is the same
+        self.crop, self.every, self.tolerance = crop, POSITIVE.check('every', every), tolerance
+        self.areas, self.views = [], []  # each area used: {start (s), crop}; the frame (subsampled) it was found on
+        self._max = self._pending = None
+
+    @property
+    def source(self) -> str:
+        "How the area was chosen: 'detected', 'given (--crop)' or 'whole frame'."
+        return AREA_SOURCES['auto' if isinstance(self.crop, str) else None if self.crop is None else 'crop']
+
+    def __call__(self, frame: np.ndarray, t: float) -> np.ndarray:
+        "The image area of `frame` (h, w, 3), shown at `t` s."
+        h, w = frame.shape[:2]
+        if not self.areas:
+            if isinstance(self.crop, str):
+                if self.crop != 'auto': raise UserError(f"crop must be 'auto', (x, y, width, height) or None; "
+                                                        f"got {self.crop!r}")
+                area = find_image_area(frame) or (0, 0, w, h)
+                self._next = t + self.every
+            else: area = (0, 0, w, h) if self.crop is None else check_crop(self.crop, w, h, 'the video')
+            self._use(area, t, frame)
+        elif self.crop == 'auto': self._follow(frame, t)
+        x, y, cw, ch = self.areas[-1]['crop']
+        return frame[y:y + ch, x:x + cw]
+
+    def _follow(self, frame: np.ndarray, t: float):
+        "Check the area every `every` s on the brightest pixels since the last check; two checks agree on a change."
+        self._max = frame if self._max is None else np.maximum(self._max, frame)
+        if t < self._next - 1e-9: return
+        found, self._max, self._next = find_image_area(self._max), None, t + self.every
+        if found is None or self._same(found, self.areas[-1]['crop']): self._pending = None
+        elif self._pending is not None and self._same(found, self._pending): self._use(found, t, frame)
+        else: self._pending = found
+
+    def _same(self, a, b) -> bool: return np.abs(np.subtract(a, b)).max() <= self.tolerance * max(self._size)
+
+    def _use(self, area, t: float, frame: np.ndarray):
+        self._size, self._pending = frame.shape[:2], None
+        k = max(1, round(frame.shape[1] / VIEW_WIDTH))
+        self.areas.append(dict(start=round(float(t), 3), crop=[int(v) for v in area]))
+        self.views.append((frame[::k, ::k].copy(), k))
+
+    def to_dict(self) -> dict:
+        "The areas used, for the summary: how they were chosen, the frame size, each area's start and crop."
+        h, w = self._size if self.areas else (None, None)
+        return dict(source=self.source, frame=[w, h], areas=self.areas)
+
+# %% ../nbs/25_video.ipynb #59ddd96a
+def plot_image_area(areas: list[dict],  # `ImageArea.areas`: each area's start (s) and crop
+                    views: list,  # `ImageArea.views`: the frame each was found on, and its subsampling factor
+                    most: int = 6):  # draw at most this many areas
+    "Each image area drawn on the frame it was found on: what the model was shown of the recording."
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    n = min(len(areas), most)
+    fig, axs = plt.subplots(1, n, figsize=(3.4 * n, 3), squeeze=False, layout='constrained')
+    for ax, a, (img, k) in zip(axs[0], areas, views):
+        x, y, w, h = a['crop']
+        ax.imshow(img)
+        ax.add_patch(Rectangle((x / k - 0.5, y / k - 0.5), w / k, h / k, fill=False, ec='#00e5ff', lw=2))
+        ax.set_title(f"from {a['start']:g} s: {w}x{h} at ({x}, {y})", fontsize=9)
+        ax.axis('off')
+    if len(areas) > n: fig.suptitle(f"the first {n} of {len(areas)} image areas", fontsize=9)
+    return fig
+
 # %% ../nbs/25_video.ipynb #fbb6813e
 FRAME_COLS = ['frame', 'time', *MEASURES, 'flag', 'informative', *MES_COLUMNS, 'mes']
 
@@ -306,6 +421,7 @@ class VideoResult:
     frames: pd.DataFrame
     segments: pd.DataFrame
     summary: dict
+    area_views: list = field(default_factory=list)  # `ImageArea.views`: the frames the image areas were found on
 
 class VideoScorer:
     "Scores frames (HxWx3 uint8 RGB) one at a time: quality, MES probabilities (batched), causal smoothing."
@@ -316,9 +432,11 @@ class VideoScorer:
                  thresholds: QualityThresholds | None = None,  # informative-frame bounds
                  bs: int = 16,              # frames scored together
                  quality: str = 'rules',    # informative frames by 'rules' (`thresholds`) or 'learned' (quality head)
-                 inflamed_from: int = 1):   # the lowest Mayo score that counts as inflamed (the extent)
+                 inflamed_from: int = 1,    # the lowest Mayo score that counts as inflamed (the extent)
+                 area='auto'):              # the image area: 'auto' (found), (x, y, width, height) or None (whole)
         self.predictor, self.thresholds = predictor, thresholds or QualityThresholds()
-        self.quality, self.quality_task = quality, quality_task(predictor, quality)
+        self.quality, self.quality_tasks = quality, quality_tasks(predictor, quality)
+        self.area = ImageArea(area)
         self.inflamed_from = check_inflamed_from(inflamed_from)
         self.fps, self.window = POSITIVE.check('fps', fps), NON_NEGATIVE.check('window', window)
         self.min_length, self.bs = NON_NEGATIVE.check('min_length', min_length), COUNT.check('bs', bs)
@@ -328,12 +446,16 @@ class VideoScorer:
         # their frame columns, `{task}_pred` and `p_{task}_{class}`, named as the predictor's table names them
         self.aux_cols = list(aux_columns(self.aux_tasks, [np.zeros((0, t.n_classes)) for t in self.aux_tasks]))
         self.aux = {}  # the last scored frame's answer to each auxiliary task, {task: class}
+        location = next((t for t in self.aux_tasks if t.name == 'location'), None)
+        self.places = location.classes if location else ()  # the location head's classes
+        self.location = None  # live: the smoothed location of the last frames (with a location head)
         self.seconds = dict(quality=0., model=0., smoothing=0.)
 
     def push(self, frame: np.ndarray, time: float | None = None, index: int | None = None):
         "Queue `frame` (at `time` s, frame number `index`; by default in the order fed, at `fps`); score a full queue."
         i = self.n_frames if index is None else index
-        self._queue.append((i, i / self.fps if time is None else time, frame))
+        t = i / self.fps if time is None else time
+        self._queue.append((i, t, self.area(frame, t)))
         self.n_frames += 1
         if len(self._queue) >= self.bs: self.flush()
 
@@ -355,12 +477,14 @@ class VideoScorer:
         t2 = time.perf_counter()
         q.insert(0, 'frame', idx)
         q.insert(1, 'time', times)
-        if self.quality_task is not None:  # the model's quality head decides; the rules' measures stay in the table
-            yes = pred[f'p_{QUALITY_TASK}_{self.quality_task.classes[1]}'].to_numpy() >= 0.5
-            q['informative'], q['flag'] = yes, np.where(yes, '', LEARNED_FLAG)
+        if self.quality_tasks:  # the model's heads decide; the rules' measures stay in the table
+            q['informative'], q['flag'] = learned_flags(pred, self.quality_tasks)
         for c in MES_COLUMNS: q[c] = pred[c].to_numpy()
         q['mes'] = pred.mes.to_numpy()
-        q['mes_live'] = [self._live(t, p, ok) for t, p, ok in zip(times, q[MES_COLUMNS].to_numpy(), q.informative)]
+        probs = pred[MES_COLUMNS + [f'p_location_{c}' for c in self.places]].to_numpy(float)
+        live = [self._live(t, p, ok) for t, p, ok in zip(times, probs, q.informative)]
+        q['mes_live'] = [score for score, _ in live]
+        if self.places: q['location_live'] = [place for _, place in live]
         for c in self.aux_cols: q[c] = pred[c].to_numpy()  # from the same forward pass as the Mayo score
         self.aux = {t.name: pred[f'{t.name}_pred'].iloc[-1] for t in self.aux_tasks}
         self._tables.append(q)
@@ -368,21 +492,31 @@ class VideoScorer:
         self.seconds['model'] += t2 - t1
         self.seconds['smoothing'] += time.perf_counter() - t2
 
-    def _live(self, t: float, p: np.ndarray, informative: bool) -> float:
-        "The causal smoothed score at time `t`, after adding this frame's probabilities `p` if `informative`."
+    def _live(self, t: float, p: np.ndarray, informative: bool) -> tuple[float, str | None]:
+        "The causal smoothed score and location at `t`, after adding this frame's `p` (MES, location) if `informative`."
         if informative: self._recent.append((t, p))
         while self._recent and self._recent[0][0] < t - self.window - 1e-9: self._recent.popleft()
-        if not self._recent: self.score = None; return np.nan
+        if not self._recent: self.score = None; return np.nan, self.location  # the location: where it was last seen
         ts, ps = zip(*self._recent)
-        self.score = int(np.argmax(window_mean(ts, np.stack(ps), [t], self.window, 0.)[0]))
-        return self.score
+        mean = window_mean(ts, np.stack(ps), [t], self.window, 0.)[0]
+        self.score = int(np.argmax(mean[:len(MES_CLASSES)]))
+        if self.places: self.location = self.places[int(np.argmax(mean[len(MES_CLASSES):]))]
+        return self.score, self.location
 
     @property
     def frames(self) -> pd.DataFrame:
         "One row per frame scored so far (`FRAME_COLS`, the live score `mes_live`, the auxiliary tasks' `aux_cols`)."
         self.flush()
-        if not self._tables: return pd.DataFrame(columns=[*FRAME_COLS, 'mes_live', *self.aux_cols])
+        live = ['mes_live', 'location_live'] if self.places else ['mes_live']
+        if not self._tables: return pd.DataFrame(columns=[*FRAME_COLS, *live, *self.aux_cols])
         return pd.concat(self._tables, ignore_index=True)
+
+    @property
+    def by_location(self) -> pd.DataFrame:
+        "Live, the scores by location so far (`location_scores` of `mes_live`, `location_live`); empty without the head."
+        if not self.places: return pd.DataFrame(columns=LOCATION_COLS)
+        df = self.frames
+        return location_scores(df.assign(location=df.location_live, mes_smoothed=df.mes_live), 1 / self.fps, self.window)
 
     def result(self, **info) -> VideoResult:
         "The frames with centred smoothing (`p_mes*_smoothed`, `mes_smoothed`), segments and a summary (with `info`)."
@@ -405,15 +539,15 @@ class VideoScorer:
         informative = df.informative.astype(bool)
         seg_rows = segs[['mes', 'start', 'end', 'seconds']].round(3).to_dict('records')
         aux = {'aux': [t.to_dict() for t in self.aux_tasks]} if self.aux_tasks else {}  # as config.json lists them
-        reasons = REASONS if self.quality_task is None else (LEARNED_FLAG,)
+        reasons = learned_reasons(self.quality_tasks) if self.quality_tasks else REASONS
         by_location = location_report(df, 1 / self.fps, self.window, self.inflamed_from)
         summary = dict(mes=score, mes_ranges=ranges, rate=self.fps, n_frames=len(df),
                        n_informative=int(informative.sum()), n_uninformative=int((~informative).sum()),
                        quality=self.quality, flags={r: int(counts.get(r, 0)) for r in reasons},
                        n_segments=len(segs), segments=seg_rows, by_location=by_location, seconds=dict(self.seconds),
-                       **aux, **info)
+                       image_area=self.area.to_dict(), **aux, **info)
         summary['message'] = _verdict(summary, self.min_length)
-        return VideoResult(df, segs, summary)
+        return VideoResult(df, segs, summary, self.area.views)
 
 def _verdict(s: dict, min_length: float) -> str:
     "One line on the video's score, or on why it has none."
@@ -436,13 +570,16 @@ def score_video(path, predictor: MESPredictor,
                 min_length: float = 2.0,   # shortest segment (s of informative frames)
                 thresholds: QualityThresholds | None = None,
                 bs: int = 16,              # frames per model call
-                crop=None,                 # (x, y, width, height) of the image area, in pixels
+                crop='auto',               # the image area: 'auto' (found), (x, y, width, height) or None (whole)
                 progress: bool = True,
                 quality: str = 'rules',    # informative frames by 'rules' (`thresholds`) or 'learned' (quality head)
                 inflamed_from: int = 1) -> VideoResult:  # the lowest Mayo score that counts as inflamed (the extent)
     "Score the video file `path` with `predictor`: frames, segments and the video's Mayo score (see `VideoResult`)."
-    reader = VideoReader(path, every, fps, crop)
-    scorer = VideoScorer(predictor, reader.rate, window, min_length, thresholds, bs, quality, inflamed_from)
+    reader = VideoReader(path, every, fps)
+    if crop is not None and not isinstance(crop, str):  # checked before the first frame is scored
+        try: crop = check_crop(crop, reader.width, reader.height, path)
+        except UserError: reader.close(); raise
+    scorer = VideoScorer(predictor, reader.rate, window, min_length, thresholds, bs, quality, inflamed_from, crop)
     frames = with_progress(reader, show=progress, total=reader.expected, leave=False)
     start = time.perf_counter()
     for n, (i, t, img) in enumerate(frames, 1):
@@ -545,15 +682,21 @@ def video_report(summary: dict) -> str:
     flags = ', '.join(f"{k} {v}" for k, v in s['flags'].items() if v) or 'none'
     lines += [f"Uninformative frames ({s['quality']}): {s['n_uninformative']} of {s['n_frames']} ({flags}).", '',
               '![timeline](timeline.png)', '']
+    if (area := s.get('image_area')) and area['areas']:
+        used = '; '.join(f"{a['crop'][2]}x{a['crop'][3]} at ({a['crop'][0]}, {a['crop'][1]}) from {a['start']:g} s"
+                         for a in area['areas'])
+        lines += [f"Image area ({area['source']}, of the {area['frame'][0]}x{area['frame'][1]} frames): {used}.", '',
+                  '![image area](area.png)', '']
     return '\n'.join(lines)
 
 def save_video_result(res: VideoResult, out, truth: pd.DataFrame | None = None) -> Path:
-    "Write `frames.csv`, `segments.csv`, `summary.json`, `timeline.png` and `report.md` of `res` to the folder `out`."
+    "Write `frames.csv`, `segments.csv`, `summary.json`, `timeline.png`, `area.png`, `report.md` of `res` to `out`."
     out = Path(out)
     atomic_write(out/'frames.csv', lambda f: res.frames.to_csv(f, index=False, float_format='%.6g'))
     atomic_write(out/'segments.csv', lambda f: res.segments.to_csv(f, index=False, float_format='%.6g'))
     write_json(json_safe(res.summary), out/'summary.json')
     save_figure(plot_timeline(res, truth), out/'timeline.png')
+    if res.area_views: save_figure(plot_image_area(res.summary['image_area']['areas'], res.area_views), out/'area.png')
     atomic_write(out/'report.md', video_report(res.summary))
     return out
 
@@ -565,8 +708,9 @@ def score_frames(frames, predictor: MESPredictor,
                  thresholds: QualityThresholds | None = None,
                  bs: int = 16,
                  quality: str = 'rules',    # informative frames by 'rules' (`thresholds`) or 'learned' (quality head)
-                 inflamed_from: int = 1) -> VideoResult:  # the lowest Mayo score that counts as inflamed
+                 inflamed_from: int = 1,    # the lowest Mayo score that counts as inflamed
+                 area='auto') -> VideoResult:  # the image area: 'auto' (found), (x, y, width, height) or None (whole)
     "Score an iterable of frames (HxWx3 uint8 RGB, `fps` a second) as `score_video` scores a file (see `VideoResult`)."
-    scorer = VideoScorer(predictor, fps, window, min_length, thresholds, bs, quality, inflamed_from)
+    scorer = VideoScorer(predictor, fps, window, min_length, thresholds, bs, quality, inflamed_from, area)
     for f in frames: scorer.push(f)
     return scorer.result()

@@ -41,7 +41,7 @@ def test_demo_data_video(demo):
 def test_scores_match_the_truth(scored, demo, capsys):
     truth = pd.read_csv(demo/'demo_video_truth.csv', keep_default_na=False)
     info = json.loads((demo/'demo_video_truth.json').read_text())
-    files = ['frames.csv', 'report.md', 'segments.csv', 'summary.json', 'timeline.png']
+    files = ['area.png', 'frames.csv', 'report.md', 'segments.csv', 'summary.json', 'timeline.png']
     assert sorted(f.name for f in scored.iterdir()) == files
     frames = pd.read_csv(scored/'frames.csv', keep_default_na=False, na_values=[''])
     assert len(frames) == len(truth) == 400

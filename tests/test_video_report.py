@@ -9,7 +9,7 @@ from mes_mtl.inference import MESPredictor
 from mes_mtl.labels import LOCATIONS
 from mes_mtl.video import NO_LOCATION, frame_locations, location_report, score_video
 
-AUX = ('location:categorical', 'informative:binary')  # the demo model with a location and a quality head
+AUX = ('location:categorical', 'informative:binary', 'artefact:categorical')  # location and quality heads
 
 
 @pytest.fixture(scope='module')
@@ -60,11 +60,12 @@ def test_learned_quality_and_the_report(withdrawal, tmp_path, mes_mtl):
                 '--out', out, '--fps', 5, '--quality', 'learned', '--inflamed-from', 2, '--no-progress')
     assert r.returncode == 0, r.stderr
     summary = json.loads((out/'summary.json').read_text())
-    assert summary['quality'] == summary['settings']['quality'] == 'learned' and list(summary['flags']) == ['learned']
+    assert summary['quality'] == summary['settings']['quality'] == 'learned'
+    assert list(summary['flags']) == ['blur', 'dark', 'flush', 'glare', 'learned']  # the artefact head names them
     assert summary['by_location']['extent']['inflamed_from'] == summary['settings']['inflamed_from'] == 2
     assert {r['location'] for r in summary['by_location']['locations']} <= set(LOCATIONS)
     frames = pd.read_csv(out/'frames.csv', keep_default_na=False)
-    assert set(frames.location) <= set(LOCATIONS) and set(frames.flag) <= {'', 'learned'}
+    assert set(frames.location) <= set(LOCATIONS) and set(frames.flag) <= {'', *summary['flags']}
     report = (out/'report.md').read_text()
     assert '| location | Mayo score |' in report and 'inflamed: MES >= 2' in report and '(learned)' in report
 
