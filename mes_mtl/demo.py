@@ -19,10 +19,11 @@ from .files import atomic_write, cached_folder
 # %% auto #0
 __all__ = ['CUE_RAMPS', 'NORMAL_RGB', 'ERYTHEMA_RGB', 'VESSEL_RGB', 'BLOOD_RGB', 'FIBRIN_RGB', 'WHITE', 'SEVERITY_JITTER',
            'COLON_LOOKS', 'SCOPE_TEXT', 'SITE_B', 'DEMO_SITES', 'MES_PROPORTIONS', 'PATIENT_SPREAD', 'ARTEFACTS',
-           'WATER_RGB', 'UCEIS_DESCRIPTORS', 'AUX_TASKS', 'AUX_COLUMNS', 'UCEIS_GIVEN_MES', 'UCEIS_CUES',
-           'ARTEFACT_SHARE', 'MISSING_SHARES', 'AUX_STREAM', 'DEGRADATIONS', 'BLUR_MAX', 'NOISE_MAX', 'EXPOSURE_STOPS',
-           'LABELS_FILE', 'DEMO_VERSION', 'severity_cues', 'ColonLook', 'mucosa_image', 'demo_image', 'SiteShift',
-           'burnt_text', 'site_frame', 'site_image', 'mes_counts', 'demo_layout', 'motion_blur', 'spoil',
+           'UNSCORABLE_VIEWS', 'WATER_RGB', 'NBI_MIX', 'STEEL', 'STEEL_LIGHT', 'STEEL_DARK', 'UCEIS_DESCRIPTORS',
+           'AUX_TASKS', 'AUX_COLUMNS', 'UCEIS_GIVEN_MES', 'UCEIS_CUES', 'ARTEFACT_SHARE', 'MISSING_SHARES',
+           'AUX_STREAM', 'DEGRADATIONS', 'BLUR_MAX', 'NOISE_MAX', 'EXPOSURE_STOPS', 'LABELS_FILE', 'DEMO_VERSION',
+           'severity_cues', 'ColonLook', 'mucosa_image', 'demo_image', 'SiteShift', 'burnt_text', 'site_frame',
+           'site_image', 'mes_counts', 'demo_layout', 'motion_blur', 'narrow_band', 'biopsy_forceps', 'spoil',
            'demo_aux_labels', 'uceis_cues', 'aux_image', 'degrade', 'make_demo_limuc', 'cache_root', 'demo_limuc']
 
 # %% ../nbs/01_demo.ipynb #941dc61d
@@ -292,9 +293,12 @@ def demo_layout(n_images: int = 400,  # images, in LIMUC's class balance
     layout = pd.DataFrame({'patient': patient + first_patient, 'number': number, 'mes': mes})
     return layout.sort_values(['patient', 'number'], ignore_index=True)
 
-# %% ../nbs/01_demo.ipynb #4ad0c87e
+# %% ../nbs/01_demo.ipynb #60649eb7
 ARTEFACTS = ('blur', 'dark', 'flush', 'glare')
+UNSCORABLE_VIEWS = ('nbi', 'forceps')  # frames a Mayo score does not apply to: image-enhanced light, an instrument
 WATER_RGB = np.array([0.80, 0.87, 0.93])  # a flush of water: bluish white
+NBI_MIX = np.array([[0.0, 0.667], [1.56, -0.5], [1.93, -1.2]], np.float32)  # displayed R, G, B from green and blue
+STEEL, STEEL_LIGHT, STEEL_DARK = (128, 130, 134), (190, 192, 196), (88, 90, 94)  # forceps: metal, highlight, rims
 
 def motion_blur(frame: np.ndarray, length=(0.1, 0.03)) -> np.ndarray:
     "`frame` blurred by a fast pan during the exposure: a box `length` times the frame's width along x and y."
@@ -303,16 +307,42 @@ def motion_blur(frame: np.ndarray, length=(0.1, 0.03)) -> np.ndarray:
         f = uniform_filter1d(f, max(1, round(share * frame.shape[1])), axis=axis, mode='nearest')
     return f.round().astype(np.uint8)
 
+def narrow_band(frame: np.ndarray) -> np.ndarray:
+    "`frame` as narrow-band imaging shows it: no red light; the displayed colours mixed from green and blue."
+    return np.clip(frame[..., 1:].astype(np.float32) @ NBI_MIX.T, 0, 255).round().astype(np.uint8)
+
+def biopsy_forceps(frame: np.ndarray) -> np.ndarray:
+    "`frame` with biopsy forceps from the lower right towards the centre: a grey shaft with a highlight, open jaws."
+    h, w = frame.shape[:2]
+    s, img = min(h, w), Image.fromarray(frame)
+    draw = ImageDraw.Draw(img)
+    start, tip = np.array([w, h]) * 1.02, np.array([w, h]) * 0.62
+    along = (tip - start) / np.linalg.norm(tip - start)
+    across = np.array([-along[1], along[0]])
+    def strip(lo, hi): return [tuple(p) for p in (start + lo * across, tip + lo * across, tip + hi * across,
+                                                  start + hi * across)]
+    draw.polygon(strip(-0.055 * s, 0.055 * s), fill=STEEL)
+    draw.polygon(strip(0.015 * s, 0.035 * s), fill=STEEL_LIGHT)
+    r, rim = 0.07 * s, max(1, round(s / 150))  # a jaw's radius, its rim's width
+    for side in (1, -1):
+        x, y = tip + 0.6 * r * along + side * 0.8 * r * across
+        draw.ellipse([x - r, y - 0.7 * r, x + r, y + 0.7 * r], fill=STEEL, outline=STEEL_DARK, width=rim)
+    return np.asarray(img)
+
 def spoil(frame: np.ndarray, kind: str) -> np.ndarray:
-    "`frame` spoiled by artefact `kind` (`ARTEFACTS`): motion blur, dark, a flush of water (bluish white) or glare."
+    """`frame` spoiled by artefact `kind` (`ARTEFACTS`: motion blur, dark, a flush of water (bluish white), glare) or
+    shown as a view a Mayo score does not apply to (`UNSCORABLE_VIEWS`: narrow-band imaging, biopsy forceps)."""
     f = frame.astype(np.float32) / 255
     if kind == 'blur': return motion_blur(frame)
+    if kind == 'nbi': return narrow_band(frame)
+    if kind == 'forceps': return biopsy_forceps(frame)
     if kind == 'dark': f = f * 0.12
     elif kind == 'glare': f = f * 3 + 0.6
     elif kind == 'flush':
         f = (0.15 * f + 0.85 * WATER_RGB) * 255
         return np.asarray(Image.fromarray(f.round().astype(np.uint8)).filter(ImageFilter.GaussianBlur(3)))
-    else: raise ValueError(f"cannot spoil a frame with {kind!r}; expected one of {ARTEFACTS}")
+    else: raise ValueError(f"cannot spoil a frame with {kind!r}; expected one of {ARTEFACTS} (artefacts) "
+                           f"or {UNSCORABLE_VIEWS} (views a Mayo score does not apply to)")
     return (np.clip(f, 0, 1) * 255).round().astype(np.uint8)
 
 # %% ../nbs/01_demo.ipynb #bcb88e40

@@ -21,6 +21,9 @@ class QualityThresholds:
     max_bright: float = 0.1      # share of near-white pixels (grey > `bright_level`); above: 'overexposed'
     min_saturation: float = 0.2  # mean HSV saturation of the pixels brighter than `dark_level`; below: 'washed-out'
     min_contrast: float = 6.     # standard deviation of the grey levels; below: 'flat'
+    min_redness: float = 0.39    # mean share of red, r / (r + g + b), of the lit pixels; below: 'enhanced'
+    max_grey: float = 0.03       # share of the lit pixels that look like metal (grey); above: 'instrument'
+    metal_saturation: float = 0.15  # a pixel below this HSV saturation, neither near-black nor -white, is grey
     dark_level: float = 20.      # a pixel darker than this grey level is near-black
     bright_level: float = 235.   # a pixel brighter than this grey level is near-white
     width: int = 176             # frames are measured downscaled by an integer factor to about this width (px)
@@ -34,8 +37,8 @@ class QualityThresholds:
     def to_dict(self) -> dict: return asdict(self)
 
 # %% ../nbs/24_quality.ipynb #64141843
-REASONS = ('blurred', 'dark', 'overexposed', 'washed-out', 'flat')  # the flags, in the order they are listed
-MEASURES = ('sharpness', 'brightness', 'dark', 'bright', 'saturation', 'contrast')
+REASONS = ('blurred', 'dark', 'overexposed', 'washed-out', 'flat', 'enhanced', 'instrument')  # in the order listed
+MEASURES = ('sharpness', 'brightness', 'dark', 'bright', 'saturation', 'contrast', 'redness', 'grey')
 
 # %% ../nbs/24_quality.ipynb #db4907c3
 def _small(frames: np.ndarray, width: int) -> np.ndarray:
@@ -58,22 +61,27 @@ def frame_measures(frames, thresholds: QualityThresholds | None = None) -> pd.Da
     lap = grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] - 4 * grey[:, 1:-1, 1:-1]
     hi, lo = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
     lit = hi > t.dark_level
-    pixel_sat = np.where(lit, (hi - lo) / np.maximum(hi, 1), 0)  # HSV saturation of the lit pixels
-    sat = pixel_sat.sum((1, 2)) / np.maximum(lit.sum((1, 2)), 1)
-    per_frame = (1, 2)
+    pixel_sat = (hi - lo) / np.maximum(hi, 1)  # HSV saturation
+    metal = lit & (pixel_sat < t.metal_saturation) & (grey > t.dark_level) & (grey < t.bright_level)
+    per_frame, n_lit = (1, 2), np.maximum(lit.sum((1, 2)), 1)
+    def lit_mean(x): return np.where(lit, x, 0).sum(per_frame) / n_lit
     return pd.DataFrame(dict(sharpness=lap.var(per_frame), brightness=grey.mean(per_frame),
                              dark=(grey < t.dark_level).mean(per_frame), bright=(grey > t.bright_level).mean(per_frame),
-                             saturation=sat, contrast=grey.std(per_frame)))
+                             saturation=lit_mean(pixel_sat), contrast=grey.std(per_frame),
+                             redness=lit_mean(r / np.maximum(r + g + b, 1)), grey=metal.sum(per_frame) / n_lit))
 
 # %% ../nbs/24_quality.ipynb #6e94c22a
 def quality_flags(measures: pd.DataFrame, thresholds: QualityThresholds | None = None) -> np.ndarray:
     "For each row of `measures` (`frame_measures`) the reasons it is uninformative joined by '+' ('' when informative)."
     t, m = thresholds or QualityThresholds(), measures
+    colourful = m.saturation >= t.min_saturation  # a washed-out frame is grey and bluish, whatever it shows
     out = {'blurred': m.sharpness < t.min_sharpness,
            'dark': (m.brightness < t.min_brightness) | (m.dark > t.max_dark),
            'overexposed': m.bright > t.max_bright,
            'washed-out': m.saturation < t.min_saturation,
-           'flat': m.contrast < t.min_contrast}
+           'flat': m.contrast < t.min_contrast,
+           'enhanced': (m.redness < t.min_redness) & colourful,
+           'instrument': (m.grey > t.max_grey) & colourful}
     hit = np.stack([np.asarray(out[r]) for r in REASONS], 1)
     return np.array(['+'.join(r for r, h in zip(REASONS, row) if h) for row in hit], dtype=object)
 
