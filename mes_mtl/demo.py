@@ -293,7 +293,7 @@ def demo_layout(n_images: int = 400,  # images, in LIMUC's class balance
     layout = pd.DataFrame({'patient': patient + first_patient, 'number': number, 'mes': mes})
     return layout.sort_values(['patient', 'number'], ignore_index=True)
 
-# %% ../nbs/01_demo.ipynb #60649eb7
+# %% ../nbs/01_demo.ipynb #b3cf12bf
 ARTEFACTS = ('blur', 'dark', 'flush', 'glare')
 UNSCORABLE_VIEWS = ('nbi', 'forceps')  # frames a Mayo score does not apply to: image-enhanced light, an instrument
 WATER_RGB = np.array([0.80, 0.87, 0.93])  # a flush of water: bluish white

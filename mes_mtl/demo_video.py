@@ -13,7 +13,7 @@ from .errors import UserError, UserFileExistsError
 from .files import atomic_write
 from .labels import check_mes, LIMUC_SIZE, LOCATIONS
 from .extras import require
-from .demo import ARTEFACTS, SiteShift, burnt_text, mucosa_image, site_frame, spoil
+from .demo import ARTEFACTS, UNSCORABLE_VIEWS, SiteShift, burnt_text, mucosa_image, site_frame, spoil
 
 # %% auto #0
 __all__ = ['DEMO_SEGMENTS', 'DEMO_ARTEFACTS', 'VIEW_SECONDS', 'FADE_SECONDS', 'TEXTURE_SCALE', 'PAN_HZ', 'ZOOM', 'ZOOM_PERIOD',
@@ -47,7 +47,8 @@ def demo_video_truth(segments=DEMO_SEGMENTS, artefacts=DEMO_ARTEFACTS, fps: floa
     view = first_view[segment] + local * n_views[segment] // seg_frames[segment]
     art = np.full(len(frame), '', dtype=object)
     for kind, start, dur in artefacts:
-        if kind not in ARTEFACTS: raise ValueError(f"unknown artefact {kind!r}; expected one of {ARTEFACTS}")
+        if kind not in (*ARTEFACTS, *UNSCORABLE_VIEWS):
+            raise ValueError(f"unknown artefact {kind!r}; expected one of {(*ARTEFACTS, *UNSCORABLE_VIEWS)}")
         art[(time >= start - 1e-9) & (time < start + dur - 1e-9)] = kind
     truth = pd.DataFrame(dict(frame=frame, time=time, segment=segment, view=view, mes=mes[segment], artefact=art,
                               informative=art == ''))
@@ -208,4 +209,5 @@ def make_demo_video(dest, # the video file, e.g. `demo_video.mp4`
 # %% ../nbs/06_demo_video.ipynb #1fc7ac64
 DEMO_WITHDRAWAL = ((0, 3.0, 'caecum'), (0, 3.0, 'ascending'), (1, 3.0, 'transverse'), (1, 3.0, 'descending'),
                    (2, 3.0, 'sigmoid'), (3, 3.0, 'rectum'))  # (Mayo score, seconds, location): caecum to rectum
-DEMO_WITHDRAWAL_ARTEFACTS = (('blur', 1.2, 0.6), ('dark', 7.2, 0.6), ('flush', 11.6, 0.8), ('glare', 16.1, 0.5))
+DEMO_WITHDRAWAL_ARTEFACTS = (('blur', 1.2, 0.6), ('nbi', 4.0, 0.8), ('dark', 7.2, 0.6), ('flush', 11.6, 0.8),
+                             ('forceps', 13.6, 0.6), ('glare', 16.1, 0.5))  # and two views a Mayo score skips

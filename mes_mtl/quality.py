@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, asdict, fields
 import numpy as np, pandas as pd
 from PIL import Image
+from scipy import ndimage
 
 # %% auto #0
 __all__ = ['REASONS', 'MEASURES', 'QualityThresholds', 'frame_measures', 'quality_flags', 'frame_quality']
@@ -23,7 +24,8 @@ class QualityThresholds:
     min_contrast: float = 6.     # standard deviation of the grey levels; below: 'flat'
     min_redness: float = 0.39    # mean share of red, r / (r + g + b), of the lit pixels; below: 'enhanced'
     max_grey: float = 0.03       # share of the lit pixels that look like metal (grey); above: 'instrument'
-    metal_saturation: float = 0.15  # a pixel below this HSV saturation, neither near-black nor -white, is grey
+    metal_saturation: float = 0.25  # a pixel below this HSV saturation, neither near-black nor -white, is grey
+    grey_view: float = 0.5       # grey share above which the whole view is grey (water, fog); above: 'washed-out'
     dark_level: float = 20.      # a pixel darker than this grey level is near-black
     bright_level: float = 235.   # a pixel brighter than this grey level is near-white
     width: int = 176             # frames are measured downscaled by an integer factor to about this width (px)
@@ -59,13 +61,17 @@ def frame_measures(frames, thresholds: QualityThresholds | None = None) -> pd.Da
     r, g, b = (small[..., i].astype(np.float32) for i in range(3))
     grey = 0.299 * r + 0.587 * g + 0.114 * b  # ITU-R 601 luma, as PIL's convert('L')
     lap = grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] - 4 * grey[:, 1:-1, 1:-1]
+    inside = ndimage.minimum_filter(grey > t.dark_level, (1, 3, 3))[:, 1:-1, 1:-1]  # the Laplacian of lit pixels only
+    n_inside = np.maximum(inside.sum((1, 2)), 1)
+    lap_mean = (lap * inside).sum((1, 2)) / n_inside
     hi, lo = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
     lit = hi > t.dark_level
     pixel_sat = (hi - lo) / np.maximum(hi, 1)  # HSV saturation
     metal = lit & (pixel_sat < t.metal_saturation) & (grey > t.dark_level) & (grey < t.bright_level)
     per_frame, n_lit = (1, 2), np.maximum(lit.sum((1, 2)), 1)
     def lit_mean(x): return np.where(lit, x, 0).sum(per_frame) / n_lit
-    return pd.DataFrame(dict(sharpness=lap.var(per_frame), brightness=grey.mean(per_frame),
+    sharpness = (inside * (lap - lap_mean[:, None, None]) ** 2).sum(per_frame) / n_inside
+    return pd.DataFrame(dict(sharpness=sharpness, brightness=grey.mean(per_frame),
                              dark=(grey < t.dark_level).mean(per_frame), bright=(grey > t.bright_level).mean(per_frame),
                              saturation=lit_mean(pixel_sat), contrast=grey.std(per_frame),
                              redness=lit_mean(r / np.maximum(r + g + b, 1)), grey=metal.sum(per_frame) / n_lit))
@@ -74,14 +80,14 @@ def frame_measures(frames, thresholds: QualityThresholds | None = None) -> pd.Da
 def quality_flags(measures: pd.DataFrame, thresholds: QualityThresholds | None = None) -> np.ndarray:
     "For each row of `measures` (`frame_measures`) the reasons it is uninformative joined by '+' ('' when informative)."
     t, m = thresholds or QualityThresholds(), measures
-    colourful = m.saturation >= t.min_saturation  # a washed-out frame is grey and bluish, whatever it shows
+    washed = (m.saturation < t.min_saturation) | (m.grey > t.grey_view)  # a washed-out view is grey, whatever it shows
     out = {'blurred': m.sharpness < t.min_sharpness,
            'dark': (m.brightness < t.min_brightness) | (m.dark > t.max_dark),
            'overexposed': m.bright > t.max_bright,
-           'washed-out': m.saturation < t.min_saturation,
+           'washed-out': washed,
            'flat': m.contrast < t.min_contrast,
-           'enhanced': (m.redness < t.min_redness) & colourful,
-           'instrument': (m.grey > t.max_grey) & colourful}
+           'enhanced': (m.redness < t.min_redness) & ~washed,
+           'instrument': (m.grey > t.max_grey) & ~washed}
     hit = np.stack([np.asarray(out[r]) for r in REASONS], 1)
     return np.array(['+'.join(r for r, h in zip(REASONS, row) if h) for row in hit], dtype=object)
 

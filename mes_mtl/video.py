@@ -319,7 +319,7 @@ def location_report(frames: pd.DataFrame,  # a scored frame table, with `locatio
     rows = scores.astype(object).where(scores.notna(), None).to_dict('records')
     return dict(locations=rows, extent=montreal_extent(scores, inflamed_from))
 
-# %% ../nbs/25_video.ipynb #5b109d0d
+# %% ../nbs/25_video.ipynb #ebadeafe
 AREA_WIDTH = 160  # the image area is found on frames subsampled to about this width (px)
 
 def find_image_area(frame: np.ndarray,  # (h, w, 3) uint8 RGB, e.g. the brightest pixels of several frames
@@ -394,7 +394,7 @@ class ImageArea:
         h, w = self._size if self.areas else (None, None)
         return dict(source=self.source, frame=[w, h], areas=self.areas)
 
-# %% ../nbs/25_video.ipynb #59ddd96a
+# %% ../nbs/25_video.ipynb #0f600c89
 def plot_image_area(areas: list[dict],  # `ImageArea.areas`: each area's start (s) and crop
                     views: list,  # `ImageArea.views`: the frame each was found on, and its subsampling factor
                     most: int = 6):  # draw at most this many areas

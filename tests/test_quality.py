@@ -19,7 +19,7 @@ def test_each_reason_has_its_threshold():
     noisy = np.random.default_rng(0).integers(0, 256, (288, 352, 3), dtype=np.uint8)
     # noise is no white-light view of mucosa (a third of its light is red, many of its averaged pixels are grey)
     assert frame_quality(noisy).flag.tolist() == ['enhanced+instrument']
-    colours = dict(min_redness=0, max_grey=1)  # bounds that pass noise
+    colours = dict(min_redness=0, max_grey=1, grey_view=1)  # bounds that pass noise
     assert frame_quality(noisy, QualityThresholds(**colours)).flag.tolist() == ['']
     # loosen every bound: a flat grey frame passes; tighten one: only its reason is named
     loose = QualityThresholds(min_sharpness=0, min_brightness=0, max_dark=1, max_bright=1, min_saturation=0, min_contrast=0,
