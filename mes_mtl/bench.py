@@ -14,7 +14,9 @@ import matplotlib.pyplot as plt
 from .errors import UserError
 from .files import write_json
 from .labels import LIMUC_SIZE, mes_probs
-from .demo_video import make_demo_video
+from .demo import DEMO_SITES
+from .demo_video import make_demo_video, DEMO_WITHDRAWAL, DEMO_WITHDRAWAL_ARTEFACTS
+from .demo_model import demo_model, VIDEO_AUX
 from .splits import channel_stats
 from .dataloaders import Preprocessing, default_workers
 from .method import make_method
@@ -23,15 +25,16 @@ from .config import COUNT, INDEX, PIXELS, image_size
 from .inference import MESPredictor, RUNTIMES, model_config, onnx_runtime
 from .metrics import markdown_table
 from .cache import ImageCache
-from .video import VideoReader, score_video
+from .video import VideoReader, score_video, filter_accuracy
 from .profiling import time_interleaved, machine_info, machine_label
 from .reference import bench_items, train_throughput, loader_cases, loader_throughput
 
 # %% auto #0
-__all__ = ['CALIB_FRAMES', 'LIMUC_IMAGES', 'DEFAULT_ARCHS', 'BENCH_DEFAULTS', 'QUICK_DEFAULTS', 'RUNTIME_COLUMNS', 'REALTIME_FPS',
-           'bench_predictor', 'optimised_forward', 'inference_throughput', 'study_estimate', 'video_throughput',
-           'video_runtimes', 'video_bench', 'video_bench_table', 'bench_args', 'bench_settings', 'run_bench',
-           'bench_tables', 'bench_targets', 'bench_report', 'plot_bench', 'runtime_table', 'plot_runtimes']
+__all__ = ['CALIB_FRAMES', 'LIMUC_IMAGES', 'FILTER_SITES', 'DEFAULT_ARCHS', 'BENCH_DEFAULTS', 'QUICK_DEFAULTS', 'RUNTIME_COLUMNS',
+           'REALTIME_FPS', 'bench_predictor', 'optimised_forward', 'inference_throughput', 'study_estimate',
+           'video_throughput', 'video_runtimes', 'video_bench', 'video_bench_table', 'filter_bench', 'filter_table',
+           'bench_args', 'bench_settings', 'run_bench', 'bench_tables', 'bench_targets', 'bench_report', 'plot_bench',
+           'runtime_table', 'plot_runtimes']
 
 # %% ../nbs/32_bench.ipynb #b5008b5d
 def _mes(outputs) -> np.ndarray:
@@ -229,6 +232,37 @@ def video_bench_table(res: dict) -> pd.DataFrame:
             for a, v in res.items() for rt, r in v['runtimes'].items()]
     return pd.DataFrame(rows)
 
+# %% ../nbs/32_bench.ipynb #172dbc96
+FILTER_SITES = ('A', 'B')  # the demo sites (`DEMO_SITES`) the frame filters are measured at
+
+def filter_bench(fps: float = 25, # frame rate of the demo withdrawal
+                 sites=FILTER_SITES, # demo sites: A (LIMUC's look), B (another processor's frames)
+                 learned: bool = True, # also the learnt filter (the demo model with `VIDEO_AUX` heads, trained once)
+                 folder=None, # where the videos are written (a temporary folder inside it)
+                 log=print, # called with a line per site; None: quiet
+                ) -> dict:
+    "`filter_accuracy` of each filter on the demo withdrawal at each site: `{site: {filter: accuracy}}`."
+    folders = {'rules': demo_model()}
+    if learned: folders['learned'] = demo_model(n_images=300, epochs=5, aux=VIDEO_AUX)
+    preds = {name: MESPredictor.from_folder(f, device='cpu') for name, f in folders.items()}
+    res = {}
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        for site in sites:
+            if log: log(f"      frame filters ({', '.join(preds)}) on the demo withdrawal, site {site}, {fps:g} fps")
+            video = Path(tmp)/f'withdrawal_{site}.mp4'
+            make_demo_video(video, DEMO_WITHDRAWAL, DEMO_WITHDRAWAL_ARTEFACTS, fps=fps, site=DEMO_SITES[site])
+            truth = pd.read_csv(video.with_name(f'{video.stem}_truth.csv'), keep_default_na=False)
+            res[site] = {name: filter_accuracy(score_video(video, p, progress=False, quality=name).frames, truth)
+                         for name, p in preds.items()}
+    return res
+
+def filter_table(res: dict) -> pd.DataFrame:
+    "The results of `filter_bench` as a table: a row per site and filter, the share of each kind's frames caught."
+    rows = [dict(site=site, filter=name, **{k: v for k, v in a.items() if k != 'caught'},
+                 **{f'caught_{k}': v for k, v in a['caught'].items() if k != '(none)'})
+            for site, filters in res.items() for name, a in filters.items()]
+    return pd.DataFrame(rows)
+
 # %% ../nbs/32_bench.ipynb #1e0e3e43
 DEFAULT_ARCHS = ('resnet18', 'mobilenetv3_large_100')
 BENCH_DEFAULTS = dict(images=64, bs=32, steps=3, rounds=3, reps=20, infer_bs=32)
@@ -347,6 +381,8 @@ def _run_bench(s: argparse.Namespace) -> dict:
         res['inference'] = _inference_part(s, items, stats)
         res['video'] = video_bench(s.arch, seconds=.5 if s.quick else 4., bs=4 if s.quick else 16,
                                    rounds=1 if s.quick else 3, device=s.device, stats=stats, log=_log)
+        res['filters'] = filter_bench(5 if s.quick else 25, FILTER_SITES[:1] if s.quick else FILTER_SITES,
+                                      learned=not s.quick, folder=tmp, log=_log)
     res['study'] = _study_part(s, train_ips, res['inference'])
     res['seconds'] = time.perf_counter() - start
     _log('\n' + bench_report(res))
@@ -461,6 +497,10 @@ def bench_report(res: dict) -> str:
         parts.append("Video end to end (decode, quality, model, smoothing) at 352x288 against the bare forward on the "
                      "same frames (see `mes_mtl.bench.video_throughput`):\n\n"
                      + markdown_table(video_bench_table(res['video']), 2))
+    if 'filters' in res:
+        parts.append("Frame filters on the demo withdrawal (its uninformative frames the positives; caught_*: the "
+                     "share of each kind's frames flagged; see `mes_mtl.bench.filter_bench`):\n\n"
+                     + markdown_table(filter_table(res['filters']), 2))
     parts.append("Targets:\n\n" + markdown_table(bench_targets(res), 3))
     return '\n\n'.join(parts)
 

@@ -16,10 +16,11 @@ from .learner import mtl_learner, evaluate_learner
 from .inference import MODEL_FILES, save_mtl_model
 
 # %% auto #0
-__all__ = ['DEMO_RECIPE', 'demo_model']
+__all__ = ['DEMO_RECIPE', 'VIDEO_AUX', 'demo_model']
 
 # %% ../nbs/16b_demo_model.ipynb #00754908
 DEMO_RECIPE = 3  # bump when the recipe or the model folder's format changes: older cached models are not reused
+VIDEO_AUX = ('location:categorical', 'informative:binary', 'artefact:categorical')  # the heads a video report reads
 
 def demo_model(arch: str = 'resnet18',  # timm backbone
                size: int = 48,          # input size (px, square)

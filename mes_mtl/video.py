@@ -27,7 +27,7 @@ __all__ = ['VIDEO_HINT', 'SEGMENT_COLS', 'EXTENTS', 'EXTENT_OF', 'LOCATION_COLS'
            'window_mean', 'video_segments', 'video_score', 'frame_locations', 'location_scores', 'check_inflamed_from',
            'montreal_extent', 'quality_tasks', 'learned_flags', 'learned_reasons', 'location_report', 'find_image_area',
            'ImageArea', 'plot_image_area', 'VideoResult', 'VideoScorer', 'score_video', 'plot_timeline', 'video_report',
-           'save_video_result', 'score_frames']
+           'save_video_result', 'score_frames', 'filter_accuracy']
 
 # %% ../nbs/25_video.ipynb #93871d49
 VIDEO_HINT = "give a video file that FFmpeg can read (MP4, AVI, MKV, WebM, ...)"
@@ -290,8 +290,9 @@ def quality_tasks(predictor: MESPredictor, quality: str = 'rules') -> dict:
     if found: return found
     has = f"the auxiliary tasks {', '.join(t.spec for t in tasks)}" if tasks else 'no auxiliary task'
     raise UserError(f"--quality learned needs a model with the quality task '{QUALITY_TASK}' (binary) or "
-                    f"'{ARTEFACT_TASK}' (categorical, '{NO_ARTEFACT}' for a good frame) and this one has {has}: train "
-                    f"one with --aux {QUALITY_TASK}:binary (e.g. on `mes_mtl demo-data DEST --aux`), or use --quality rules")
+                    f"'{ARTEFACT_TASK}' (categorical, '{NO_ARTEFACT}' for a good frame) and this one has {has}: "
+                    f"train one with --aux {QUALITY_TASK}:binary (e.g. on `mes_mtl demo-data DEST --aux`), "
+                    f"or use --quality rules")
 
 def learned_flags(pred: pd.DataFrame,  # the predictor's table of the frames, with the heads' columns
                   tasks: dict,  # `quality_tasks`
@@ -513,10 +514,10 @@ class VideoScorer:
 
     @property
     def by_location(self) -> pd.DataFrame:
-        "Live, the scores by location so far (`location_scores` of `mes_live`, `location_live`); empty without the head."
+        "Live, the scores by location so far (`location_scores` of `mes_live`, `location_live`); empty without a head."
         if not self.places: return pd.DataFrame(columns=LOCATION_COLS)
-        df = self.frames
-        return location_scores(df.assign(location=df.location_live, mes_smoothed=df.mes_live), 1 / self.fps, self.window)
+        live = self.frames.pipe(lambda df: df.assign(location=df.location_live, mes_smoothed=df.mes_live))
+        return location_scores(live, 1 / self.fps, self.window)
 
     def result(self, **info) -> VideoResult:
         "The frames with centred smoothing (`p_mes*_smoothed`, `mes_smoothed`), segments and a summary (with `info`)."
@@ -714,3 +715,17 @@ def score_frames(frames, predictor: MESPredictor,
     scorer = VideoScorer(predictor, fps, window, min_length, thresholds, bs, quality, inflamed_from, area)
     for f in frames: scorer.push(f)
     return scorer.result()
+
+# %% ../nbs/25_video.ipynb #b4a067fd
+def filter_accuracy(frames: pd.DataFrame,  # a scored frame table (`frame`, `informative`)
+                    truth: pd.DataFrame,  # the video's truth, one row per frame (`artefact`, '' for a good frame)
+                   ) -> dict:
+    "How a filter finds a video's uninformative frames: precision and recall (the spoilt frames positive), per kind."
+    from sklearn.metrics import precision_score, recall_score
+    kind = truth.artefact.to_numpy(object)[frames.frame.to_numpy(int)]  # the frames scored (every, fps)
+    bad, flagged = kind != '', ~frames.informative.to_numpy(bool)
+    caught = pd.Series(flagged).groupby(kind).mean()
+    return dict(precision=float(precision_score(bad, flagged, zero_division=np.nan)),
+                recall=float(recall_score(bad, flagged, zero_division=np.nan)), flagged=int(flagged.sum()),
+                uninformative=int(bad.sum()), frames=len(frames),
+                caught={k or '(none)': float(v) for k, v in caught.items()})  # the share of each kind's frames flagged

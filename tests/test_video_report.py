@@ -4,12 +4,11 @@ import json
 import pandas as pd
 import pytest
 from mes_mtl.cli import main
-from mes_mtl.demo_model import demo_model
+from mes_mtl.demo_model import demo_model, VIDEO_AUX
 from mes_mtl.inference import MESPredictor
 from mes_mtl.labels import LOCATIONS
 from mes_mtl.video import NO_LOCATION, frame_locations, location_report, score_video
 
-AUX = ('location:categorical', 'informative:binary', 'artefact:categorical')  # location and quality heads
 
 
 @pytest.fixture(scope='module')
@@ -56,7 +55,7 @@ def test_scores_by_location_and_extent_match_the_truth(withdrawal):
 def test_learned_quality_and_the_report(withdrawal, tmp_path, mes_mtl):
     "A model with a location and a quality head: `--quality learned`, the scores by location, `--inflamed-from 2`."
     out = tmp_path/'out'
-    r = mes_mtl('video', withdrawal/'demo_video.mp4', '--model', demo_model(n_images=300, epochs=5, aux=AUX),
+    r = mes_mtl('video', withdrawal/'demo_video.mp4', '--model', demo_model(n_images=300, epochs=5, aux=VIDEO_AUX),
                 '--out', out, '--fps', 5, '--quality', 'learned', '--inflamed-from', 2, '--no-progress')
     assert r.returncode == 0, r.stderr
     summary = json.loads((out/'summary.json').read_text())
