@@ -381,7 +381,7 @@ def _run_bench(s: argparse.Namespace) -> dict:
         res['inference'] = _inference_part(s, items, stats)
         res['video'] = video_bench(s.arch, seconds=.5 if s.quick else 4., bs=4 if s.quick else 16,
                                    rounds=1 if s.quick else 3, device=s.device, stats=stats, log=_log)
-        res['filters'] = filter_bench(5 if s.quick else 25, FILTER_SITES[:1] if s.quick else FILTER_SITES,
+        res['filters'] = filter_bench(2 if s.quick else 25, FILTER_SITES[:1] if s.quick else FILTER_SITES,
                                       learned=not s.quick, folder=tmp, log=_log)
     res['study'] = _study_part(s, train_ips, res['inference'])
     res['seconds'] = time.perf_counter() - start

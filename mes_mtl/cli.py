@@ -248,11 +248,10 @@ def _input_table(inputs) -> pd.DataFrame | None:
 
 def predict(args):
     "`mes_mtl predict`: Mayo scores and probabilities for images, as CSV or JSON (see above for unreadable images)."
-    from mes_mtl.inference import MESPredictor
     output = writable_file(args.output) if args.output else None
     table = _input_table(args.images)  # its other columns go with the scores
     files = _image_files(args.images) if table is None else list(table.path)
-    predictor = MESPredictor.from_pretrained(args.model, runtime=args.runtime, calib=args.calib)
+    predictor = load_predictor(args.model, args.runtime, calib=args.calib)  # as `video` and `app` load it
     df, bad = _score(predictor, files, args.bs, progress=output is not None)
     if table is not None and len(df): df = df.merge(table.rename(columns={'path': 'image'}), on='image', how='left')
     listing = '\n  '.join(bad)
