@@ -5,6 +5,11 @@ from mes_mtl.demo import demo_limuc
 from mes_mtl.cli import main
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', "multiprocess: launches several training processes (accelerate, Ray); left out "
+                            "of `bash .ci/test` (`bash .ci/test -m ''` runs them), run by CI's Colab stage")
+
+
 @pytest.fixture(scope='session')
 def demo_root():
     "The demo dataset the tests and notebooks share (`demo_limuc`, LIMUC layout): read it, never change it."

@@ -83,6 +83,7 @@ def private_copies(tmpdir) -> set: return set(glob.glob(os.path.join(tmpdir, 'me
 
 
 @needs_accelerate
+@pytest.mark.multiprocess
 def test_cv_fold_on_two_processes(demo_root, odd_fold, tmp_path):
     # a temporary folder of its own: the notebooks that nbdev_test runs alongside make private copies in /tmp too
     out, tmpdir = tmp_path/'study', tmp_path/'tmp'
@@ -114,6 +115,7 @@ def test_cv_fold_on_two_processes(demo_root, odd_fold, tmp_path):
 
 
 @needs_accelerate
+@pytest.mark.multiprocess
 def test_train_on_two_processes_near_one(demo_root, odd_fold, tmp_path, mes_mtl):
     args = ('train', '--data', demo_root, *TINY, '--fold', odd_fold, '--epochs', 2)
     r = mes_mtl(*args, '--out', tmp_path/'one', '--bs', 16)  # one process: this one

@@ -5,6 +5,7 @@ import pytest, torch
 from mes_mtl.cli import main
 from mes_mtl.parallel import local_cores, ray_session, run_jobs, _demo_job
 
+pytestmark = pytest.mark.multiprocess  # a Ray instance and worker processes: CI's Colab stage runs them
 ray = pytest.importorskip('ray')
 psutil = pytest.importorskip('psutil')  # comes with Ray
 
