@@ -46,9 +46,9 @@ def demo_video_truth(segments=DEMO_SEGMENTS, artefacts=DEMO_ARTEFACTS, fps: floa
     first_view = np.concatenate([[0], np.cumsum(n_views)[:-1]])  # of each segment
     view = first_view[segment] + local * n_views[segment] // seg_frames[segment]
     art = np.full(len(frame), '', dtype=object)
+    kinds = (*ARTEFACTS, *UNSCORABLE_VIEWS)  # what `spoil` draws
     for kind, start, dur in artefacts:
-        if kind not in (*ARTEFACTS, *UNSCORABLE_VIEWS):
-            raise ValueError(f"unknown artefact {kind!r}; expected one of {(*ARTEFACTS, *UNSCORABLE_VIEWS)}")
+        if kind not in kinds: raise ValueError(f"unknown artefact {kind!r}; expected one of {kinds}")
         art[(time >= start - 1e-9) & (time < start + dur - 1e-9)] = kind
     truth = pd.DataFrame(dict(frame=frame, time=time, segment=segment, view=view, mes=mes[segment], artefact=art,
                               informative=art == ''))

@@ -22,9 +22,9 @@ from .quality import QualityThresholds, frame_quality, MEASURES, REASONS
 
 # %% auto #0
 __all__ = ['VIDEO_HINT', 'SEGMENT_COLS', 'EXTENTS', 'EXTENT_OF', 'LOCATION_COLS', 'QUALITY_FILTERS', 'QUALITY_TASK',
-           'ARTEFACT_TASK', 'NO_ARTEFACT', 'LEARNED_FLAG', 'NO_LOCATION', 'AREA_WIDTH', 'AREA_SOURCES', 'VIEW_WIDTH',
-           'FRAME_COLS', 'MES_COLOURS', 'LOCATION_COLOURS', 'check_crop', 'VideoReader', 'frame_durations',
-           'window_mean', 'video_segments', 'video_score', 'frame_locations', 'location_scores', 'check_inflamed_from',
+           'ARTEFACT_TASK', 'NO_ARTEFACT', 'LEARNED_FLAG', 'NO_LOCATION', 'AREA_WIDTH', 'VIEW_WIDTH', 'FRAME_COLS',
+           'MES_COLOURS', 'LOCATION_COLOURS', 'check_crop', 'VideoReader', 'frame_durations', 'window_mean',
+           'video_segments', 'video_score', 'frame_locations', 'location_scores', 'check_inflamed_from',
            'montreal_extent', 'quality_tasks', 'learned_flags', 'learned_reasons', 'location_report', 'find_image_area',
            'ImageArea', 'plot_image_area', 'VideoResult', 'VideoScorer', 'score_video', 'plot_timeline', 'video_report',
            'save_video_result', 'score_frames', 'filter_accuracy']
@@ -51,7 +51,7 @@ class VideoReader:
         COUNT.check('every', every)
         POSITIVE.check('fps', fps)
         if fps is not None and every != 1: raise UserError("give every (--every) or fps (--fps), not both")
-        self.every, self.sample_fps, self.crop = every, fps, None if crop is None else tuple(int(v) for v in crop)
+        self.every, self.sample_fps = every, fps
         # no FFmpeg messages on damaged data (torchvision turns them on): the reader reports what went wrong
         av.logging.set_level(av.logging.PANIC)
         try: self._container = av.open(str(self.path))
@@ -70,9 +70,8 @@ class VideoReader:
         self.counted = bool(s.frames)  # the header counts the frames; else n_frames is duration x average rate
         self.n_frames = s.frames or (round(self.duration * self.fps) if self.duration else 0)
         self.width, self.height, self.codec = s.codec_context.width, s.codec_context.height, s.codec_context.name
-        if self.crop is not None:
-            try: check_crop(self.crop, self.width, self.height, self.path)
-            except UserError: self._container.close(); raise
+        try: self.crop = None if crop is None else check_crop(crop, self.width, self.height, self.path)
+        except UserError: self._container.close(); raise
         self.decoded, self.last_time, self.error = 0, None, None
         # sampling only keeps frames that exist: a rate above the video's is answered with every frame, and said so
         self.note = (f"fps (--fps) {fps:g} is above the video's {self.fps:g} frames/s: every frame is scored "
@@ -340,7 +339,6 @@ def find_image_area(frame: np.ndarray,  # (h, w, 3) uint8 RGB, e.g. the brightes
     if x0 <= k and y0 <= k and x1 >= w - k and y1 >= h - k: return 0, 0, w, h  # it fills the frame
     return x0, y0, x1 - x0, y1 - y0
 
-AREA_SOURCES = {'auto': 'detected', 'crop': 'given (--crop)', None: 'whole frame'}  # `ImageArea.source`
 VIEW_WIDTH = 320  # the frames an area was found on are kept subsampled to about this width (px)
 
 class ImageArea:
@@ -350,13 +348,10 @@ class ImageArea:
                  every: float = 1.0,  # with 'auto': seconds between checks of the area
                  tolerance: float = 0.03):  # an area that moves less than this share of the frame's size is the same
         self.crop, self.every, self.tolerance = crop, POSITIVE.check('every', every), tolerance
+        # how the area is chosen: 'detected', 'given (--crop)' or 'whole frame'
+        self.source = 'detected' if isinstance(crop, str) else 'whole frame' if crop is None else 'given (--crop)'
         self.areas, self.views = [], []  # each area used: {start (s), crop}; the frame (subsampled) it was found on
         self._max = self._pending = None
-
-    @property
-    def source(self) -> str:
-        "How the area was chosen: 'detected', 'given (--crop)' or 'whole frame'."
-        return AREA_SOURCES['auto' if isinstance(self.crop, str) else None if self.crop is None else 'crop']
 
     def __call__(self, frame: np.ndarray, t: float) -> np.ndarray:
         "The image area of `frame` (h, w, 3), shown at `t` s."
@@ -516,8 +511,9 @@ class VideoScorer:
     def by_location(self) -> pd.DataFrame:
         "Live, the scores by location so far (`location_scores` of `mes_live`, `location_live`); empty without a head."
         if not self.places: return pd.DataFrame(columns=LOCATION_COLS)
-        live = self.frames.pipe(lambda df: df.assign(location=df.location_live, mes_smoothed=df.mes_live))
-        return location_scores(live, 1 / self.fps, self.window)
+        df = self.frames
+        return location_scores(df.assign(location=df.location_live, mes_smoothed=df.mes_live), 1 / self.fps,
+                               self.window)
 
     def result(self, **info) -> VideoResult:
         "The frames with centred smoothing (`p_mes*_smoothed`, `mes_smoothed`), segments and a summary (with `info`)."
